@@ -1,0 +1,1 @@
+"""Scenarios, runtimes (sim and ray), the safety oracle, summaries and the CLI."""

@@ -1,0 +1,171 @@
+"""The ``ats-stress`` command line.
+
+Exit codes: 0 every expectation held; 1 an expectation was violated (each one is named); 2 bad
+input (one paragraph naming the file, the field and what is allowed); 130 interrupted (the summary
+gathered so far is written first, marked ``interrupted``); 3 the run failed (likewise written,
+marked ``failed``).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from iommu_actor.policy import PolicyError, get_policy, policy_names
+
+from .config import ScenarioError, load_scenario
+from .summary import write_json
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distributed fault-injection testbed for IOMMU ATC-invalidation recovery.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_EXPECT, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _fail_input(msg: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests): leave signals alone
+        pass
+
+
+def _load(scenario: Path, sets: list[str], policy: Optional[str] = None, seed: Optional[int] = None):
+    try:
+        return load_scenario(scenario, list(sets), policy=policy, seed=seed)
+    except ScenarioError as exc:
+        _fail_input(str(exc))
+
+
+def _default_out(name: str, policy: str) -> Path:
+    return Path("runs") / f"{name}-{policy}".replace(" ", "_")
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (virtual time) or ray (live actors)"),
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario seed"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for summary.json (default runs/NAME-POLICY)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray runtime: auto, ray://host:port or http://head:8265; none starts a local Ray"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+) -> None:
+    """Run one scenario and write DIR/summary.json."""
+    if runtime not in ("sim", "ray"):
+        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+    sc = _load(scenario, set_, policy, seed)
+    out_dir = out or _default_out(sc.name, sc.policy.name)
+    _sigterm_as_interrupt()
+    summary = None
+    try:
+        if runtime == "sim":
+            from .sim import run_sim
+
+            summary = run_sim(sc, progress=None if quiet else _sim_progress(sc))
+        else:
+            from .ray_runtime import RuntimeInputError, run_ray
+
+            try:
+                summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet)
+            except RuntimeInputError as exc:
+                _fail_input(str(exc))
+    except ScenarioError as exc:
+        _fail_input(str(exc))
+    write_json(out_dir / "summary.json", summary)
+    from .report import print_summary
+
+    print_summary(summary, out_console)
+    out_console.print(f"summary: {out_dir / 'summary.json'}")
+    if summary["status"] == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary["status"] == "failed":
+        raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(EXIT_OK if summary["ok"] else EXIT_EXPECT)
+
+
+def _sim_progress(sc):
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def progress(t, world):
+        if t - last[0] >= max(1.0, sc.duration / 20) or t >= sc.duration:
+            last[0] = t
+            uaf = sum(o.uaf_exposures for o in world.oracles)
+            fenced = sum(len(o.fenced) for o in world.oracles)
+            err_console.print(f"  t={t:7.2f}s  events={world.loop.events:>10}  fenced={fenced}  uaf={uaf}",
+                              highlight=False)
+    return progress
+
+
+@app.command()
+def validate(
+    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+) -> None:
+    """Check a scenario without running it (exit 0 valid, 2 invalid)."""
+    sc = _load(scenario, set_)
+    out_console.print(f"{scenario}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
+                      f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s", highlight=False)
+
+
+@app.command()
+def policies() -> None:
+    """List the recovery policies and their parameters."""
+    for name in policy_names():
+        cls = get_policy(name)
+        out_console.print(f"[bold]{name}[/bold]: {cls.summary}", highlight=False)
+        for field, info in cls.Params.model_fields.items():
+            desc = f" — {info.description}" if info.description else ""
+            out_console.print(f"    {field} (default {info.default!r}){desc}", highlight=False)
+
+
+@app.command()
+def compare(
+    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    policies_: str = typer.Option(",".join(["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]),
+                                  "--policies", help="comma-separated policy names"),
+    seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per policy (scenario seed, +1, ...)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for compare.json and compare.png"),
+) -> None:
+    """Run the same scenario and seeds under each policy and print one table."""
+    names = [p.strip() for p in policies_.split(",") if p.strip()]
+    if not names:
+        _fail_input("--policies: give at least one policy name.")
+    for n in names:
+        try:
+            get_policy(n)
+        except PolicyError as exc:
+            _fail_input(f"--policies: {exc}")
+    sc = _load(scenario, set_)
+    out_dir = out or Path("runs") / f"compare-{sc.name}".replace(" ", "_")
+    from .compare import run_compare
+    from .report import print_compare
+
+    report = run_compare(sc, names, seeds, out_dir)
+    print_compare(report["rows"], out_console, title=f"{sc.name} · {seeds} seed(s) per policy · sim runtime")
+    out_console.print(f"written: {out_dir / 'compare.json'}, {out_dir / 'compare.png'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

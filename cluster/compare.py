@@ -1,0 +1,149 @@
+"""``ats-stress compare``: one scenario, several policies, several seeds, one table.
+
+Runs are independent processes (the sim runtime is single-threaded), so they go in parallel on the
+machine's cores. Per-policy rows aggregate the seeds: counts are totals over the seeds, maxima are
+the maximum over the seeds, typical latencies and rates are means.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Scenario
+from .summary import deterministic_view, write_json
+
+
+def _run_one(args: tuple[dict, str]) -> dict:
+    data, runtime = args
+    from .sim import run_sim  # in the worker process
+
+    sc = Scenario.model_validate(data)
+    return run_sim(sc)
+
+
+def variants(sc: Scenario, policies: list[str], seeds: int) -> list[Scenario]:
+    out = []
+    for name in policies:
+        for k in range(seeds):
+            data = sc.model_dump(mode="python")
+            # keep parameters that this policy knows; drop the others (they belong to another policy)
+            data["policy"] = {"name": name, **policy_params_for(name, sc)}
+            data["seed"] = sc.seed + k
+            out.append(Scenario.model_validate(data))
+    return out
+
+
+def policy_params_for(name: str, sc: Scenario) -> dict[str, Any]:
+    from iommu_actor.policy import get_policy
+
+    if name != sc.policy.name:
+        return {}
+    known = get_policy(name).Params.model_fields
+    return {k: v for k, v in sc.policy.params().items() if k in known}
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _max(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
+
+
+def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
+    h = [r["healthy_unmap_latency_s"] for r in runs]
+    return {
+        "policy": label,
+        "runs": len(runs),
+        "uaf_exposures": sum(r["uaf_exposures"] for r in runs),
+        "uaf_reallocated": sum(r["uaf_reallocated"] for r in runs),
+        "healthy_p50": _mean([x["p50"] for x in h]),
+        "healthy_p99": _mean([x["p99"] for x in h]),
+        "healthy_max": _max([x["max"] for x in h]),
+        "worst_stall_s": _max([r["worst_stall_s"] for r in runs]),
+        "sync_timeouts": sum(r["sync_timeouts"] for r in runs),
+        "hw_atc_timeouts": sum(r["hw_atc_timeouts"] for r in runs),
+        "fences": sum(r["fence_count"] for r in runs),
+        "fenced_healthy": sum(r["fenced_healthy"] for r in runs),
+        "fence_latency_s": _max([r["fence_latency_s"]["max"] for r in runs]),
+        "recovery_s": _max([r["recovery_s"]["max"] for r in runs]),
+        "lockup_s": _mean([r["lockup_s"] for r in runs]),
+        "commands_per_unmap": _mean([r["commands_per_unmap"] for r in runs]),
+        "syncs_per_unmap": _mean([r["syncs_per_unmap"] for r in runs]),
+        "unmaps_completed": sum(r["unmaps"]["count"] for r in runs),
+        "unmaps_incomplete": sum(r["unmaps"]["incomplete"] for r in runs),
+        "events_per_s": _mean([r["wall"]["events_per_s"] for r in runs]),
+    }
+
+
+def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
+                workers: int | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
+    scenarios = variants(sc, policies, seeds)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(scenarios)))
+    jobs = [(v.model_dump(mode="python"), "sim") for v in scenarios]
+    results: list[dict] = []
+    if workers == 1:
+        for j in jobs:
+            results.append(_run_one(j))
+            if on_result:
+                on_result(results[-1])
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for r in pool.map(_run_one, jobs):
+                results.append(r)
+                if on_result:
+                    on_result(r)
+    rows = []
+    for name in policies:
+        runs = [r for r in results if r["policy"] == name]
+        rows.append(aggregate(name, runs))
+    report = {"scenario": sc.name, "policies": policies, "seeds": [sc.seed + k for k in range(seeds)],
+              "rows": rows, "runs": results}
+    if out is not None:
+        write_json(out / "compare.json", report)
+        plot_compare(rows, out / "compare.png", title=f"{sc.name}: {seeds} seed(s) per policy")
+    return report
+
+
+CHART_FIGURES = [
+    ("uaf_exposures", "UAF exposures (total)", 1.0, ""),
+    ("healthy_p99", "healthy unmap p99", 1e3, "ms"),
+    ("worst_stall_s", "worst healthy stall", 1.0, "s"),
+    ("fence_latency_s", "fence latency (max)", 1.0, "s"),
+    ("lockup_s", "CPU lockup (mean)", 1.0, "s"),
+    ("syncs_per_unmap", "CMD_SYNCs per unmap", 1.0, ""),
+]
+
+
+def plot_compare(rows: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    names = [r["policy"] for r in rows]
+    for ax, (key, label, scale, unit) in zip(axes.flat, CHART_FIGURES):
+        values = [(r.get(key) or 0.0) * scale for r in rows]
+        bars = ax.bar(range(len(names)), values, color="#4c72b0")
+        ax.set_title(label + (f" ({unit})" if unit else ""), fontsize=10)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
+        for b, r in zip(bars, rows):
+            if r.get(key) is None:
+                ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def deterministic_report(report: dict) -> dict:
+    return {**report, "runs": [deterministic_view(r) for r in report["runs"]],
+            "rows": [{k: v for k, v in r.items() if k != "events_per_s"} for r in report["rows"]]}

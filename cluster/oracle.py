@@ -1,0 +1,98 @@
+"""The safety oracle: ground truth, kept away from every recovery policy.
+
+It knows what no driver knows: which mapping a translated request really came from, whether the
+unmap of that mapping was already reported complete to software, whether the page has been given
+to someone else since, and when each device really started misbehaving (from the chaos plan and
+from Ray-level faults). From that it counts UAF exposures and judges each fence.
+
+Sans-IO: it is told things with the scenario time; it never reads a clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from iommu_actor.spec import STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+
+
+class Oracle:
+    def __init__(self, fault_starts: dict[int, list[float]] | None = None):
+        #: sid -> sorted start times of every fault the scenario gives it (ground truth)
+        self.fault_starts: dict[int, list[float]] = {s: sorted(v) for s, v in (fault_starts or {}).items()}
+        self.page_owner: dict[int, int] = {}  # pa -> tag of the mapping that owns it now
+        self.completed: set[int] = set()  # tags whose unmap was reported complete
+        self.uaf_exposures = 0
+        self.uaf_reallocated = 0
+        self.uaf_by_sid: dict[int, int] = {}
+        self.first_uaf_at: float | None = None
+        self.translated_allowed = 0
+        self.translated_blocked = 0
+        self.blocked_by_sid: dict[int, int] = {}
+        self.fenced: dict[int, float] = {}  # sid -> when the blocking STE took effect
+        self.fences: list[dict] = []
+        self.unfences: list[dict] = []
+        self.fenced_healthy = 0
+        self.last_reset_start: dict[int, float] = {}
+        self.resets: list[dict] = []
+
+    # --- what happened to memory --------------------------------------------------------------
+
+    def on_map(self, tag: int, pa: int) -> None:
+        self.page_owner[pa] = tag
+
+    def on_unmap_complete(self, tag: int, pa: int) -> None:
+        """Software was told the flush for mapping ``tag`` is complete: the page is now free."""
+        self.completed.add(tag)
+        if self.page_owner.get(pa) == tag:
+            del self.page_owner[pa]
+
+    def on_memory_access(self, sid: int, pa: int, tag: int, now: float) -> None:
+        """A translated request reached memory."""
+        self.translated_allowed += 1
+        if tag in self.completed:
+            self.uaf_exposures += 1
+            self.uaf_by_sid[sid] = self.uaf_by_sid.get(sid, 0) + 1
+            if self.first_uaf_at is None:
+                self.first_uaf_at = now
+            owner = self.page_owner.get(pa)
+            if owner is not None and owner != tag:
+                self.uaf_reallocated += 1
+
+    def on_blocked(self, sid: int) -> None:
+        self.translated_blocked += 1
+        self.blocked_by_sid[sid] = self.blocked_by_sid.get(sid, 0) + 1
+
+    # --- what happened to devices -------------------------------------------------------------
+
+    def note_fault(self, sid: int, at: float) -> None:
+        """A fault not in the plan (an actor or a node died) began at ``at``."""
+        bisect.insort(self.fault_starts.setdefault(sid, []), at)
+
+    def fault_start(self, sid: int, now: float) -> float | None:
+        """When the latest fault of ``sid`` that began at or before ``now`` began (None: healthy)."""
+        starts = self.fault_starts.get(sid)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, now)
+        return starts[i - 1] if i else None
+
+    def on_ste_effective(self, sid: int, config: int, eats: int, now: float) -> None:
+        """The SMMU started using a new STE for ``sid`` (a CFGI_STE was consumed)."""
+        blocking = not (config == STRTAB_STE_0_CFG_S1_TRANS and eats == STRTAB_STE_1_EATS_TRANS)
+        if blocking and sid not in self.fenced:
+            self.fenced[sid] = now
+            start = self.fault_start(sid, now)
+            if start is None:
+                self.fenced_healthy += 1
+            self.fences.append({"sid": sid, "at_s": now, "fault_start_s": start,
+                                "latency_s": None if start is None else now - start})
+        elif not blocking and sid in self.fenced:
+            fenced_at = self.fenced.pop(sid)
+            reset_at = self.last_reset_start.get(sid)
+            self.unfences.append({"sid": sid, "at_s": now, "fenced_s": now - fenced_at,
+                                  "recovery_s": None if reset_at is None else now - reset_at})
+
+    def on_reset(self, sid: int, ok: bool, started_at: float, now: float) -> None:
+        self.resets.append({"sid": sid, "ok": ok, "started_s": started_at, "done_s": now})
+        if ok:
+            self.last_reset_start[sid] = started_at

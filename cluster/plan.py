@@ -1,0 +1,136 @@
+"""From a validated scenario to a concrete plan: who owns which endpoint, and the chaos timeline.
+
+Both runtimes run the same plan, so the sim and ray runtimes agree on placement of endpoints in
+domains, SMMUs and device-actor groups, and on which endpoint each chaos step hits (selectors are
+drawn once, here, with the scenario seed).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from device_actors.endpoint import ENDPOINT_FAULTS
+from iommu_actor.node import DomainSpec, NodeSpec
+
+from .config import Scenario
+
+
+@dataclass(frozen=True)
+class ChaosAction:
+    """One thing to do at ``at``: ``phase`` is "start" or "end" of chaos step ``step``."""
+
+    at: float
+    step: int
+    phase: str
+    fault: str
+    sids: tuple[int, ...]
+    params: dict
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    index: int
+    endpoints: tuple[tuple[int, int], ...]  # (sid, asid)
+
+
+@dataclass
+class Plan:
+    scenario: Scenario
+    nodes: list[NodeSpec]
+    groups: list[GroupSpec]
+    actions: list[ChaosAction]
+    sid_node: dict[int, int]
+    sid_group: dict[int, int]
+    sid_asid: dict[int, int]
+    fault_starts: dict[int, list[float]] = field(default_factory=dict)
+    step_targets: list[tuple[int, ...]] = field(default_factory=list)
+
+    @property
+    def seed(self) -> str:
+        return str(self.scenario.seed)
+
+
+def _span(i: int, n: int, parts: int) -> range:
+    return range(i * n // parts, (i + 1) * n // parts)
+
+
+def build_plan(sc: Scenario) -> Plan:
+    top = sc.topology
+    seed = str(sc.seed)
+    sid_node: dict[int, int] = {}
+    sid_asid: dict[int, int] = {}
+    node_domains: list[list[tuple[int, list[int]]]] = []
+    for s in range(top.smmus):
+        eps = list(_span(s, top.endpoints, top.smmus))
+        doms = list(_span(s, top.domains, top.smmus))
+        members: dict[int, list[int]] = {d: [] for d in doms}
+        for i, sid in enumerate(eps):
+            asid = doms[i % len(doms)]
+            members[asid].append(sid)
+            sid_node[sid] = s
+            sid_asid[sid] = asid
+        node_domains.append([(d, members[d]) for d in doms])
+
+    groups = []
+    sid_group: dict[int, int] = {}
+    per = top.endpoints_per_actor
+    for g, start in enumerate(range(0, top.endpoints, per)):
+        members = tuple((sid, sid_asid[sid]) for sid in range(start, min(start + per, top.endpoints)))
+        for sid, _ in members:
+            sid_group[sid] = g
+        groups.append(GroupSpec(g, members))
+
+    # chaos selectors, drawn with the seed
+    rng = random.Random(f"{seed}:chaos")
+    actions: list[ChaosAction] = []
+    step_targets: list[tuple[int, ...]] = []
+    fault_starts: dict[int, list[float]] = {}
+    for i, step in enumerate(sc.chaos):
+        pool = list(range(top.endpoints)) if step.endpoints is None else list(step.endpoints)
+        if step.smmu is not None:
+            pool = [e for e in pool if sid_node[e] == step.smmu]
+        if step.domain is not None:
+            pool = [e for e in pool if sid_asid[e] == step.domain]
+        if step.count is not None:
+            chosen = sorted(rng.sample(pool, min(step.count, len(pool))))
+        elif step.fraction is not None:
+            chosen = sorted(rng.sample(pool, max(1, round(step.fraction * len(pool))) if pool else 0))
+        else:
+            chosen = sorted(set(pool))
+        if step.probability < 1.0:
+            chosen = [e for e in chosen if rng.random() < step.probability]
+        if step.fault == "kill_actor":  # the whole actor dies, with every endpoint it hosts
+            hit = {sid_group[e] for e in chosen}
+            chosen = [sid for g in sorted(hit) for sid, _ in groups[g].endpoints]
+        sids = tuple(chosen)
+        step_targets.append(sids)
+        if not sids:
+            continue
+        params = step.params()
+        actions.append(ChaosAction(step.at, i, "start", step.fault, sids, params))
+        if step.duration is not None and step.at + step.duration < sc.duration:
+            actions.append(ChaosAction(step.at + step.duration, i, "end", step.fault, sids, params))
+        is_fault = step.fault != "reset" or not params.get("ok", True)
+        if is_fault:
+            for sid in sids:
+                fault_starts.setdefault(sid, []).append(step.at)
+    actions.sort(key=lambda a: (a.at, a.step, a.phase != "end"))
+
+    affected_asids = {sid_asid[s] for targets in step_targets for s in targets}
+    nodes = []
+    for s in range(top.smmus):
+        doms = tuple(DomainSpec(asid, tuple(sids), asid in affected_asids) for asid, sids in node_domains[s])
+        nodes.append(NodeSpec(
+            index=s, domains=doms, cpus=top.cpus, command_queues=sc.hardware.command_queues,
+            invalidate_queue_depth=top.invalidate_queue_depth,
+            atc_inv_completion_timeout=sc.hardware.atc_inv_completion_timeout,
+            pages_per_domain=top.pages_per_domain, spare_pages=top.spare_pages,
+            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus))
+
+    return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets)
+
+
+def endpoint_fault(fault: str) -> bool:
+    """Carried out by the endpoints themselves (the rest are Ray-level)."""
+    return fault in ENDPOINT_FAULTS

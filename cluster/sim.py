@@ -1,0 +1,225 @@
+"""The ``sim`` runtime: the whole model in one process on virtual time.
+
+A SimPy-sized event loop: a heap of ``(time, sequence, callback, argument)``; the sequence number
+makes ties deterministic, so a scenario and a seed give the same run, bit for bit. PCIe messages
+travel in batches (everything one side emits in one step, per destination) after
+``hardware.link_latency``, in order, the way the ray runtime ships msgpack batches.
+"""
+
+from __future__ import annotations
+
+import time
+from heapq import heappop, heappush
+from typing import Any, Callable
+
+from device_actors.endpoint import EndpointGroup
+from iommu_actor.node import SmmuNode
+from iommu_actor.policy import HwInfo, make_policy
+
+from .config import Scenario, ScenarioError
+from .oracle import Oracle
+from .plan import ChaosAction, Plan, build_plan
+from .summary import build_summary, group_stats, node_stats, oracle_stats
+
+
+class EventLoop:
+    """Virtual time. ``at`` schedules, ``run`` pops in (time, sequence) order."""
+
+    __slots__ = ("heap", "seq", "now", "events", "stop_requested")
+
+    def __init__(self):
+        self.heap: list = []
+        self.seq = 0
+        self.now = 0.0
+        self.events = 0
+        self.stop_requested = False
+
+    def at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
+        if t < self.now:
+            raise ValueError(f"cannot schedule in the past ({t} < {self.now})")
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, fn, arg))
+
+    def run(self, until: float) -> None:
+        heap = self.heap
+        pop = heappop
+        n = 0
+        try:
+            while heap and heap[0][0] <= until and not self.stop_requested:
+                t, _, fn, arg = pop(heap)
+                self.now = t
+                fn(t, arg)
+                n += 1
+        finally:
+            self.events += n
+        if not self.stop_requested:
+            self.now = until
+
+
+class SimWorld:
+    """The plan's nodes and groups wired together through one EventLoop."""
+
+    def __init__(self, plan: Plan):
+        sc = plan.scenario
+        self.plan = plan
+        self.sc = sc
+        self.loop = EventLoop()
+        hw = HwInfo(command_queues=sc.hardware.command_queues, cpus=sc.topology.cpus,
+                    invalidate_queue_depth=sc.topology.invalidate_queue_depth)
+        self.oracles = []
+        self.nodes = []
+        for spec in plan.nodes:
+            sids = set(spec.sids)
+            oracle = Oracle({s: t for s, t in plan.fault_starts.items() if s in sids})
+            self.oracles.append(oracle)
+            self.nodes.append(SmmuNode(spec, make_policy(sc.policy.name, sc.policy.params(), hw), oracle))
+        lat = sc.workload.inv_latency
+        self.groups = [
+            EndpointGroup(g.index, list(g.endpoints), atc_entries=sc.topology.atc_entries,
+                          pages_per_domain=sc.topology.pages_per_domain,
+                          dma_per_endpoint_per_s=sc.workload.dma_per_endpoint_per_s,
+                          inv_latency_median=lat.median, inv_latency_p99=lat.p99,
+                          flr_time=sc.hardware.flr_time, seed=plan.seed)
+            for g in plan.groups]
+        self.link = sc.hardware.link_latency
+        self.sid_node = plan.sid_node
+        self.sid_group = plan.sid_group
+        # bound callbacks, made once
+        self._node_timer = [self._make_node_timer(i) for i in range(len(self.nodes))]
+        self._node_msgs = [self._make_node_msgs(i) for i in range(len(self.nodes))]
+        self._group_timer = [self._make_group_timer(i) for i in range(len(self.groups))]
+        self._group_msgs = [self._make_group_msgs(i) for i in range(len(self.groups))]
+
+    # callbacks ---------------------------------------------------------------------------------
+
+    def _make_node_timer(self, i: int):
+        node = self.nodes[i]
+
+        def fire(t, tag):
+            node.on_timer(t, tag)
+            self._flush_node(i)
+        return fire
+
+    def _make_node_msgs(self, i: int):
+        node = self.nodes[i]
+
+        def deliver(t, batch):
+            node.on_messages(t, batch)
+            self._flush_node(i)
+        return deliver
+
+    def _make_group_timer(self, i: int):
+        group = self.groups[i]
+
+        def fire(t, tag):
+            group.on_timer(t, tag)
+            self._flush_group(i)
+        return fire
+
+    def _make_group_msgs(self, i: int):
+        group = self.groups[i]
+
+        def deliver(t, batch):
+            group.on_messages(t, batch)
+            self._flush_group(i)
+        return deliver
+
+    def _flush_node(self, i: int) -> None:
+        msgs, timers = self.nodes[i].drain()
+        loop = self.loop
+        cb = self._node_timer[i]
+        for t, tag in timers:
+            loop.at(t, cb, tag)
+        if msgs:
+            sid_group = self.sid_group
+            if len(self.groups) == 1:
+                loop.at(loop.now + self.link, self._group_msgs[0], msgs)
+                return
+            batches: dict[int, list] = {}
+            for m in msgs:
+                g = sid_group.get(m[1])
+                if g is not None:  # a StreamID with no endpoint behind it: nobody answers
+                    batches.setdefault(g, []).append(m)
+            for g, batch in batches.items():
+                loop.at(loop.now + self.link, self._group_msgs[g], batch)
+
+    def _flush_group(self, i: int) -> None:
+        msgs, timers = self.groups[i].drain()
+        loop = self.loop
+        cb = self._group_timer[i]
+        for t, tag in timers:
+            loop.at(t, cb, tag)
+        if msgs:
+            if len(self.nodes) == 1:
+                loop.at(loop.now + self.link, self._node_msgs[0], msgs)
+                return
+            batches: dict[int, list] = {}
+            sid_node = self.sid_node
+            for m in msgs:
+                batches.setdefault(sid_node[m[1]], []).append(m)
+            for n, batch in batches.items():
+                loop.at(loop.now + self.link, self._node_msgs[n], batch)
+
+    def _chaos(self, t: float, action: ChaosAction) -> None:
+        if action.fault == "kill_node":
+            raise ScenarioError(f"chaos.{action.step}: kill_node needs the ray runtime on a multi-node cluster "
+                                "(the sim runtime has no nodes)")
+        touched = set()
+        for sid in action.sids:
+            g = self.sid_group[sid]
+            group = self.groups[g]
+            touched.add(g)
+            if action.fault == "kill_actor":
+                if action.phase == "start":  # the actor's endpoints vanish: a surprise removal
+                    group.apply_fault(t, sid, "removed", {}, action.step)
+            elif action.phase == "start":
+                group.apply_fault(t, sid, action.fault, action.params, action.step)
+            else:
+                group.end_fault(t, sid, action.step)
+        for g in sorted(touched):
+            self._flush_group(g)
+
+    # running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i, node in enumerate(self.nodes):
+            node.start(0.0)
+            self._flush_node(i)
+        for i, group in enumerate(self.groups):
+            group.start(0.0)
+            self._flush_group(i)
+        for action in self.plan.actions:
+            self.loop.at(action.at, self._chaos, action)
+
+    def stats(self, now: float) -> tuple[list[dict], list[dict], list[dict]]:
+        return ([node_stats(n, now) for n in self.nodes], [oracle_stats(o) for o in self.oracles],
+                [group_stats(g) for g in self.groups])
+
+
+def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None = None,
+            progress_every: float = 1.0) -> dict[str, Any]:
+    """Run ``sc`` on virtual time and return its summary.
+
+    ``progress`` (if given) is called every ``progress_every`` scenario seconds. An interruption
+    (KeyboardInterrupt) ends the run early with status "interrupted"; the summary so far is returned.
+    """
+    plan = build_plan(sc)
+    world = SimWorld(plan)
+    started = time.perf_counter()
+    world.start()
+    loop = world.loop
+    status = "complete"
+    try:
+        t = 0.0
+        while t < sc.duration:
+            t = min(sc.duration, t + progress_every)
+            loop.run(t)
+            if progress is not None:
+                progress(t, world)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    wall = time.perf_counter() - started
+    now = loop.now
+    nodes, oracles, groups = world.stats(now)
+    return build_summary(sc, "sim", nodes, oracles, groups, sim_time=now, events=loop.events,
+                         wall_time=wall, status=status)

@@ -1,0 +1,229 @@
+"""Results: per-node, per-group and oracle statistics merged into one summary dict.
+
+Every runtime hands plain dicts here (the ray runtime gets them from its actors), so both produce
+the same fields. Everything but ``wall`` is deterministic for a given scenario and seed on the sim
+runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from device_actors.endpoint import MODE_NAMES
+from iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
+
+from .config import EXPECTABLE, Scenario
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    k = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(k, len(sorted_values)) - 1]
+
+
+def latency_stats(values: Iterable[float]) -> dict[str, Any]:
+    v = sorted(values)
+    return {"count": len(v), "p50": percentile(v, 0.50), "p99": percentile(v, 0.99),
+            "max": v[-1] if v else None}
+
+
+def node_stats(node, now: float) -> dict[str, Any]:
+    """The plain statistics of one SmmuNode at ``now``."""
+    smmu = node.smmu
+    open_h, open_a = node.open_unmap_ages(now)
+    return {
+        "smmu": node.spec.index,
+        "unmaps_arrived": node.unmaps_arrived,
+        "unmaps_skipped": node.unmaps_skipped,
+        "latencies_healthy": node.latencies_healthy,
+        "latencies_affected": node.latencies_affected,
+        "open_healthy": open_h,
+        "open_affected": open_a,
+        "completion_errors": {str(k): v for k, v in sorted(node.completion_errors.items())},
+        "lockup_s": node.lockup_s + node.open_spin_s(now),
+        "notes": dict(sorted(node.notes.items())),
+        "log": list(node.log),
+        "commands": {OPCODE_NAMES.get(op, hex(op)): n for op, n in sorted(smmu.cmd_counts.items())},
+        "events": {EVT_NAMES.get(e, hex(e)): n for e, n in sorted(smmu.evt_counts.items())},
+        "hw_atc_timeouts": smmu.hw_atc_timeouts,
+        "cmdq_errors": smmu.cmdq_errors,
+        "stale_completions": smmu.stale_completions,
+        "queue_depths": smmu.queue_depths(),
+        "resets_requested": node.resets_requested,
+        "messages_in": node.messages_in,
+    }
+
+
+def oracle_stats(oracle) -> dict[str, Any]:
+    return {
+        "uaf_exposures": oracle.uaf_exposures,
+        "uaf_reallocated": oracle.uaf_reallocated,
+        "uaf_by_sid": {str(k): v for k, v in sorted(oracle.uaf_by_sid.items())},
+        "first_uaf_s": oracle.first_uaf_at,
+        "translated_allowed": oracle.translated_allowed,
+        "translated_blocked": oracle.translated_blocked,
+        "fences": list(oracle.fences),
+        "unfences": list(oracle.unfences),
+        "fenced_healthy": oracle.fenced_healthy,
+        "fenced_now": sorted(oracle.fenced),
+        "resets": list(oracle.resets),
+    }
+
+
+GROUP_COUNTERS = ("dma_issued", "translated_sent", "translation_requests", "translation_failed",
+                  "inv_received", "inv_answered", "inv_lost", "inv_ignored")
+
+
+def group_stats(group) -> dict[str, Any]:
+    out = {k: getattr(group, k) for k in GROUP_COUNTERS}
+    out["modes"] = group.modes()
+    out["index"] = group.index
+    return out
+
+
+def _sum(dicts: list[dict], key: str) -> Any:
+    return sum(d[key] for d in dicts)
+
+
+def _merge_counts(dicts: Iterable[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[dict], groups: list[dict],
+                  sim_time: float, events: int, wall_time: float, status: str = "complete",
+                  extra: dict | None = None) -> dict[str, Any]:
+    healthy = [x for n in nodes for x in n["latencies_healthy"]]
+    affected = [x for n in nodes for x in n["latencies_affected"]]
+    open_h = [x for n in nodes for x in n["open_healthy"]]
+    open_a = [x for n in nodes for x in n["open_affected"]]
+    completed = len(healthy) + len(affected)
+    commands = _merge_counts(n["commands"] for n in nodes)
+    total_cmds = sum(commands.values())
+    syncs = commands.get(OPCODE_NAMES[CMDQ_OP_CMD_SYNC], 0)
+    notes = _merge_counts(n["notes"] for n in nodes)
+    fences = sorted((f for o in oracles for f in o["fences"]), key=lambda f: (f["at_s"], f["sid"]))
+    unfences = sorted((f for o in oracles for f in o["unfences"]), key=lambda f: (f["at_s"], f["sid"]))
+    fence_lat = [f["latency_s"] for f in fences if f["latency_s"] is not None]
+    recovery = [f["recovery_s"] for f in unfences if f["recovery_s"] is not None]
+    healthy_stats = latency_stats(healthy + open_h)
+    first_uaf = [o["first_uaf_s"] for o in oracles if o["first_uaf_s"] is not None]
+    summary: dict[str, Any] = {
+        "scenario": sc.name,
+        "policy": sc.policy.name,
+        "policy_params": sc.policy.params(),
+        "runtime": runtime,
+        "status": status,
+        "seed": sc.seed,
+        "endpoints": sc.topology.endpoints,
+        "smmus": sc.topology.smmus,
+        "command_queues": sc.hardware.command_queues,
+        "sim_time_s": sim_time,
+        "wall": {"time_s": wall_time, "events_per_s": events / wall_time if wall_time > 0 else None},
+        "events": events,
+        "commands": commands,
+        "commands_total": total_cmds,
+        "syncs": syncs,
+        "unmaps": {
+            "count": completed,
+            "arrived": _sum(nodes, "unmaps_arrived"),
+            "skipped_no_mapping": _sum(nodes, "unmaps_skipped"),
+            "incomplete": len(open_h) + len(open_a),
+            "latency_s": latency_stats(healthy + affected + open_h + open_a),
+        },
+        "healthy_unmap_latency_s": healthy_stats,
+        "affected_unmap_latency_s": latency_stats(affected + open_a),
+        "worst_stall_s": healthy_stats["max"],
+        "sync_timeouts": notes.get("sync_timeout", 0),
+        "hw_atc_timeouts": _sum(nodes, "hw_atc_timeouts"),
+        "cmdq_errors": _sum(nodes, "cmdq_errors"),
+        "fences": fences,
+        "fence_count": len(fences),
+        "fenced_healthy": _sum(oracles, "fenced_healthy"),
+        "fence_latency_s": {"max": max(fence_lat) if fence_lat else None, "mean": _mean(fence_lat)},
+        "unfences": unfences,
+        "unfence_count": len(unfences),
+        "recovery_s": {"max": max(recovery) if recovery else None, "mean": _mean(recovery)},
+        "fenced_at_end": sorted(s for o in oracles for s in o["fenced_now"]),
+        "resets": sorted((r for o in oracles for r in o["resets"]), key=lambda r: (r["done_s"], r["sid"])),
+        "uaf_exposures": _sum(oracles, "uaf_exposures"),
+        "uaf_reallocated": _sum(oracles, "uaf_reallocated"),
+        "uaf_by_sid": _merge_counts(o["uaf_by_sid"] for o in oracles),
+        "first_uaf_s": min(first_uaf) if first_uaf else None,
+        "translated_allowed": _sum(oracles, "translated_allowed"),
+        "translated_blocked": _sum(oracles, "translated_blocked"),
+        "lockup_s": sum(n["lockup_s"] for n in nodes),
+        "commands_per_unmap": total_cmds / completed if completed else None,
+        "syncs_per_unmap": syncs / completed if completed else None,
+        "completion_errors": _merge_counts(n["completion_errors"] for n in nodes),
+        "notes": notes,
+        "smmu_events": _merge_counts(n["events"] for n in nodes),
+        "invalidations": {
+            "sent": commands.get("ATC_INV", 0),
+            "received": _sum(groups, "inv_received"),
+            "answered": _sum(groups, "inv_answered"),
+            "lost": _sum(groups, "inv_lost"),
+            "ignored": _sum(groups, "inv_ignored"),
+            "stale_completions": _sum(nodes, "stale_completions"),
+        },
+        "dma": {k: _sum(groups, k) for k in ("dma_issued", "translated_sent", "translation_requests",
+                                             "translation_failed")},
+        "endpoints_by_state": _merge_counts(g["modes"] for g in groups),
+        "log": [line for n in nodes for line in n["log"]][:200],
+    }
+    if extra:
+        summary.update(extra)
+    summary["expectations"] = check_expectations(sc, summary)
+    summary["ok"] = status == "complete" and all(e["ok"] for e in summary["expectations"])
+    return summary
+
+
+def lookup(summary: dict, path: tuple[str, ...]) -> Any:
+    node: Any = summary
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def check_expectations(sc: Scenario, summary: dict) -> list[dict[str, Any]]:
+    out = []
+    for name, bound in sc.expect.items():
+        path, _ = EXPECTABLE[name]
+        observed = lookup(summary, path)
+        ok = True
+        if observed is None:
+            ok = bound.min is None  # nothing observed: a max holds, a min does not
+        else:
+            if bound.max is not None and observed > bound.max:
+                ok = False
+            if bound.min is not None and observed < bound.min:
+                ok = False
+        out.append({"name": name, "ok": ok, "observed": observed,
+                    "bound": {k: v for k, v in (("min", bound.min), ("max", bound.max)) if v is not None}})
+    return out
+
+
+def deterministic_view(summary: dict) -> dict:
+    """The summary without its wall-clock part: equal for equal scenario and seed on ``sim``."""
+    return {k: v for k, v in summary.items() if k != "wall"}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,357 @@
+"""PCIe ATS endpoints, hosted many to a group (one group per device actor on the live runtime).
+
+Sans-IO: the runtime calls ``start``, ``on_messages``, ``on_timer``, ``apply_fault`` and
+``end_fault`` with the scenario time, then ``drain()`` for the upstream messages and the timers.
+
+Each endpoint has an Address Translation Cache (LRU, ``atc_entries``), filled by Translation
+Requests; DMA goes out as translated requests on an ATC hit. Invalidate Requests are processed
+after a latency drawn from a log-normal distribution given by its median and p99, and answered
+with an Invalidate Completion for their ITag. Behaviours (switched by chaos at any time):
+
+    healthy   answers after the configured latency
+    slow      answers after a latency from the step's own distribution
+    hang      holds every Invalidate Request unanswered while its DMA goes on using whatever its
+              ATC holds, including entries whose invalidation it has received; when the hang ends
+              it processes and answers everything it holds
+    flap      hangs for ``hang_for`` out of every ``period``
+    drop      performs invalidations but loses a ``fraction`` of the completions
+    lie       answers on time without dropping the entries (fencing cannot catch it)
+    itag_leak never completes invalidations that arrive with one of ``tags`` ITags
+    removed   surprise removal: nothing answers, no DMA, config reads fail
+    reset     FLR: ATC emptied, held requests dropped, requests ignored for ``flr_time``;
+              then healthy again, or dead if the reset fails
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+
+from .pcie import (
+    MSG_FLR,
+    MSG_FLR_DONE,
+    MSG_INV_CPL,
+    MSG_INV_REQ,
+    MSG_PRESENCE,
+    MSG_PRESENCE_QUERY,
+    MSG_TRANS_CPL,
+    MSG_TRANS_REQ,
+    MSG_TRANSLATED,
+)
+
+ATC_INV_SIZE_ALL = 52  # same value as iommu_actor.spec; the device side does not import the SMMU
+
+# endpoint modes
+HEALTHY, SLOW, HANG, FLAP, DROP, LIE, ITAG_LEAK, REMOVED, RESETTING, DEAD = range(10)
+MODE_NAMES = ("healthy", "slow", "hang", "flap", "drop", "lie", "itag_leak", "removed", "resetting", "dead")
+FAULT_MODES = {"slow": SLOW, "hang": HANG, "flap": FLAP, "drop": DROP, "lie": LIE,
+               "itag_leak": ITAG_LEAK, "removed": REMOVED}
+#: faults that the endpoint itself carries out (the rest act on the SMMU side or on Ray)
+ENDPOINT_FAULTS = frozenset(FAULT_MODES) | {"reset"}
+_INACTIVE = (REMOVED, RESETTING, DEAD)
+
+# timer tags
+E_DMA, E_INV, E_FLAP, E_FLR = range(4)
+
+#: z-score of the 99th percentile of a standard normal
+_Z99 = 2.3263478740408408
+
+
+def lognormal_sigma(median: float, p99: float) -> float:
+    if median <= 0 or p99 <= median:
+        return 0.0
+    return math.log(p99 / median) / _Z99
+
+
+class Endpoint:
+    __slots__ = ("sid", "asid", "atc", "mode", "step", "pending", "lat_median", "lat_sigma",
+                 "drop_p", "leak_tags", "flap_period", "flap_hang", "flap_hung", "recover_on_reset",
+                 "epoch")
+
+    def __init__(self, sid: int, asid: int):
+        self.sid = sid
+        self.asid = asid
+        self.atc: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self.mode = HEALTHY
+        self.step = -1  # the chaos step whose fault is active
+        self.pending: list[tuple[int, int, int]] = []  # held Invalidate Requests: (itag, addr, size)
+        self.lat_median = 0.0  # 0: the group's default distribution
+        self.lat_sigma = 0.0
+        self.drop_p = 0.0
+        self.leak_tags: frozenset[int] = frozenset()
+        self.flap_period = 0.0
+        self.flap_hang = 0.0
+        self.flap_hung = False
+        self.recover_on_reset = True
+        self.epoch = 0  # bumped by every FLR: work scheduled before it is void
+
+    @property
+    def hung(self) -> bool:
+        return self.mode == HANG or (self.mode == FLAP and self.flap_hung)
+
+    @property
+    def present(self) -> bool:
+        return self.mode not in (REMOVED, DEAD)
+
+
+class EndpointGroup:
+    """Many endpoints sharing one random stream and one DMA process."""
+
+    def __init__(self, index: int, endpoints: list[tuple[int, int]], *, atc_entries: int,
+                 pages_per_domain: int, dma_per_endpoint_per_s: float, inv_latency_median: float,
+                 inv_latency_p99: float, flr_time: float, seed: str):
+        self.index = index
+        self.eps = [Endpoint(sid, asid) for sid, asid in endpoints]
+        self.by_sid = {ep.sid: ep for ep in self.eps}
+        self.atc_entries = atc_entries
+        self.pages = pages_per_domain
+        self.dma_rate = dma_per_endpoint_per_s * len(self.eps)
+        self.lat_median = inv_latency_median
+        self.lat_sigma = lognormal_sigma(inv_latency_median, inv_latency_p99)
+        self.flr_time = flr_time
+        self.rng = random.Random(f"{seed}:group:{index}")
+        self.now = 0.0
+        self.outbox: list[tuple] = []
+        self.timers: list[tuple[float, tuple]] = []
+        self.stopped = False
+        # counters
+        self.dma_issued = 0
+        self.translated_sent = 0
+        self.translation_requests = 0
+        self.translation_failed = 0
+        self.inv_received = 0
+        self.inv_answered = 0
+        self.inv_lost = 0  # drop / itag_leak
+        self.inv_ignored = 0  # removed, dead, in reset
+
+    # --- the runtime's interface -------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        self.now = now
+        if self.dma_rate > 0 and self.eps:
+            self.timers.append((now + self.rng.expovariate(self.dma_rate), (E_DMA,)))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def drain(self) -> tuple[list[tuple], list[tuple[float, tuple]]]:
+        out, self.outbox = self.outbox, []
+        timers, self.timers = self.timers, []
+        return out, timers
+
+    def on_timer(self, now: float, tag: tuple) -> None:
+        self.now = now
+        kind = tag[0]
+        if kind == E_DMA:
+            if not self.stopped:
+                self._dma()
+                self.timers.append((now + self.rng.expovariate(self.dma_rate), (E_DMA,)))
+        elif kind == E_INV:
+            ep = self.by_sid[tag[1]]
+            if ep.epoch == tag[5]:
+                self._process_inv(ep, tag[2], tag[3], tag[4])
+        elif kind == E_FLAP:
+            self._flap(self.by_sid[tag[1]], tag[2])
+        elif kind == E_FLR:
+            self._flr_done(self.by_sid[tag[1]], tag[2], tag[3], tag[4])
+
+    def on_messages(self, now: float, batch) -> None:
+        self.now = now
+        by_sid = self.by_sid
+        for m in batch:
+            kind = m[0]
+            ep = by_sid[m[1]]
+            if kind == MSG_INV_REQ:
+                self._inv_request(ep, m[2], m[3], m[4])
+            elif kind == MSG_TRANS_CPL:
+                self._translation_completion(ep, m[2], m[3], m[4])
+            elif kind == MSG_FLR:
+                self._flr(ep, ep.recover_on_reset)
+            elif kind == MSG_PRESENCE_QUERY:
+                self.outbox.append((MSG_PRESENCE, ep.sid, int(ep.present), 0, 0))
+
+    # --- chaos ---------------------------------------------------------------------------------
+
+    def apply_fault(self, now: float, sid: int, fault: str, params: dict, step: int) -> None:
+        """Start ``fault`` on endpoint ``sid`` as chaos step ``step`` wants it."""
+        self.now = now
+        ep = self.by_sid[sid]
+        if fault == "reset":
+            self._flr(ep, bool(params.get("ok", True)))
+            return
+        if ep.mode in (RESETTING, DEAD):
+            return  # a device in reset or dead cannot take on a new behaviour
+        was_hung = ep.hung
+        ep.mode = FAULT_MODES[fault]
+        ep.step = step
+        ep.recover_on_reset = bool(params.get("recover_on_reset", True))
+        if fault == "slow":
+            lat = params["latency"]
+            ep.lat_median = lat["median"]
+            ep.lat_sigma = lognormal_sigma(lat["median"], lat["p99"])
+        elif fault == "drop":
+            ep.drop_p = float(params["fraction"])
+        elif fault == "itag_leak":
+            ep.leak_tags = frozenset(range(32 - int(params["tags"]), 32))
+        elif fault == "flap":
+            ep.flap_period = params["period"]
+            ep.flap_hang = params["hang_for"]
+            ep.flap_hung = True
+            self.timers.append((now + ep.flap_hang, (E_FLAP, sid, step)))
+        elif fault == "removed":
+            ep.pending.clear()
+            ep.atc.clear()
+        if was_hung and not ep.hung:
+            self._release_pending(ep)
+
+    def end_fault(self, now: float, sid: int, step: int) -> None:
+        """Chaos step ``step`` is over for ``sid``: back to healthy, unless something replaced it."""
+        self.now = now
+        ep = self.by_sid[sid]
+        if ep.step != step or ep.mode in (RESETTING, DEAD):
+            return
+        was_hung = ep.hung
+        if ep.mode == REMOVED:
+            ep.atc.clear()  # hot re-add: a fresh function
+        self._heal(ep)
+        if was_hung:
+            self._release_pending(ep)
+
+    def _heal(self, ep: Endpoint) -> None:
+        ep.mode = HEALTHY
+        ep.step = -1
+        ep.lat_median = 0.0
+        ep.lat_sigma = 0.0
+        ep.drop_p = 0.0
+        ep.leak_tags = frozenset()
+        ep.flap_hung = False
+        ep.recover_on_reset = True
+
+    def _flap(self, ep: Endpoint, step: int) -> None:
+        if ep.step != step or ep.mode != FLAP:
+            return
+        ep.flap_hung = not ep.flap_hung
+        if ep.flap_hung:
+            self.timers.append((self.now + ep.flap_hang, (E_FLAP, ep.sid, step)))
+        else:
+            self.timers.append((self.now + ep.flap_period - ep.flap_hang, (E_FLAP, ep.sid, step)))
+            self._release_pending(ep)
+
+    # --- invalidation ------------------------------------------------------------------------------
+
+    def _latency(self, ep: Endpoint) -> float:
+        if ep.lat_median > 0:
+            median, sigma = ep.lat_median, ep.lat_sigma
+        else:
+            median, sigma = self.lat_median, self.lat_sigma
+        if sigma == 0.0:
+            return median
+        return median * math.exp(sigma * self.rng.gauss(0.0, 1.0))
+
+    def _inv_request(self, ep: Endpoint, itag: int, addr: int, size: int) -> None:
+        self.inv_received += 1
+        if ep.mode in _INACTIVE:
+            self.inv_ignored += 1
+            return
+        if ep.hung:
+            ep.pending.append((itag, addr, size))
+            return
+        self.timers.append((self.now + self._latency(ep), (E_INV, ep.sid, itag, addr, size, ep.epoch)))
+
+    def _release_pending(self, ep: Endpoint) -> None:
+        pending, ep.pending = ep.pending, []
+        for itag, addr, size in pending:
+            self.timers.append((self.now + self._latency(ep), (E_INV, ep.sid, itag, addr, size, ep.epoch)))
+
+    def _process_inv(self, ep: Endpoint, itag: int, addr: int, size: int) -> None:
+        mode = ep.mode
+        if mode in _INACTIVE:
+            self.inv_ignored += 1
+            return
+        if ep.hung:
+            ep.pending.append((itag, addr, size))
+            return
+        if mode != LIE:
+            atc = ep.atc
+            if size >= ATC_INV_SIZE_ALL:
+                atc.clear()
+            elif size == 0:
+                atc.pop(addr, None)
+            else:
+                span = 1 << size
+                if span <= len(atc):
+                    for a in range(addr, addr + span):
+                        atc.pop(a, None)
+                else:
+                    for a in [a for a in atc if addr <= a < addr + span]:
+                        del atc[a]
+        if (mode == DROP and self.rng.random() < ep.drop_p) or (mode == ITAG_LEAK and itag in ep.leak_tags):
+            self.inv_lost += 1
+            return
+        self.inv_answered += 1
+        self.outbox.append((MSG_INV_CPL, ep.sid, itag, 1, 0))
+
+    # --- DMA -------------------------------------------------------------------------------------
+
+    def _dma(self) -> None:
+        rng = self.rng
+        ep = self.eps[rng.randrange(len(self.eps))]
+        if ep.mode in _INACTIVE:
+            return
+        self.dma_issued += 1
+        addr = rng.randrange(self.pages)
+        entry = ep.atc.get(addr)
+        if entry is not None:
+            ep.atc.move_to_end(addr)
+            self.translated_sent += 1
+            self.outbox.append((MSG_TRANSLATED, ep.sid, addr, entry[0], entry[1]))
+        else:
+            self.translation_requests += 1
+            self.outbox.append((MSG_TRANS_REQ, ep.sid, addr, 0, 0))
+
+    def _translation_completion(self, ep: Endpoint, addr: int, pa: int, tag: int) -> None:
+        if ep.mode in _INACTIVE:
+            return
+        if pa < 0:
+            self.translation_failed += 1
+            return
+        atc = ep.atc
+        atc[addr] = (pa, tag)
+        atc.move_to_end(addr)
+        if len(atc) > self.atc_entries:
+            atc.popitem(last=False)
+        self.translated_sent += 1
+        self.outbox.append((MSG_TRANSLATED, ep.sid, addr, pa, tag))
+
+    # --- reset -------------------------------------------------------------------------------------
+
+    def _flr(self, ep: Endpoint, ok: bool) -> None:
+        ep.epoch += 1
+        ep.atc.clear()
+        ep.pending.clear()
+        if ep.mode in (REMOVED, DEAD):
+            ok = False  # nothing there to come back
+        else:
+            ep.mode = RESETTING
+        self.timers.append((self.now + self.flr_time, (E_FLR, ep.sid, ok, self.now, ep.epoch)))
+
+    def _flr_done(self, ep: Endpoint, ok: bool, started: float, epoch: int) -> None:
+        if ep.epoch != epoch:
+            return  # a later reset superseded this one
+        if ep.mode == RESETTING:
+            if ok:
+                self._heal(ep)
+            else:
+                ep.mode = DEAD
+                ep.step = -1
+        self.outbox.append((MSG_FLR_DONE, ep.sid, int(ok), started, 0))
+
+    # --- state -------------------------------------------------------------------------------------
+
+    def modes(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ep in self.eps:
+            name = MODE_NAMES[ep.mode]
+            counts[name] = counts.get(name, 0) + 1
+        return counts

@@ -1,0 +1,331 @@
+"""The SMMU hardware: stream table, command queues, ITag bookkeeping, translation checks.
+
+Sans-IO. The SMMU never sends or schedules anything itself: it calls the ``ports`` object it is
+given (``SmmuPorts``) to emit a PCIe message, ask for a timer, or raise an interrupt. Tests pass a
+recorder as the ports and count what a command sequence costs.
+
+Semantics (DOMAIN.md):
+- Each command queue is consumed strictly in order. CFGI_STE copies the STE from memory into the
+  SMMU's configuration cache (it is in effect from then on); TLBI_* are retired at once (the
+  SMMU's TLB is not modelled: translation requests walk the page table directly); ATC_INV takes
+  a free ITag for its stream (at most the device's Invalidate Queue Depth outstanding, otherwise
+  CONS waits: back-pressure) and sends an Invalidate Request; CMD_SYNC completes only when every
+  ATC_INV before it in its queue has completed, and CONS does not pass it before then.
+- Each Invalidate Request has a hardware completion timeout. When it expires the request is
+  given up (its ITag becomes free), and the next CMD_SYNC of that queue raises GERROR.CMDQ_ERR with
+  CERROR_ATC_INV_SYNC, CONS still pointing at the CMD_SYNC, naming no device. The queue is halted
+  until software acknowledges; the CMD_SYNC then re-runs.
+- A CMD_SYNC covers only its own queue: with several queues (ECMDQ, CMDQV), a wedged queue stalls
+  only the CPUs that submit to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from device_actors.pcie import MSG_INV_REQ, MSG_TRANS_CPL
+
+from .commands import Cmd
+from .spec import (
+    ATS_MAX_ITAGS,
+    CMDQ_ERR_CERROR_ATC_INV_IDX,
+    CMDQ_ERR_CERROR_NONE_IDX,
+    CMDQ_OP_ATC_INV,
+    CMDQ_OP_CFGI_ALL,
+    CMDQ_OP_CFGI_STE,
+    CMDQ_OP_CMD_SYNC,
+    EVT_ID_BAD_ATS_TREQ,
+    EVT_ID_TRANSL_FORBIDDEN,
+    EVT_ID_TRANSLATION_FAULT,
+    STRTAB_STE_0_CFG_ABORT,
+    STRTAB_STE_0_CFG_S1_TRANS,
+    STRTAB_STE_1_EATS_TRANS,
+)
+
+INV_OUTSTANDING = 0
+INV_DONE = 1
+INV_TIMED_OUT = 2
+
+
+class SmmuPorts(Protocol):
+    """What the SMMU can do to the world around it."""
+
+    def send(self, msg: tuple) -> None: ...  # a PCIe message towards an endpoint
+    def hw_timer(self, at: float, queue: int) -> None: ...  # wake on_hw_timeout(queue) at ``at``
+    def sync_done(self, queue: int, token: int) -> None: ...
+    def cmdq_error(self, queue: int, cerror: int, token: int, ite_sid: int) -> None: ...
+    def event(self, evt_id: int, sid: int, addr: int) -> None: ...
+    def ste_effective(self, sid: int, config: int, eats: int) -> None: ...
+    def memory_access(self, sid: int, addr: int, pa: int, tag: int) -> None: ...  # reached memory
+    def blocked(self, sid: int, addr: int, pa: int, tag: int) -> None: ...
+
+
+class Ste:
+    """A stream table entry, reduced to what the model uses: Config, EATS and the S1 context
+    (the domain's ASID, standing in for S1ContextPtr -> CD)."""
+
+    __slots__ = ("config", "eats", "asid")
+
+    def __init__(self, config: int, eats: int, asid: int):
+        self.config = config
+        self.eats = eats
+        self.asid = asid
+
+    def copy(self) -> Ste:
+        return Ste(self.config, self.eats, self.asid)
+
+    def allows_ats(self) -> bool:
+        return self.config == STRTAB_STE_0_CFG_S1_TRANS and self.eats == STRTAB_STE_1_EATS_TRANS
+
+
+class InvRecord:
+    """One Invalidate Request in flight: which stream and ITag, which queue, when it was sent."""
+
+    __slots__ = ("sid", "itag", "queue", "sent_at", "state")
+
+    def __init__(self, sid: int, itag: int, queue: int, sent_at: float):
+        self.sid = sid
+        self.itag = itag
+        self.queue = queue
+        self.sent_at = sent_at
+        self.state = INV_OUTSTANDING
+
+
+class CommandQueue:
+    """One in-order command queue (the CMDQ, or one ECMDQ / CMDQV virtual queue)."""
+
+    __slots__ = ("index", "cmds", "cons", "prod", "outstanding", "inflight", "failed_sid",
+                 "err", "hw_timer_at", "err_token")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.cmds: deque[Cmd] = deque()
+        self.cons = 0  # commands consumed (CMDQ_CONS, unwrapped)
+        self.prod = 0  # commands written (CMDQ_PROD, unwrapped)
+        self.outstanding = 0  # ATC_INVs issued and not yet completed or timed out
+        self.inflight: deque[InvRecord] = deque()  # issue order == deadline order
+        self.failed_sid = -1  # first stream whose invalidation timed out since the last CMD_SYNC
+        self.err = CMDQ_ERR_CERROR_NONE_IDX  # CMDQ_CONS.ERR while halted
+        self.hw_timer_at = -1.0
+        self.err_token = -1
+
+    @property
+    def depth(self) -> int:
+        return self.prod - self.cons
+
+    @property
+    def waiting_sync(self) -> bool:
+        """CONS sits at a CMD_SYNC that cannot complete yet."""
+        return bool(self.cmds) and self.cmds[0].op == CMDQ_OP_CMD_SYNC and (self.outstanding > 0 or self.err != 0)
+
+
+class Smmu:
+    """One SMMUv3: its stream table, its command queue(s) and its ITag pools."""
+
+    def __init__(self, ports: SmmuPorts, *, command_queues: int, invalidate_queue_depth: int,
+                 atc_inv_completion_timeout: float, page_tables: dict[int, list]):
+        if not 1 <= invalidate_queue_depth <= ATS_MAX_ITAGS:
+            raise ValueError(f"invalidate_queue_depth must be 1..{ATS_MAX_ITAGS}")
+        self.ports = ports
+        self.queues = [CommandQueue(i) for i in range(command_queues)]
+        self.depth = invalidate_queue_depth
+        self.hw_timeout = atc_inv_completion_timeout
+        self.page_tables = page_tables  # asid -> list indexed by IOVA page: (pa, tag) or None
+        self.ste_mem: dict[int, Ste] = {}  # the stream table in memory, as software wrote it
+        self.ste_cache: dict[int, Ste] = {}  # what the SMMU uses (after CFGI_STE)
+        self.free_itags: dict[int, list[int]] = {}
+        self.itag_holder: dict[int, dict[int, InvRecord]] = {}
+        self.tag_waiters: dict[int, set[int]] = {}
+        self.cmd_counts: dict[int, int] = {}
+        self.evt_counts: dict[int, int] = {}
+        self.hw_atc_timeouts = 0  # invalidations given up by the hardware
+        self.cmdq_errors = 0  # GERROR.CMDQ_ERR raised with CERROR_ATC_INV_SYNC
+        self.stale_completions = 0  # Invalidate Completions for no outstanding ITag
+        self.translated_allowed = 0
+        self.translated_blocked = 0
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def add_stream(self, sid: int, config: int, eats: int, asid: int) -> None:
+        """Install an STE at probe time (in memory and in effect, as after a CFGI_ALL)."""
+        self.ste_mem[sid] = Ste(config, eats, asid)
+        self.ste_cache[sid] = Ste(config, eats, asid)
+        self.free_itags[sid] = list(range(self.depth - 1, -1, -1))
+        self.itag_holder[sid] = {}
+        self.tag_waiters[sid] = set()
+
+    def write_ste(self, sid: int, config: int, eats: int) -> None:
+        """Software writes the STE in memory; nothing changes until CFGI_STE is consumed."""
+        ste = self.ste_mem[sid]
+        ste.config = config
+        ste.eats = eats
+
+    # --- command queue ----------------------------------------------------------------------
+
+    def submit(self, queue: int, cmds, now: float) -> None:
+        q = self.queues[queue]
+        counts = self.cmd_counts
+        for c in cmds:
+            counts[c.op] = counts.get(c.op, 0) + 1
+        q.cmds.extend(cmds)
+        q.prod += len(cmds)
+        self._advance(q, now)
+
+    def ack_cmdq_error(self, queue: int, now: float) -> None:
+        """GERRORN written: clear CMDQ_CONS.ERR and restart at CONS (the CMD_SYNC re-runs)."""
+        q = self.queues[queue]
+        if q.err == CMDQ_ERR_CERROR_NONE_IDX:
+            return
+        q.err = CMDQ_ERR_CERROR_NONE_IDX
+        q.failed_sid = -1
+        q.err_token = -1
+        self._advance(q, now)
+
+    def _advance(self, q: CommandQueue, now: float) -> None:
+        cmds = q.cmds
+        ports = self.ports
+        while cmds and q.err == CMDQ_ERR_CERROR_NONE_IDX:
+            c = cmds[0]
+            op = c.op
+            if op == CMDQ_OP_ATC_INV:
+                sid = c.sid
+                tags = self.free_itags.get(sid)
+                if tags is None:
+                    tags = self._unknown_stream(sid)
+                if not tags:
+                    self.tag_waiters[sid].add(q.index)  # back-pressure: CONS waits for an ITag
+                    return
+                rec = InvRecord(sid, tags.pop(), q.index, now)
+                self.itag_holder[sid][rec.itag] = rec
+                q.outstanding += 1
+                q.inflight.append(rec)
+                if q.hw_timer_at < 0:
+                    q.hw_timer_at = now + self.hw_timeout
+                    ports.hw_timer(q.hw_timer_at, q.index)
+                ports.send((MSG_INV_REQ, sid, rec.itag, c.addr, c.size))
+            elif op == CMDQ_OP_CMD_SYNC:
+                if q.outstanding:
+                    return  # CONS stays at the CMD_SYNC
+                if q.failed_sid >= 0:
+                    q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
+                    q.err_token = c.token
+                    self.cmdq_errors += 1
+                    ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
+                    return
+                ports.sync_done(q.index, c.token)
+            elif op == CMDQ_OP_CFGI_STE:
+                self._cfgi_ste(c.sid)
+            elif op == CMDQ_OP_CFGI_ALL:
+                for sid in self.ste_mem:
+                    self._cfgi_ste(sid)
+            # TLBI_*: retired at once (the SMMU TLB is not modelled)
+            cmds.popleft()
+            q.cons += 1
+
+    def _unknown_stream(self, sid: int) -> list[int]:
+        # An ATC_INV for a StreamID with no STE: real hardware sends it anyway; nobody answers.
+        self.free_itags[sid] = list(range(self.depth - 1, -1, -1))
+        self.itag_holder[sid] = {}
+        self.tag_waiters[sid] = set()
+        return self.free_itags[sid]
+
+    def _cfgi_ste(self, sid: int) -> None:
+        mem = self.ste_mem[sid]
+        cached = self.ste_cache[sid]
+        changed = cached.config != mem.config or cached.eats != mem.eats
+        self.ste_cache[sid] = mem.copy()
+        if changed:
+            self.ports.ste_effective(sid, mem.config, mem.eats)
+
+    def _release_itag(self, rec: InvRecord, now: float) -> None:
+        sid = rec.sid
+        del self.itag_holder[sid][rec.itag]
+        self.free_itags[sid].append(rec.itag)
+        waiters = self.tag_waiters[sid]
+        if waiters:
+            queues = sorted(waiters)
+            waiters.clear()
+            for qi in queues:
+                self._advance(self.queues[qi], now)
+
+    def inv_completion(self, sid: int, itag: int, now: float) -> None:
+        """An Invalidate Completion arrived from the endpoint."""
+        holder = self.itag_holder.get(sid)
+        rec = holder.get(itag) if holder is not None else None
+        if rec is None:
+            self.stale_completions += 1  # late answer to an invalidation the hardware gave up on
+            return
+        rec.state = INV_DONE
+        q = self.queues[rec.queue]
+        q.outstanding -= 1
+        inflight = q.inflight
+        while inflight and inflight[0].state != INV_OUTSTANDING:
+            inflight.popleft()
+        self._release_itag(rec, now)
+        self._advance(q, now)
+
+    def on_hw_timeout(self, queue: int, now: float) -> None:
+        """The hardware completion timer of queue ``queue`` fired."""
+        q = self.queues[queue]
+        q.hw_timer_at = -1.0
+        inflight = q.inflight
+        timeout = self.hw_timeout
+        expired = []
+        while inflight:
+            rec = inflight[0]
+            if rec.state != INV_OUTSTANDING:
+                inflight.popleft()
+                continue
+            if rec.sent_at + timeout > now:
+                break
+            inflight.popleft()
+            rec.state = INV_TIMED_OUT
+            q.outstanding -= 1
+            if q.failed_sid < 0:
+                q.failed_sid = rec.sid
+            self.hw_atc_timeouts += 1
+            expired.append(rec)
+        if inflight:
+            q.hw_timer_at = inflight[0].sent_at + timeout
+            self.ports.hw_timer(q.hw_timer_at, q.index)
+        for rec in expired:
+            self._release_itag(rec, now)
+        self._advance(q, now)
+
+    # --- the device side ---------------------------------------------------------------------
+
+    def translation_request(self, sid: int, addr: int) -> None:
+        ports = self.ports
+        ste = self.ste_cache.get(sid)
+        if ste is None or not ste.allows_ats():
+            if ste is not None and ste.config != STRTAB_STE_0_CFG_ABORT:
+                self._event(EVT_ID_BAD_ATS_TREQ, sid, addr)
+            ports.send((MSG_TRANS_CPL, sid, addr, -1, 0))
+            return
+        pt = self.page_tables[ste.asid]
+        pte = pt[addr] if 0 <= addr < len(pt) else None
+        if pte is None:
+            self._event(EVT_ID_TRANSLATION_FAULT, sid, addr)
+            ports.send((MSG_TRANS_CPL, sid, addr, -1, 0))
+            return
+        ports.send((MSG_TRANS_CPL, sid, addr, pte[0], pte[1]))
+
+    def translated_request(self, sid: int, addr: int, pa: int, tag: int) -> None:
+        """A translated request: STE.EATS lets it skip translation and go straight to memory."""
+        ste = self.ste_cache.get(sid)
+        if ste is not None and ste.allows_ats():
+            self.translated_allowed += 1
+            self.ports.memory_access(sid, addr, pa, tag)
+            return
+        self.translated_blocked += 1
+        if ste is not None and ste.config != STRTAB_STE_0_CFG_ABORT:
+            self._event(EVT_ID_TRANSL_FORBIDDEN, sid, addr)
+        self.ports.blocked(sid, addr, pa, tag)
+
+    def _event(self, evt_id: int, sid: int, addr: int) -> None:
+        self.evt_counts[evt_id] = self.evt_counts.get(evt_id, 0) + 1
+        self.ports.event(evt_id, sid, addr)
+
+    def queue_depths(self) -> list[int]:
+        return [q.depth for q in self.queues]
