@@ -45,6 +45,7 @@ from .policy import (
 )
 from .smmu import Smmu
 from .spec import CMDQ_OP_CMD_SYNC, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+from .stats import Histogram
 
 # timer tags: (kind, arg)
 T_ARRIVAL = 0
@@ -174,6 +175,8 @@ class SmmuNode:
         self.messages_in = 0
         #: (scenario second, unmap latency, affected) samples for reports, one per completion
         self.latency_trace: list[tuple[float, float, bool]] = []
+        #: software-visible unmap duration (arrival to completion), by affected (True) / healthy (False)
+        self.unmap_duration = {False: Histogram(), True: Histogram()}
 
     # --- the runtime's interface ---------------------------------------------------------------
 
@@ -308,6 +311,7 @@ class SmmuNode:
         else:
             self.latencies_healthy.append(latency)
         self.latency_trace.append((now, latency, d.spec.affected))
+        self.unmap_duration[d.spec.affected].observe(latency)
         if err:
             self.completion_errors[err] = self.completion_errors.get(err, 0) + 1
         if self.policy.irqs_off_wait:

@@ -42,6 +42,7 @@ from .spec import (
     STRTAB_STE_0_CFG_S1_TRANS,
     STRTAB_STE_1_EATS_TRANS,
 )
+from .stats import Histogram
 
 INV_OUTSTANDING = 0
 INV_DONE = 1
@@ -96,7 +97,7 @@ class CommandQueue:
     """One in-order command queue (the CMDQ, or one ECMDQ / CMDQV virtual queue)."""
 
     __slots__ = ("index", "cmds", "cons", "prod", "outstanding", "inflight", "failed_sid",
-                 "err", "hw_timer_at", "err_token")
+                 "err", "hw_timer_at", "err_token", "sync_submitted")
 
     def __init__(self, index: int):
         self.index = index
@@ -109,6 +110,7 @@ class CommandQueue:
         self.err = CMDQ_ERR_CERROR_NONE_IDX  # CMDQ_CONS.ERR while halted
         self.hw_timer_at = -1.0
         self.err_token = -1
+        self.sync_submitted: deque[float] = deque()  # submission time of each queued CMD_SYNC
 
     @property
     def depth(self) -> int:
@@ -144,6 +146,7 @@ class Smmu:
         self.stale_completions = 0  # Invalidate Completions for no outstanding ITag
         self.translated_allowed = 0
         self.translated_blocked = 0
+        self.sync_duration = Histogram()  # each CMD_SYNC, from submission to retirement
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -168,6 +171,8 @@ class Smmu:
         counts = self.cmd_counts
         for c in cmds:
             counts[c.op] = counts.get(c.op, 0) + 1
+            if c.op == CMDQ_OP_CMD_SYNC:
+                q.sync_submitted.append(now)
         q.cmds.extend(cmds)
         q.prod += len(cmds)
         self._advance(q, now)
@@ -214,6 +219,7 @@ class Smmu:
                     ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
                     return
                 ports.sync_done(q.index, c.token)
+                self.sync_duration.observe(now - q.sync_submitted.popleft())
             elif op == CMDQ_OP_CFGI_STE:
                 self._cfgi_ste(c.sid)
             elif op == CMDQ_OP_CFGI_ALL:
@@ -329,3 +335,8 @@ class Smmu:
 
     def queue_depths(self) -> list[int]:
         return [q.depth for q in self.queues]
+
+    def oldest_sync_age(self, now: float) -> float:
+        """How long the oldest CMD_SYNC not yet retired has been queued (0 when there is none)."""
+        oldest = min((q.sync_submitted[0] for q in self.queues if q.sync_submitted), default=now)
+        return max(0.0, now - oldest)
