@@ -197,16 +197,20 @@ class SimWorld:
 
 
 def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None = None,
-            progress_every: float = 1.0) -> dict[str, Any]:
+            progress_every: float = 1.0,
+            sample: Callable[[float, SimWorld], None] | None = None) -> dict[str, Any]:
     """Run ``sc`` on virtual time and return its summary.
 
-    ``progress`` (if given) is called every ``progress_every`` scenario seconds. An interruption
+    ``progress`` (if given) is called every ``progress_every`` scenario seconds, and ``sample``
+    (metrics and report sampling; it only reads the world) at 0 and at the same steps. An interruption
     (KeyboardInterrupt) ends the run early with status "interrupted"; the summary so far is returned.
     """
     plan = build_plan(sc)
     world = SimWorld(plan)
     started = time.perf_counter()
     world.start()
+    if sample is not None:
+        sample(0.0, world)
     loop = world.loop
     status = "complete"
     try:
@@ -216,6 +220,8 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
             loop.run(t)
             if progress is not None:
                 progress(t, world)
+            if sample is not None:
+                sample(t, world)
     except KeyboardInterrupt:
         status = "interrupted"
     wall = time.perf_counter() - started
