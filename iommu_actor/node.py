@@ -34,6 +34,7 @@ from .policy import (
     QueryPresence,
     ResetDevice,
     ResetDone,
+    ScrubQueuedAtcInv,
     SetTimer,
     SmmuRegisters,
     SpinEnd,
@@ -352,6 +353,8 @@ class SmmuNode:
                 self.log.append(f"[{self.now:.6f}] smmu{self.spec.index}: {a.text}")
         elif t is AckCmdqError:
             self.smmu.ack_cmdq_error(a.queue, self.now)
+        elif t is ScrubQueuedAtcInv:
+            self.smmu.scrub_atc_inv(a.queue, a.targets)
         elif t is WriteSte:
             self.smmu.write_ste(a.sid, a.config, a.eats)
         elif t is ResetDevice:

@@ -136,6 +136,16 @@ class AckCmdqError:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrubQueuedAtcInv:
+    """While ``queue`` is halted by CMDQ_CONS.ERR, rewrite queued ATC_INVs into CMD_SYNCs with
+    CS=NONE: ``targets`` maps the token of a batch's CMD_SYNC to the streams whose ATC_INVs in that
+    batch go. Only valid between a CmdqError and its AckCmdqError."""
+
+    queue: int
+    targets: dict
+
+
+@dataclass(frozen=True, slots=True)
 class WriteSte:
     """Write a stream table entry in memory; it is in effect only after CFGI_STE + CMD_SYNC."""
 
@@ -174,8 +184,8 @@ class Note:
 
 NOTE_KINDS = frozenset({"sync_timeout", "culprit", "reset_failed", "retry", "log", "fence", "unfence"})
 
-Action = Union[Submit, SetTimer, CompleteUnmap, AckCmdqError, WriteSte, ResetDevice, QueryPresence,
-               SpinEnd, Note]
+Action = Union[Submit, SetTimer, CompleteUnmap, AckCmdqError, ScrubQueuedAtcInv, WriteSte, ResetDevice,
+               QueryPresence, SpinEnd, Note]
 
 
 # --- Policies --------------------------------------------------------------------------------

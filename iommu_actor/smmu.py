@@ -35,6 +35,7 @@ from .spec import (
     CMDQ_OP_CFGI_ALL,
     CMDQ_OP_CFGI_STE,
     CMDQ_OP_CMD_SYNC,
+    CMDQ_SYNC_0_CS_NONE,
     EVT_ID_BAD_ATS_TREQ,
     EVT_ID_TRANSL_FORBIDDEN,
     EVT_ID_TRANSLATION_FAULT,
@@ -146,6 +147,7 @@ class Smmu:
         self.stale_completions = 0  # Invalidate Completions for no outstanding ITag
         self.translated_allowed = 0
         self.translated_blocked = 0
+        self.scrubbed = 0  # queued ATC_INVs rewritten by software while a queue was halted
         self.sync_duration = Histogram()  # each CMD_SYNC, from submission to retirement
 
     # --- configuration ----------------------------------------------------------------------
@@ -187,6 +189,30 @@ class Smmu:
         q.err_token = -1
         self._advance(q, now)
 
+    def scrub_atc_inv(self, queue: int, targets: dict[int, frozenset]) -> int:
+        """While CMDQ_CONS.ERR halts ``queue``, rewrite queued ATC_INVs into CMD_SYNCs with CS=NONE:
+        in the batch ending in the CMD_SYNC tagged ``token``, those for the streams ``targets[token]``.
+
+        The queue memory between CONS and PROD belongs to software while the SMMU is halted: this
+        is the same move as arm_smmu_cmdq_skip_err() turning an illegal command into a CMD_SYNC.
+        Returns how many entries were rewritten.
+        """
+        q = self.queues[queue]
+        if q.err == CMDQ_ERR_CERROR_NONE_IDX:
+            raise ValueError(f"command queue {queue} is not halted: its entries belong to the SMMU")
+        cmds = q.cmds
+        sids: frozenset = frozenset()
+        rewritten = 0
+        for i in range(len(cmds) - 1, 0, -1):  # entry 0 is at CONS: it is the failed CMD_SYNC
+            c = cmds[i]
+            if c.op == CMDQ_OP_CMD_SYNC:
+                sids = targets.get(c.token, frozenset())
+            elif c.op == CMDQ_OP_ATC_INV and c.sid in sids:
+                cmds[i] = Cmd(CMDQ_OP_CMD_SYNC, token=-1, cs=CMDQ_SYNC_0_CS_NONE)
+                rewritten += 1
+        self.scrubbed += rewritten
+        return rewritten
+
     def _advance(self, q: CommandQueue, now: float) -> None:
         cmds = q.cmds
         ports = self.ports
@@ -218,8 +244,9 @@ class Smmu:
                     self.cmdq_errors += 1
                     ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
                     return
-                ports.sync_done(q.index, c.token)
-                self.sync_duration.observe(now - q.sync_submitted.popleft())
+                if c.token >= 0:  # a scrubbed entry (token -1, CS=NONE) signals nobody and was never submitted
+                    ports.sync_done(q.index, c.token)
+                    self.sync_duration.observe(now - q.sync_submitted.popleft())
             elif op == CMDQ_OP_CFGI_STE:
                 self._cfgi_ste(c.sid)
             elif op == CMDQ_OP_CFGI_ALL:

@@ -158,3 +158,21 @@ def test_translation_request_walks_the_page_table():
     smmu.translation_request(1, 3)
     assert rec.sent[-1] == (MSG_TRANS_CPL, 1, 3, -1, 0)
     assert rec.events[-1][0] == EVT_ID_TRANSLATION_FAULT
+
+
+def test_scrub_rewrites_queued_atc_inv_only_while_halted_and_only_in_the_named_batches():
+    smmu, rec, _ = make(timeout=1.0)
+    smmu.submit(0, [cmd_atc_inv(1, 0, 0), cmd_sync(1)], now=0.0)
+    smmu.submit(0, [cmd_atc_inv(1, 1, 0), cmd_atc_inv(2, 1, 0), cmd_sync(2)], now=0.0)
+    smmu.submit(0, [cmd_atc_inv(1, 2, 0), cmd_sync(3)], now=0.0)
+    with pytest.raises(ValueError, match="not halted"):
+        smmu.scrub_atc_inv(0, {2: frozenset({1})})
+    smmu.on_hw_timeout(0, now=1.0)
+    assert rec.errors and rec.errors[0][2] == 1
+    assert smmu.scrub_atc_inv(0, {2: frozenset({1})}) == 1
+    smmu.ack_cmdq_error(0, now=1.0)
+    sent_after = [(m[1], m[3]) for m in rec.sent[1:]]
+    assert sent_after == [(2, 1)]  # batch 2 lost its ATC_INV for stream 1; batch 3 still waits behind it
+    smmu.inv_completion(2, itag_of(rec, 2), now=1.1)
+    assert [m[1] for m in rec.sent[1:]] == [2, 1]  # batch 3 kept its own
+    assert rec.syncs == [(0, 1), (0, 2)]

@@ -199,7 +199,9 @@ class IntelVtd(MainlinePolicy):
         actions: list = [Note("log", sid=ev.ite_sid, text="Invalidation Time-out Error (ITE) cleared"),
                          AckCmdqError(ev.queue)]
         aborted = [f for f in self.flushes.values() if f.queue == ev.queue and f.token in self.by_token]
-        handler = next((f for f in aborted if f.token == ev.token), None)
+        # whichever submitter's qi_check_fault() sees the ITE first handles it: the one whose wait is
+        # at the head if it is still waiting, else the first one spinning
+        handler = next((f for f in aborted if f.token == ev.token), aborted[0] if aborted else None)
         for f in aborted:
             del self.by_token[f.token]
         for f in aborted:

@@ -42,6 +42,7 @@ from ..policy import (
     PresenceReply,
     ResetDevice,
     ResetDone,
+    ScrubQueuedAtcInv,
     SetTimer,
     SpinEnd,
     Submit,
@@ -107,6 +108,9 @@ class QuarantineParams(PolicyParams):
     culprit_search: Literal["bisect", "per-device-batches"] = "bisect"
     recover: bool = Field(True, description="reset fenced devices and unfence them after a successful reset")
     reset_delay: Duration = Field(0.1, description="from fence in effect to the FLR request")
+    scrub_halted_queue: bool = Field(True, description=(
+        "while CERROR_ATC_INV_SYNC halts a queue, rewrite queued ATC_INVs for streams being fenced or "
+        "searched into CMD_SYNCs, so each does not cost another hardware timeout"))
     recovery_queue: bool = Field(True, description=(
         "with several command queues, keep the last one for fence and unfence commands only, so a "
         "fence never waits behind a wedged CMD_SYNC"))
@@ -215,11 +219,11 @@ class QuarantineCore(Policy):
         self._next_token += 1
         return self._next_token
 
-    def _pick_queue(self, cpu: int, avoid: frozenset[int] = frozenset()) -> int:
+    def _pick_queue(self, cpu: int, avoid: frozenset[int] = frozenset(), recovery_ok: bool = True) -> int:
         """Where a CPU's next probe goes: its own queue unless that is wedged; else an idle queue
         (CONS == PROD, so certainly not wedged); else any queue not known to be wedged; else, when
-        every CPU queue is wedged, the recovery queue; else its own (to wait behind the wedge until
-        the hardware timeout is handled)."""
+        every CPU queue is wedged, the recovery queue (not for culprit searches, which are likely to
+        wedge it); else its own (to wait behind the wedge until the hardware timeout is handled)."""
         n = self.cpu_queue_count
         own = self.queue_of(cpu)
         if not self.stuck[own] and own not in avoid:
@@ -233,7 +237,7 @@ class QuarantineCore(Policy):
             if q not in avoid and not self.stuck[q]:
                 return q
         rq = self.recovery_q
-        if rq is not None and rq not in avoid and not self.stuck[rq]:
+        if recovery_ok and rq is not None and rq not in avoid and not self.stuck[rq]:
             return rq
         return own
 
@@ -331,7 +335,7 @@ class QuarantineCore(Policy):
             return actions + self._suspect(now, p, -1)
         # Stuck behind another sync (or a sync with nothing of its own to wait for): move it
         # to a queue that is not wedged, or keep waiting.
-        alt = self._pick_queue(p.cpu, avoid=frozenset({p.queue}))
+        alt = self._pick_queue(p.cpu, avoid=frozenset({p.queue}), recovery_ok=p.kind != "search")
         if alt != p.queue and not self.stuck[alt] and not p.suspected and p.kind != "unfence":
             self.probes.pop(token)
             return actions + self._clone(now, p, alt)
@@ -365,7 +369,7 @@ class QuarantineCore(Policy):
             new.append(_Probe("inv", p.job, p.cpu, (), True))  # the TLBI still needs its sync
         used: set[int] = set()
         for np in new:
-            q = self._pick_queue(p.cpu, avoid=frozenset(used))
+            q = self._pick_queue(p.cpu, avoid=frozenset(used), recovery_ok=np.kind != "search")
             used.add(q)
             actions += self._submit(now, np, q)
         return actions
@@ -391,8 +395,35 @@ class QuarantineCore(Policy):
             actions += self._suspect(now, p, named)
         elif named >= 0:
             actions += self._fence(now, named, p.cpu if p is not None else 0)
+        if self.params.scrub_halted_queue:
+            actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
         return actions
+
+    def _scrub(self, queue: int) -> list:
+        """While the queue is halted, neuter the queued ATC_INVs that would only hit the same broken
+        device again, each costing another hardware timeout before the fence or the search gets
+        its turn: those for streams being fenced (the fence answers for every unmap), and those
+        for streams a whole-ATC search submitted after that unmap began is probing (the search, or
+        the fence it ends in, answers for the unmap)."""
+        fencing = {s for s, st in self.state.items() if st in (FENCING, FENCED, DEAD)}
+        searches = [q for q in self.probes.values() if q.kind == "search"]
+        targets: dict[int, frozenset] = {}
+        for p in self.probes.values():
+            if p.queue != queue or p.kind != "inv" or not p.sids:
+                continue
+            job = self.jobs.get(p.job)
+            if job is None:
+                continue
+            covered = set(fencing)
+            for q in searches:
+                if q.seq > job.seq:
+                    covered.update(q.sids)
+            hit = covered.intersection(p.sids)
+            if hit:
+                p.sids = tuple(s for s in p.sids if s not in hit)
+                targets[p.token] = frozenset(hit)
+        return [ScrubQueuedAtcInv(queue, targets)] if targets else []
 
     def _reset_done(self, now: float, ev: ResetDone) -> list:
         st = self.state.get(ev.sid, NORMAL)
