@@ -23,8 +23,9 @@ from .summary import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed fault-injection testbed for IOMMU ATC-invalidation recovery.")
-out_console = Console()
-err_console = Console(stderr=True)
+# wide enough for the compare table when the output is a file or a pipe
+out_console = Console(width=None if sys.stdout.isatty() else 220)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 220)
 
 EXIT_OK, EXIT_EXPECT, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

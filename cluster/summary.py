@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from device_actors.endpoint import MODE_NAMES
+from iommu_actor.policy import validate_params
 from iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
 
 from .config import EXPECTABLE, Scenario
@@ -123,7 +124,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     summary: dict[str, Any] = {
         "scenario": sc.name,
         "policy": sc.policy.name,
-        "policy_params": sc.policy.params(),
+        "policy_params": validate_params(sc.policy.name, sc.policy.params()).model_dump(),
         "runtime": runtime,
         "status": status,
         "seed": sc.seed,
