@@ -111,7 +111,8 @@ class CommandQueue:
         self.err = CMDQ_ERR_CERROR_NONE_IDX  # CMDQ_CONS.ERR while halted
         self.hw_timer_at = -1.0
         self.err_token = -1
-        self.sync_submitted: deque[float] = deque()  # submission time of each queued CMD_SYNC
+        #: (queue position, submission time) of each CMD_SYNC software queued and not yet retired
+        self.sync_submitted: deque[tuple[int, float]] = deque()
 
     @property
     def depth(self) -> int:
@@ -171,10 +172,12 @@ class Smmu:
     def submit(self, queue: int, cmds, now: float) -> None:
         q = self.queues[queue]
         counts = self.cmd_counts
+        pos = q.prod
         for c in cmds:
             counts[c.op] = counts.get(c.op, 0) + 1
             if c.op == CMDQ_OP_CMD_SYNC:
-                q.sync_submitted.append(now)
+                q.sync_submitted.append((pos, now))
+            pos += 1
         q.cmds.extend(cmds)
         q.prod += len(cmds)
         self._advance(q, now)
@@ -246,7 +249,7 @@ class Smmu:
                     return
                 if c.token >= 0:  # a scrubbed entry (token -1, CS=NONE) signals nobody and was never submitted
                     ports.sync_done(q.index, c.token)
-                    self.sync_duration.observe(now - q.sync_submitted.popleft())
+                self._sync_retired(q, now)
             elif op == CMDQ_OP_CFGI_STE:
                 self._cfgi_ste(c.sid)
             elif op == CMDQ_OP_CFGI_ALL:
@@ -363,7 +366,20 @@ class Smmu:
     def queue_depths(self) -> list[int]:
         return [q.depth for q in self.queues]
 
+    def _sync_retired(self, q: CommandQueue, now: float) -> None:
+        """The CMD_SYNC at CONS completed: observe its duration from submission (one that software
+        rewrote into the queue while it was halted has no submission record and is not observed)."""
+        subs = q.sync_submitted
+        while subs and subs[0][0] < q.cons:
+            subs.popleft()
+        if subs and subs[0][0] == q.cons:
+            self.sync_duration.observe(now - subs.popleft()[1])
+
     def oldest_sync_age(self, now: float) -> float:
         """How long the oldest CMD_SYNC not yet retired has been queued (0 when there is none)."""
-        oldest = min((q.sync_submitted[0] for q in self.queues if q.sync_submitted), default=now)
+        oldest = now
+        for q in self.queues:
+            subs = q.sync_submitted
+            if subs:
+                oldest = min(oldest, subs[0][1])
         return max(0.0, now - oldest)
