@@ -72,12 +72,15 @@ def run(
     sc = _load(scenario, set_, policy, seed)
     out_dir = out or _default_out(sc.name, sc.policy.name)
     _sigterm_as_interrupt()
-    summary = None
+    summary = sampler = None
     try:
         if runtime == "sim":
+            from .reports import SAMPLE_EVERY, RunSampler
             from .sim import run_sim
 
-            summary = run_sim(sc, progress=None if quiet else _sim_progress(sc))
+            sampler = RunSampler(sc)  # metrics.om and the report's time series, on scenario time
+            summary = run_sim(sc, progress=None if quiet else _sim_progress(sc), progress_every=SAMPLE_EVERY,
+                              sample=sampler)
         else:
             from .ray_runtime import RuntimeInputError, run_ray
 
@@ -88,6 +91,9 @@ def run(
     except ScenarioError as exc:
         _fail_input(str(exc))
     write_json(out_dir / "summary.json", summary)
+    from .reports import write_run_outputs
+
+    write_run_outputs(sc, summary, sampler, out_dir, out_console, err_console)
     from .report import print_summary
 
     print_summary(summary, out_console)
