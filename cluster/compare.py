@@ -81,9 +81,9 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
-def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
-                workers: int | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
-    scenarios = variants(sc, policies, seeds)
+def run_matrix(scenarios: list[Scenario], workers: int | None = None,
+               on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every scenario on the sim runtime, in parallel on the machine's cores; results in order."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(scenarios)))
     jobs = [(v.model_dump(mode="python"), "sim") for v in scenarios]
     results: list[dict] = []
@@ -92,12 +92,18 @@ def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
             results.append(_run_one(j))
             if on_result:
                 on_result(results[-1])
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for r in pool.map(_run_one, jobs):
-                results.append(r)
-                if on_result:
-                    on_result(r)
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for r in pool.map(_run_one, jobs):
+            results.append(r)
+            if on_result:
+                on_result(r)
+    return results
+
+
+def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
+                workers: int | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
+    results = run_matrix(variants(sc, policies, seeds), workers, on_result)
     rows = []
     for name in policies:
         runs = [r for r in results if r["policy"] == name]

@@ -1,0 +1,117 @@
+"""``ats-stress sweep``: a grid over scenario parameters and seeds, with a table and a chart.
+
+Each ``--param key.path=v1,v2,...`` is one axis; every combination runs with every seed (in
+parallel on the sim runtime). Rows aggregate the seeds the way ``compare`` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .compare import aggregate, run_matrix
+from .config import Scenario, ScenarioError, apply_sets, scenario_from_dict
+from .summary import write_json
+
+MAX_RUNS = 2000
+
+
+def parse_param(text: str) -> tuple[str, list[Any]]:
+    if "=" not in text:
+        raise ScenarioError(f"--param {text!r}: write --param key.path=v1,v2,... "
+                            "(for example --param policy.sync_timeout=100ms,1s,10s).")
+    key, _, values = text.partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not key or not items:
+        raise ScenarioError(f"--param {text!r}: needs a key path and at least one value.")
+    parsed = []
+    for v in items:
+        try:
+            parsed.append(yaml.safe_load(v))
+        except yaml.YAMLError:
+            parsed.append(v)
+    return key, parsed
+
+
+def grid(sc: Scenario, params: list[str], seeds: int, source: str) -> list[tuple[dict[str, Any], Scenario]]:
+    axes = [parse_param(p) for p in params]
+    keys = [k for k, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise ScenarioError("--param: each key may be swept only once.")
+    combos = list(itertools.product(*[vals for _, vals in axes]))
+    if len(combos) * seeds > MAX_RUNS:
+        raise ScenarioError(f"the sweep asks for {len(combos) * seeds} runs; at most {MAX_RUNS} are allowed.")
+    out = []
+    base = sc.model_dump(mode="python")
+    for combo in combos:
+        point = dict(zip(keys, combo))
+        for k in range(seeds):
+            data = yaml.safe_load(yaml.safe_dump(base))  # a deep copy with plain types
+            data = apply_sets(data, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                                     for key, value in point.items()] + [f"seed={sc.seed + k}"])
+            label = ", ".join(f"{key}={value}" for key, value in point.items())
+            out.append((point, scenario_from_dict(data, f"{source} [{label}]")))
+    return out
+
+
+def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, source: str = "<scenario>",
+              workers: int | None = None) -> dict:
+    points = grid(sc, params, seeds, source)
+    results = run_matrix([s for _, s in points], workers)
+    rows: list[dict] = []
+    by_label: dict[str, list[dict]] = {}
+    labels: dict[str, dict] = {}
+    for (point, _), r in zip(points, results):
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        by_label.setdefault(label, []).append(r)
+        labels[label] = point
+    for label, runs in by_label.items():
+        row = aggregate(label, runs)
+        row["point"] = labels[label]
+        rows.append(row)
+    report = {"scenario": sc.name, "params": [parse_param(p)[0] for p in params],
+              "seeds": [sc.seed + k for k in range(seeds)], "rows": rows, "runs": results}
+    if out is not None:
+        write_json(out / "sweep.json", report)
+        plot_sweep(rows, report["params"], out / "sweep.png", title=f"{sc.name}: sweep, {seeds} seed(s) per point")
+    return report
+
+
+SWEEP_FIGURES = [
+    ("uaf_exposures", "UAF exposures (total)"),
+    ("worst_stall_s", "worst healthy stall (s)"),
+    ("fence_latency_s", "fence latency, max (s)"),
+    ("syncs_per_unmap", "CMD_SYNCs per unmap"),
+]
+
+
+def plot_sweep(rows: list[dict], params: list[str], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = params[0]
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        rest = ", ".join(f"{k}={v}" for k, v in r["point"].items() if k != x_key) or "all"
+        series.setdefault(rest, []).append(r)
+    fig, axes = plt.subplots(1, len(SWEEP_FIGURES), figsize=(4.2 * len(SWEEP_FIGURES), 3.8))
+    for ax, (key, label) in zip(axes, SWEEP_FIGURES):
+        for name, pts in series.items():
+            xs = [str(p["point"][x_key]) for p in pts]
+            ys = [p.get(key) if p.get(key) is not None else float("nan") for p in pts]
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(x_key, fontsize=8)
+    if len(series) > 1:
+        axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
