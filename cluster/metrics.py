@@ -223,6 +223,22 @@ def device_families(group, const: dict[str, str], now: float, ts: float | None =
     return fams
 
 
+def parse_bind(bind: str | None) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` (port 0 or none: any free port) -> (host, port)."""
+    bind = (bind or "127.0.0.1").strip()
+    if bind.startswith("["):
+        host, _, rest = bind[1:].partition("]")
+        port = rest.lstrip(":")
+    elif bind.count(":") == 1:
+        host, port = bind.split(":")
+    else:
+        host, port = bind, ""
+    try:
+        return host or "127.0.0.1", int(port or 0)
+    except ValueError:
+        raise MetricsError(f"metrics bind {bind!r}: give a host, host:port or [v6addr]:port") from None
+
+
 class _Exporter:
     """A registry with one custom collector, served over HTTP on a port of its own."""
 
@@ -257,8 +273,9 @@ class _Exporter:
     def start(self) -> tuple[str, int]:
         from prometheus_client import start_http_server
 
+        host, port = parse_bind(self.bind)
         try:
-            self._server, _ = start_http_server(0, addr=self.bind, registry=self.registry)
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             raise MetricsError(f"cannot serve /metrics on {self.bind!r}: {exc.strerror or exc}") from None
         host, port = self._server.server_address[:2]
