@@ -105,6 +105,17 @@ class Runtime(Strict):
 # --- chaos steps ---------------------------------------------------------------------------
 
 
+class Repeat(Strict):
+    every: Duration = Field(gt=0)
+    times: int = Field(ge=1, le=10_000, description="how many times in all, the first included")
+
+
+class Ramp(Strict):
+    to: float = Field(gt=0, le=1, description="the fraction reached at the last stage")
+    stages: int = Field(ge=2, le=1000)
+    every: Duration = Field(gt=0)
+
+
 class _Step(Strict):
     at: Duration
     endpoints: Optional[list[Annotated[int, Field(ge=0)]]] = None
@@ -115,9 +126,20 @@ class _Step(Strict):
     probability: float = Field(1.0, ge=0, le=1, description="each selected endpoint is hit with this probability")
     duration: Optional[Duration] = Field(None, gt=0)
     recover_on_reset: bool = Field(True, description="an FLR during this fault brings the device back")
+    repeat: Optional[Repeat] = Field(None, description="run the step again every `every`, `times` times in all "
+                                     "(selectors are drawn anew each time)")
+    ramp: Optional[Ramp] = Field(None, description="grow `fraction` to `ramp.to` in `stages` stages, one every "
+                                 "`ramp.every`; endpoints hit early stay hit")
 
     @model_validator(mode="after")
     def _one_selector(self):
+        if self.ramp is not None:
+            if self.fraction is None:
+                raise ValueError("ramp: needs fraction: (the starting fraction)")
+            if self.ramp.to < self.fraction:
+                raise ValueError(f"ramp.to ({self.ramp.to:g}) must not be below fraction ({self.fraction:g})")
+            if self.repeat is not None:
+                raise ValueError("give either repeat or ramp, not both")
         explicit = self.endpoints is not None
         if explicit and (self.count is not None or self.fraction is not None):
             raise ValueError("give either endpoints: [ids] or count/fraction, not both")
@@ -198,6 +220,21 @@ class ResetStep(_Step):
         return {"ok": self.ok}
 
 
+class StormStep(Strict):
+    """An invalidation storm: the unmap rate of the selected SMMUs (all by default) is multiplied
+    by ``factor`` for ``duration``."""
+
+    fault: Literal["storm"]
+    at: Duration
+    duration: Duration = Field(gt=0)
+    factor: float = Field(gt=1, le=1000)
+    smmu: Optional[int] = Field(None, ge=0)
+    repeat: Optional[Repeat] = None
+
+    def params(self) -> dict[str, Any]:
+        return {"factor": self.factor}
+
+
 class KillActorStep(_Step):
     """Ray-level fault: the device actors hosting the selected endpoints die (surprise removal)."""
 
@@ -212,10 +249,11 @@ class KillNodeStep(_Step):
 
 ChaosStep = Annotated[
     Union[HangStep, SlowStep, FlapStep, DropStep, LieStep, ItagLeakStep, RemovedStep, ResetStep,
-          KillActorStep, KillNodeStep],
+          StormStep, KillActorStep, KillNodeStep],
     Field(discriminator="fault"),
 ]
-FAULTS = ("hang", "slow", "flap", "drop", "lie", "itag_leak", "removed", "reset", "kill_actor", "kill_node")
+FAULTS = ("hang", "slow", "flap", "drop", "lie", "itag_leak", "removed", "reset", "storm", "kill_actor",
+          "kill_node")
 
 
 # --- expectations ------------------------------------------------------------------------------
@@ -256,6 +294,7 @@ def _bound_value(v: Any) -> float:
 class Bound(Strict):
     min: Optional[float] = None
     max: Optional[float] = None
+    at: list[Duration] = Field(default_factory=list, description="also check at these scenario times")
 
     @field_validator("min", "max", mode="before")
     @classmethod
@@ -296,11 +335,19 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _steps_fit(self):
         top = self.topology
+        for name, bound in self.expect.items():
+            late = [t for t in bound.at if t <= 0 or t >= self.duration]
+            if late:
+                raise ValueError(f"expect.{name}.at: {late[0]:g} s is not inside the run (0 to {self.duration:g} s, exclusive)")
         for i, step in enumerate(self.chaos):
             where = f"chaos.{i}"
             if step.at >= self.duration:
                 raise ValueError(f"{where}.at: {step.at:g} s is not before the end of the run "
                                  f"(duration {self.duration:g} s)")
+            if step.fault == "storm":
+                if step.smmu is not None and step.smmu >= top.smmus:
+                    raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
+                continue
             if step.endpoints:
                 bad = [e for e in step.endpoints if e >= top.endpoints]
                 if bad:

@@ -86,35 +86,69 @@ def build_plan(sc: Scenario) -> Plan:
     actions: list[ChaosAction] = []
     step_targets: list[tuple[int, ...]] = []
     fault_starts: dict[int, list[float]] = {}
+
+    def select(step, pool: list[int], fraction: float | None) -> list[int]:
+        if step.count is not None:
+            return sorted(rng.sample(pool, min(step.count, len(pool))))
+        if fraction is not None:
+            return sorted(rng.sample(pool, max(1, round(fraction * len(pool))) if pool else 0))
+        return sorted(set(pool))
+
+    def emit(i: int, step, at: float, sids: list[int], end: float | None) -> None:
+        if step.probability < 1.0:
+            sids = [e for e in sids if rng.random() < step.probability]
+        if step.fault == "kill_actor":  # the whole actor dies, with every endpoint it hosts
+            hit = {sid_group[e] for e in sids}
+            sids = [sid for g in sorted(hit) for sid, _ in groups[g].endpoints]
+        if not sids or at >= sc.duration:
+            return
+        params = step.params()
+        actions.append(ChaosAction(at, i, "start", step.fault, tuple(sids), params))
+        if end is not None and end < sc.duration:
+            actions.append(ChaosAction(end, i, "end", step.fault, tuple(sids), params))
+        if step.fault != "reset" or not params.get("ok", True):
+            for sid in sids:
+                fault_starts.setdefault(sid, []).append(at)
+        targets.update(sids)
+
     for i, step in enumerate(sc.chaos):
+        targets: set[int] = set()
+        if step.fault == "storm":
+            smmus = [step.smmu] if step.smmu is not None else list(range(top.smmus))
+            times = step.repeat.times if step.repeat else 1
+            every = step.repeat.every if step.repeat else 0.0
+            for k in range(times):
+                at = step.at + k * every
+                if at >= sc.duration:
+                    break
+                params = {"factor": step.factor, "smmus": smmus}
+                actions.append(ChaosAction(at, i, "start", "storm", (), params))
+                if at + step.duration < sc.duration:
+                    actions.append(ChaosAction(at + step.duration, i, "end", "storm", (), params))
+            step_targets.append(())
+            continue
         pool = list(range(top.endpoints)) if step.endpoints is None else list(step.endpoints)
         if step.smmu is not None:
             pool = [e for e in pool if sid_node[e] == step.smmu]
         if step.domain is not None:
             pool = [e for e in pool if sid_asid[e] == step.domain]
-        if step.count is not None:
-            chosen = sorted(rng.sample(pool, min(step.count, len(pool))))
-        elif step.fraction is not None:
-            chosen = sorted(rng.sample(pool, max(1, round(step.fraction * len(pool))) if pool else 0))
+        if step.ramp is not None:
+            order = rng.sample(pool, len(pool))  # one draw: each stage adds the next endpoints
+            end = None if step.duration is None else step.at + step.duration
+            done = 0
+            for k in range(step.ramp.stages):
+                frac = step.fraction + (step.ramp.to - step.fraction) * k / (step.ramp.stages - 1)
+                upto = max(1, round(frac * len(order)))
+                emit(i, step, step.at + k * step.ramp.every, sorted(order[done:upto]), end)
+                done = max(done, upto)
         else:
-            chosen = sorted(set(pool))
-        if step.probability < 1.0:
-            chosen = [e for e in chosen if rng.random() < step.probability]
-        if step.fault == "kill_actor":  # the whole actor dies, with every endpoint it hosts
-            hit = {sid_group[e] for e in chosen}
-            chosen = [sid for g in sorted(hit) for sid, _ in groups[g].endpoints]
-        sids = tuple(chosen)
-        step_targets.append(sids)
-        if not sids:
-            continue
-        params = step.params()
-        actions.append(ChaosAction(step.at, i, "start", step.fault, sids, params))
-        if step.duration is not None and step.at + step.duration < sc.duration:
-            actions.append(ChaosAction(step.at + step.duration, i, "end", step.fault, sids, params))
-        is_fault = step.fault != "reset" or not params.get("ok", True)
-        if is_fault:
-            for sid in sids:
-                fault_starts.setdefault(sid, []).append(step.at)
+            times = step.repeat.times if step.repeat else 1
+            every = step.repeat.every if step.repeat else 0.0
+            for k in range(times):
+                at = step.at + k * every
+                end = None if step.duration is None else at + step.duration
+                emit(i, step, at, select(step, pool, step.fraction), end)
+        step_targets.append(tuple(sorted(targets)))
     actions.sort(key=lambda a: (a.at, a.step, a.phase != "end"))
 
     affected_asids = {sid_asid[s] for targets in step_targets for s in targets}

@@ -19,7 +19,7 @@ from iommu_actor.policy import HwInfo, make_policy
 from .config import Scenario, ScenarioError
 from .oracle import Oracle
 from .plan import ChaosAction, Plan, build_plan
-from .summary import build_summary, group_stats, node_stats, oracle_stats
+from .summary import build_summary, check_expectations, checkpoints, group_stats, node_stats, oracle_stats
 
 
 class EventLoop:
@@ -164,6 +164,14 @@ class SimWorld:
         if action.fault == "kill_node":
             raise ScenarioError(f"chaos.{action.step}: kill_node needs the ray runtime on a multi-node cluster "
                                 "(the sim runtime has no nodes)")
+        if action.fault == "storm":
+            for n in action.params["smmus"]:
+                if action.phase == "start":
+                    self.nodes[n].apply_storm(t, action.params["factor"])
+                else:
+                    self.nodes[n].end_storm(t)
+                self._flush_node(n)
+            return
         touched = set()
         for sid in action.sids:
             g = self.sid_group[sid]
@@ -213,10 +221,19 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
         sample(0.0, world)
     loop = world.loop
     status = "complete"
+    checks = checkpoints(sc)
+    checked: list[dict] = []
     try:
         t = 0.0
         while t < sc.duration:
-            t = min(sc.duration, t + progress_every)
+            step_end = min(sc.duration, t + progress_every)
+            while checks and checks[0] <= step_end:
+                at = checks.pop(0)
+                loop.run(at)
+                partial = build_summary(sc, "sim", *world.stats(at), sim_time=at, events=loop.events,
+                                        wall_time=time.perf_counter() - started)
+                checked += check_expectations(sc, partial, at=at)
+            t = step_end
             loop.run(t)
             if progress is not None:
                 progress(t, world)
@@ -228,4 +245,4 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
     now = loop.now
     nodes, oracles, groups = world.stats(now)
     return build_summary(sc, "sim", nodes, oracles, groups, sim_time=now, events=loop.events,
-                         wall_time=wall, status=status)
+                         wall_time=wall, status=status, checkpoint_results=checked)

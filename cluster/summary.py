@@ -105,7 +105,7 @@ def _mean(values: list[float]) -> float | None:
 
 def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[dict], groups: list[dict],
                   sim_time: float, events: int, wall_time: float, status: str = "complete",
-                  extra: dict | None = None) -> dict[str, Any]:
+                  extra: dict | None = None, checkpoint_results: list[dict] | None = None) -> dict[str, Any]:
     healthy = [x for n in nodes for x in n["latencies_healthy"]]
     affected = [x for n in nodes for x in n["latencies_affected"]]
     open_h = [x for n in nodes for x in n["open_healthy"]]
@@ -186,7 +186,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     }
     if extra:
         summary.update(extra)
-    summary["expectations"] = check_expectations(sc, summary)
+    summary["expectations"] = list(checkpoint_results or []) + check_expectations(sc, summary)
     summary["ok"] = status == "complete" and all(e["ok"] for e in summary["expectations"])
     return summary
 
@@ -200,9 +200,13 @@ def lookup(summary: dict, path: tuple[str, ...]) -> Any:
     return node
 
 
-def check_expectations(sc: Scenario, summary: dict) -> list[dict[str, Any]]:
+def check_expectations(sc: Scenario, summary: dict, at: float | None = None) -> list[dict[str, Any]]:
+    """Each bound against the summary: all of them at the end (``at`` None), or those whose
+    ``at:`` lists the checkpoint ``at`` (named ``figure@<t>s``)."""
     out = []
     for name, bound in sc.expect.items():
+        if at is not None and at not in bound.at:
+            continue
         path, _ = EXPECTABLE[name]
         observed = lookup(summary, path)
         ok = True
@@ -213,9 +217,14 @@ def check_expectations(sc: Scenario, summary: dict) -> list[dict[str, Any]]:
                 ok = False
             if bound.min is not None and observed < bound.min:
                 ok = False
-        out.append({"name": name, "ok": ok, "observed": observed,
+        out.append({"name": name if at is None else f"{name}@{at:g}s", "ok": ok, "observed": observed,
                     "bound": {k: v for k, v in (("min", bound.min), ("max", bound.max)) if v is not None}})
     return out
+
+
+def checkpoints(sc: Scenario) -> list[float]:
+    """The scenario times at which some expectation is also checked during the run."""
+    return sorted({t for b in sc.expect.values() for t in b.at})
 
 
 def deterministic_view(summary: dict) -> dict:

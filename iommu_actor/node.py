@@ -52,6 +52,7 @@ from .stats import Histogram
 T_ARRIVAL = 0
 T_HW = 1
 T_POLICY = 2
+T_STORM = 3
 
 #: Log lines kept per node (the rest are only counted).
 MAX_LOG_LINES = 200
@@ -138,6 +139,8 @@ class SmmuNode:
         self._events: deque = deque()
         self._pumping = False
         self.stopped = False
+        self.storm_factor = 1.0  # an invalidation storm multiplies the unmap rate
+        self._storm_gen = 0
 
         self.domains = [_Domain(d, spec.pages_per_domain) for d in spec.domains]
         self.smmu = Smmu(self, command_queues=spec.command_queues,
@@ -202,6 +205,10 @@ class SmmuNode:
             if not self.stopped:
                 self._arrival()
                 self._arm_arrival()
+        elif kind == T_STORM:
+            if not self.stopped and tag[1] == self._storm_gen and self.storm_factor > 1.0:
+                self._arrival()
+                self._arm_storm()
         elif kind == T_HW:
             self.smmu.on_hw_timeout(tag[1], now)
         elif kind == T_POLICY:
@@ -270,6 +277,24 @@ class SmmuNode:
         d.pt[slot] = (pa, tag)
         d.add_mapped(slot)
         self.oracle.on_map(tag, pa)
+
+    def apply_storm(self, now: float, factor: float) -> None:
+        """An invalidation storm begins: unmaps arrive ``factor`` times as often."""
+        self.now = now
+        self.storm_factor = factor
+        self._storm_gen += 1
+        if self.spec.unmaps_per_s > 0:
+            self._arm_storm()
+
+    def end_storm(self, now: float) -> None:
+        self.now = now
+        self.storm_factor = 1.0
+        self._storm_gen += 1
+
+    def _arm_storm(self) -> None:
+        # the extra arrivals are a Poisson process of their own, (factor - 1) x the base rate
+        rate = self.spec.unmaps_per_s * (self.storm_factor - 1.0)
+        self.timers.append((self.now + self.rng.expovariate(rate), (T_STORM, self._storm_gen)))
 
     def _arm_arrival(self) -> None:
         self.timers.append((self.now + self.rng.expovariate(self.spec.unmaps_per_s), (T_ARRIVAL, 0)))
