@@ -1,0 +1,424 @@
+"""The live event loop shared by the two actor shells (iommu_actor/actor.py, device_actors/actor.py).
+
+Each Ray actor hosts one sans-IO model object (an SmmuNode or an EndpointGroup) and drives it the
+way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual time:
+
+- **Time.** Every actor gets the same start instant ``t0`` (``time.time()`` seconds, chosen by the
+  driver shortly in the future) and ``time_scale`` (wall seconds per scenario second). Scenario
+  time is ``(time.time() - t0) / time_scale``. The model only ever sees scenario time, and never a
+  time earlier than one it has already seen (a late timer fires at its own time if that is still
+  ahead of the model's clock, else at the model's clock).
+- **Timers.** A heap of ``(scenario time, seq, tag)``; one asyncio task sleeps until the earliest
+  is due, fires every due one (``on_timer``), drains the model and ships what it produced. Chaos
+  steps and locally synthesised messages ride the same heap with string-kinded tags.
+- **Transport.** Messages are routed per destination actor, appended to that destination's
+  pending list and shipped as one msgpack-encoded batch per Ray call. At most one batch is in
+  flight per destination: the next batch (everything that piled up meanwhile) leaves when the
+  previous one is acknowledged. This keeps per-destination FIFO order and makes batches grow by
+  themselves under load. Nothing here ever awaits per message, so a hung endpoint never blocks
+  its neighbours.
+- **Dead peers.** A call that fails because the destination actor died marks it dead; its
+  pending and later messages are dropped and counted (``on_dead`` lets the SMMU shell answer for
+  the root complex).
+
+Only this module, ``cluster/ray_runtime.py`` and the two ``actor.py`` shells know about Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from heapq import heappop, heappush
+from typing import Any
+
+import msgpack
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+#: the model yields to the event loop (so incoming batches get processed) after this many timers
+FIRE_SLICE = 256
+#: longest the timer task sleeps without looking at the clock (wall seconds)
+MAX_SLEEP = 0.1
+#: transport delay samples kept per actor (beyond it, every other one is dropped)
+MAX_SAMPLES = 20_000
+
+# heap tag kinds that are not the model's (model tags start with an int)
+CHAOS = "chaos"
+LOCAL = "local"
+
+
+def pack(batch) -> bytes:
+    return msgpack.packb(batch, use_bin_type=True)
+
+
+def unpack(payload: bytes):
+    return msgpack.unpackb(payload, use_list=False, raw=False)
+
+
+class _Samples:
+    """A bounded sample of non-negative floats (wall seconds), for p50/p99/max."""
+
+    __slots__ = ("values", "stride", "skip", "max", "count")
+
+    def __init__(self):
+        self.values: list[float] = []
+        self.stride = 1
+        self.skip = 0
+        self.max = 0.0
+        self.count = 0
+
+    def add(self, v: float) -> None:
+        self.count += 1
+        if v > self.max:
+            self.max = v
+        self.skip += 1
+        if self.skip >= self.stride:
+            self.skip = 0
+            self.values.append(v)
+            if len(self.values) >= MAX_SAMPLES:
+                self.values = self.values[::2]
+                self.stride *= 2
+
+    def export(self) -> dict[str, Any]:
+        return {"count": self.count, "max": self.max, "samples": list(self.values)}
+
+
+class LiveShell:
+    """Base of both actor shells. Subclasses set ``self.model`` and implement ``route``,
+    ``apply_chaos`` and ``stats``; ``on_dead`` is optional."""
+
+    kind = "?"
+
+    def __init__(self, index: int):
+        self.index = index
+        self.model: Any = None
+        self.peers: list = []
+        self.dead: set[int] = set()
+        self.heap: list = []
+        self.seq = 0
+        self.t0 = 0.0
+        self.scale = 1.0
+        self.duration = float("inf")
+        self.last = 0.0  # the model's clock (scenario seconds); never goes back
+        self.started = False
+        self.model_started = False
+        self.done = False
+        self.stop_at: float | None = None  # scenario time to stop at early (interruption)
+        self._task: asyncio.Task | None = None
+        self._waiter: asyncio.Future | None = None
+        self._sleep_until = float("inf")
+        self._finished: asyncio.Event | None = None
+        # transport
+        self.pending: dict[int, list] = {}
+        self.pending_since: dict[int, float] = {}
+        self.sending: set[int] = set()
+        self.msgs_sent = 0
+        self.bytes_sent = 0
+        self.batches_sent = 0
+        self.msgs_received = 0
+        self.bytes_received = 0
+        self.batches_received = 0
+        self.dropped_dead = 0  # messages for a dead peer
+        self.dropped_late = 0  # messages that arrived after the end of the run
+        self.batch_rtt = _Samples()  # send -> acknowledged (wall s)
+        self.delay = _Samples()  # oldest message of a batch: queued -> acknowledged (wall s)
+        self.lateness = _Samples()  # timers: due -> fired (wall s)
+        self.recent_lag = 0.0  # worst lateness/delay since the last progress() call (wall s)
+        self.errors: list[str] = []
+        self.fired = 0
+        self.delivered = 0
+        self.exporter = None
+
+    # --- subclass hooks ------------------------------------------------------------------------
+
+    def route(self, msgs: list) -> dict[int, list]:
+        raise NotImplementedError
+
+    def apply_chaos(self, now: float, action: tuple) -> None:
+        raise NotImplementedError
+
+    def on_dead(self, dest: int, msgs: list) -> None:
+        self.dropped_dead += len(msgs)
+
+    def set_exporter_time(self, now: float) -> None:
+        if self.exporter is not None:
+            try:
+                self.exporter.set_time(now)
+            except Exception as exc:  # metrics never take the run down
+                self._error(f"metrics exporter: {exc!r}")
+                self.exporter = None
+
+    # --- set-up (called by the driver) ------------------------------------------------------------
+
+    async def ping(self, payload: bytes = b"") -> int:
+        """An empty round trip, for the start-up transport measurement."""
+        if payload:
+            unpack(payload)
+        return len(payload)
+
+    async def measure_rtt(self, n: int, batch: list) -> list[float]:
+        """Round trips (wall s) to every live peer, ``n`` each, with a batch like the real ones."""
+        payload = pack(batch)
+        out = []
+        for _ in range(n):
+            for p, h in enumerate(self.peers):
+                if h is None or p in self.dead:
+                    continue
+                t = time.perf_counter()
+                await h.ping.remote(payload)
+                out.append(time.perf_counter() - t)
+        return out
+
+    async def connect(self, peers: list) -> bool:
+        self.peers = list(peers)
+        return True
+
+    async def start(self, t0: float, time_scale: float, duration: float, chaos: list) -> bool:
+        self.t0 = t0
+        self.scale = time_scale
+        self.duration = duration
+        for action in chaos:  # (at, step, phase, fault, sids, params)
+            self._push(action[0], (CHAOS, action))
+        self._finished = asyncio.Event()
+        self.started = True
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    # --- the clock and the timer heap --------------------------------------------------------------
+
+    def clock(self) -> float:
+        return (time.time() - self.t0) / self.scale
+
+    def _push(self, t: float, tag) -> None:
+        self.seq += 1
+        heappush(self.heap, (t, self.seq, tag))
+        if t < self._sleep_until:
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+
+    def _model_start(self) -> None:
+        if not self.model_started:
+            self.model_started = True
+            self.model.start(0.0)
+            self._drain()
+
+    async def _sleep(self, wall_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiter = fut
+        handle = loop.call_later(wall_s, _wake, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._waiter = None
+            self._sleep_until = float("inf")
+
+    async def _run(self) -> None:
+        try:
+            delay = self.t0 - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._model_start()
+            heap = self.heap
+            while True:
+                end = self.duration if self.stop_at is None else min(self.duration, self.stop_at)
+                now = self.clock()
+                horizon = min(now, end)
+                n = 0
+                while heap and heap[0][0] <= horizon:
+                    t, _, tag = heappop(heap)
+                    late = now - t
+                    if late > 0:
+                        late_wall = late * self.scale
+                        self.lateness.add(late_wall)
+                        if late_wall > self.recent_lag:
+                            self.recent_lag = late_wall
+                    self._fire(t if t > self.last else self.last, tag)
+                    n += 1
+                    if n % FIRE_SLICE == 0:
+                        await asyncio.sleep(0)  # let incoming batches in
+                        now = self.clock()
+                        horizon = min(now, end)
+                if now >= end:
+                    break
+                nxt = heap[0][0] if heap else end
+                nxt = min(nxt, end)
+                wait = (nxt - self.clock()) * self.scale
+                if wait > 0:
+                    self._sleep_until = nxt
+                    await self._sleep(min(wait, MAX_SLEEP))
+                elif n == 0:
+                    await asyncio.sleep(0)
+        except Exception as exc:  # a model bug: say so, stop this actor's clock
+            self._error(f"{self.kind} actor {self.index}: {type(exc).__name__}: {exc}")
+        finally:
+            self.done = True
+            if self._finished is not None:
+                self._finished.set()
+
+    def _fire(self, t: float, tag) -> None:
+        self.last = t
+        self.fired += 1
+        kind = tag[0]
+        if kind == CHAOS:
+            self.apply_chaos(t, tag[1])
+        elif kind == LOCAL:
+            self.model.on_messages(t, (tag[1],))
+        else:
+            self.model.on_timer(t, tag)
+        self._drain()
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    async def deliver(self, payload: bytes) -> None:
+        """A batch from a peer (its messages in order)."""
+        self.batches_received += 1
+        self.bytes_received += len(payload)
+        batch = unpack(payload)
+        self.msgs_received += len(batch)
+        if not self.started or self.done:
+            self.dropped_late += len(batch)
+            return
+        now = self.clock()
+        end = self.duration if self.stop_at is None else min(self.duration, self.stop_at)
+        if now > end:
+            self.dropped_late += len(batch)
+            return
+        self._model_start()
+        if now < self.last:
+            now = self.last
+        self.last = now
+        self.delivered += len(batch)
+        try:
+            self.model.on_messages(now, batch)
+            self._drain()
+        except Exception as exc:
+            self._error(f"{self.kind} actor {self.index}: {type(exc).__name__}: {exc}")
+            self.done = True
+
+    def _drain(self) -> None:
+        msgs, timers = self.model.drain()
+        for t, tag in timers:
+            self._push(t, tag)
+        if msgs:
+            for dest, batch in self.route(msgs).items():
+                self._enqueue(dest, batch)
+
+    def _enqueue(self, dest: int, msgs: list) -> None:
+        if dest in self.dead:
+            self.on_dead(dest, msgs)
+            return
+        buf = self.pending.get(dest)
+        if buf is None:
+            self.pending[dest] = msgs
+            self.pending_since[dest] = time.time()
+        else:
+            buf.extend(msgs)
+        if dest not in self.sending:
+            self.sending.add(dest)
+            asyncio.get_running_loop().create_task(self._ship(dest))
+
+    async def _ship(self, dest: int) -> None:
+        try:
+            handle = self.peers[dest]
+            while dest not in self.dead:
+                batch = self.pending.pop(dest, None)
+                if not batch:
+                    break
+                since = self.pending_since.pop(dest)
+                payload = pack(batch)
+                sent = time.time()
+                try:
+                    await handle.deliver.remote(payload)
+                except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer
+                    self._error(f"{self.kind} actor {self.index} -> peer {dest}: {exc}")
+                    self.on_dead(dest, batch)
+                    continue
+                except (RayActorError, RayError):
+                    self.mark_dead(dest)
+                    self.on_dead(dest, batch)
+                    break
+                ack = time.time()
+                self.msgs_sent += len(batch)
+                self.bytes_sent += len(payload)
+                self.batches_sent += 1
+                self.batch_rtt.add(ack - sent)
+                d = ack - since
+                self.delay.add(d)
+                if d > self.recent_lag:
+                    self.recent_lag = d
+        finally:
+            self.sending.discard(dest)
+
+    def mark_dead(self, dest: int) -> None:
+        if dest in self.dead:
+            return
+        self.dead.add(dest)
+        left = self.pending.pop(dest, None)
+        self.pending_since.pop(dest, None)
+        if left:
+            self.on_dead(dest, left)
+
+    async def peer_lost(self, dest: int) -> bool:
+        """The driver killed peer ``dest`` (or saw it die): stop sending to it."""
+        self.mark_dead(dest)
+        return True
+
+    def _error(self, text: str) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(text)
+
+    # --- what the driver reads -------------------------------------------------------------------
+
+    async def stop_early(self, at: float | None = None) -> float:
+        """Interruption: stop the clock now (or at scenario time ``at``)."""
+        self.stop_at = self.clock() if at is None else at
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        return self.stop_at
+
+    async def wait_done(self, timeout: float) -> bool:
+        if self._finished is None:
+            return True
+        try:
+            await asyncio.wait_for(self._finished.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def progress_base(self) -> dict[str, Any]:
+        lag, self.recent_lag = self.recent_lag, 0.0
+        return {"t": self.last, "lag_wall_s": lag, "errors": list(self.errors), "done": self.done,
+                "msgs_sent": self.msgs_sent, "batches_sent": self.batches_sent}
+
+    def transport_stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "index": self.index,
+            "messages_sent": self.msgs_sent, "bytes_sent": self.bytes_sent, "batches_sent": self.batches_sent,
+            "messages_received": self.msgs_received, "bytes_received": self.bytes_received,
+            "batches_received": self.batches_received,
+            "dropped_dead_peer": self.dropped_dead, "dropped_after_end": self.dropped_late,
+            "batch_rtt": self.batch_rtt.export(), "delay": self.delay.export(),
+            "timer_lateness": self.lateness.export(),
+            "timers_fired": self.fired, "errors": list(self.errors),
+        }
+
+    def end_time(self) -> float:
+        if self.stop_at is not None:
+            return max(self.last, min(self.stop_at, self.duration))
+        return self.duration if self.done else max(self.last, min(self.clock(), self.duration))
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def node_location() -> dict[str, Any]:
+    ctx = ray.get_runtime_context()
+    import os
+
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}

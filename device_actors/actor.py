@@ -1,0 +1,81 @@
+"""The device actor: a thin Ray shell around one EndpointGroup (``topology.endpoints_per_actor``
+endpoints; an endpoint is never a process).
+
+The live event loop (clock, timer heap, batched msgpack transport) is ``cluster.live.LiveShell``;
+this class builds the group, routes upstream messages to the SMMU actor owning each StreamID, and
+applies the endpoint chaos steps (``EndpointGroup.apply_fault`` / ``end_fault``) at their times.
+The runtime applies ``ray.remote`` to it (cluster/ray_runtime.py).
+
+This file and iommu_actor/actor.py are the only modules of the two model packages that may import
+Ray, asyncio or time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.live import LiveShell, node_location
+from cluster.summary import group_stats
+
+from .endpoint import EndpointGroup
+
+
+class DeviceActor(LiveShell):
+    kind = "device"
+
+    def __init__(self, index: int, endpoints: list[tuple[int, int]], group_kwargs: dict,
+                 sid_node: dict[int, int], metrics_bind: str | None = None,
+                 labels: dict[str, str] | None = None):
+        super().__init__(index)
+        self.group = EndpointGroup(index, [tuple(e) for e in endpoints], **group_kwargs)
+        self.model = self.group
+        self.sid_node = sid_node
+        self.single = len(set(sid_node.values())) == 1
+        self.only = next(iter(sid_node.values())) if self.single else 0
+        self.labels = dict(labels or {})
+        self.target: str | None = None
+        # ---- METRICS HOOK: where a Prometheus exporter starts (off unless metrics_bind is set) ----
+        if metrics_bind:
+            from cluster.metrics import DeviceExporter  # lazy: only when metrics are wanted
+
+            self.exporter = DeviceExporter(self.group, self.labels, metrics_bind)
+            host, port = self.exporter.start()
+            self.target = f"{host}:{port}"
+        # ------------------------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, Any]:
+        return {**node_location(), "target": self.target}
+
+    def route(self, msgs: list) -> dict[int, list]:
+        if self.single:
+            return {self.only: msgs}
+        out: dict[int, list] = {}
+        sid_node = self.sid_node
+        for m in msgs:
+            n = sid_node[m[1]]
+            b = out.get(n)
+            if b is None:
+                out[n] = [m]
+            else:
+                b.append(m)
+        return out
+
+    def apply_chaos(self, now: float, action: tuple) -> None:
+        _, step, phase, fault, sids, params = action
+        group = self.group
+        for sid in sids:
+            if sid not in group.by_sid:
+                continue
+            if phase == "start":
+                group.apply_fault(now, sid, fault, params, step)
+            else:
+                group.end_fault(now, sid, step)
+
+    async def progress(self) -> dict[str, Any]:
+        self.set_exporter_time(self.last)
+        return {**self.progress_base(), "group": group_stats(self.group)}
+
+    async def stats(self) -> dict[str, Any]:
+        now = self.end_time()
+        self.set_exporter_time(now)
+        return {"group": group_stats(self.group), "transport": self.transport_stats(), "end_s": now}

@@ -1,0 +1,124 @@
+"""The SMMU actor: a thin Ray shell around one SmmuNode and its safety oracle.
+
+One per SMMU (``topology.smmus``). It owns the node (stream table, command queues, host software,
+policy) and the Oracle for that SMMU's streams. The live event loop (clock, timer heap, batched
+msgpack transport) is ``cluster.live.LiveShell``; this class only builds the model, routes the
+downstream messages to the device actor hosting each StreamID, and answers for the root complex
+when a device actor is gone. The runtime applies ``ray.remote`` to it (cluster/ray_runtime.py).
+
+This file and device_actors/actor.py are the only modules of the two model packages that may
+import Ray, asyncio or time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.live import LOCAL, LiveShell, node_location
+from cluster.oracle import Oracle
+from cluster.summary import node_stats, oracle_stats
+from device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
+
+from .node import NodeSpec, SmmuNode
+from .policy import HwInfo, make_policy
+
+
+class SmmuActor(LiveShell):
+    kind = "smmu"
+
+    def __init__(self, spec: NodeSpec, policy_name: str, policy_params: dict, hw: dict,
+                 fault_starts: dict[int, list[float]], sid_group: dict[int, int], group_sids: dict[int, list[int]],
+                 flr_time: float, metrics_bind: str | None = None, labels: dict[str, str] | None = None):
+        super().__init__(spec.index)
+        self.oracle = Oracle(fault_starts)
+        self.node = SmmuNode(spec, make_policy(policy_name, policy_params, HwInfo(**hw)), self.oracle)
+        self.model = self.node
+        self.sid_group = sid_group
+        self.group_sids = group_sids  # group -> its sids that belong to this SMMU
+        self.flr_time = flr_time
+        self.single = len(set(sid_group.values())) == 1
+        self.lost_sids: dict[int, float] = {}
+        self.lost_sids_groups: set[int] = set()
+        self.synthesised = 0
+        self.labels = dict(labels or {})
+        self.metrics_bind = metrics_bind
+        self.target: str | None = None
+        # ---- METRICS HOOK: where a Prometheus exporter starts (off unless metrics_bind is set) ----
+        if metrics_bind:
+            from cluster.metrics import SmmuExporter  # lazy: only when metrics are wanted
+
+            self.exporter = SmmuExporter(self.node, self.oracle, self.labels, metrics_bind)
+            host, port = self.exporter.start()
+            self.target = f"{host}:{port}"
+        # ------------------------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, Any]:
+        return {**node_location(), "target": self.target}
+
+    def route(self, msgs: list) -> dict[int, list]:
+        sid_group = self.sid_group
+        if self.single:
+            g = sid_group.get(msgs[0][1])
+            return {g: msgs} if g is not None else {}
+        out: dict[int, list] = {}
+        for m in msgs:
+            g = sid_group.get(m[1])
+            if g is not None:  # a StreamID with no endpoint behind it: nobody answers
+                b = out.get(g)
+                if b is None:
+                    out[g] = [m]
+                else:
+                    b.append(m)
+        return out
+
+    def on_dead(self, dest: int, msgs: list) -> None:
+        """The device actor is gone; its endpoints behave like surprise-removed devices (as the sim
+        runtime makes them): the root complex completes a config read with "absent", an FLR comes
+        back failed after flr_time, everything else is lost."""
+        self.dropped_dead += len(msgs)
+        now = self.last
+        for m in msgs:
+            kind = m[0]
+            if kind == MSG_PRESENCE_QUERY:
+                self.synthesised += 1
+                self._push(now, (LOCAL, (MSG_PRESENCE, m[1], 0, 0, 0)))
+            elif kind == MSG_FLR:
+                self.synthesised += 1
+                self._push(now + self.flr_time, (LOCAL, (MSG_FLR_DONE, m[1], 0, now, 0)))
+        if dest not in self.lost_sids_groups:
+            self.lost_sids_groups.add(dest)
+            for sid in self.group_sids.get(dest, ()):
+                if sid not in self.lost_sids:
+                    self.lost_sids[sid] = now
+                    self.oracle.note_fault(sid, now)
+
+    async def endpoints_lost(self, group: int, at: float) -> int:
+        """The driver killed device actor ``group`` at scenario time ``at`` (chaos or node loss):
+        its endpoints are surprise-removed; tell the oracle when their fault began."""
+        self.lost_sids_groups.add(group)
+        n = 0
+        for sid in self.group_sids.get(group, ()):
+            if sid not in self.lost_sids:
+                self.lost_sids[sid] = at
+                self.oracle.note_fault(sid, at)
+                n += 1
+        self.mark_dead(group)
+        return n
+
+    def apply_chaos(self, now: float, action: tuple) -> None:  # no SMMU-side chaos steps yet
+        pass
+
+    async def progress(self) -> dict[str, Any]:
+        self.set_exporter_time(self.last)
+        node, oracle = self.node, self.oracle
+        return {**self.progress_base(), "commands": sum(node.smmu.cmd_counts.values()),
+                "syncs": node.sync_count(), "fenced": len(oracle.fenced), "uaf": oracle.uaf_exposures,
+                "unmaps": len(node.latencies_healthy) + len(node.latencies_affected)}
+
+    async def stats(self) -> dict[str, Any]:
+        now = self.end_time()
+        self.set_exporter_time(now)
+        transport = self.transport_stats()
+        transport["synthesised_root_complex_replies"] = self.synthesised
+        return {"node": node_stats(self.node, now), "oracle": oracle_stats(self.oracle),
+                "transport": transport, "end_s": now, "lost_sids": len(self.lost_sids)}

@@ -1,0 +1,104 @@
+"""The live ``ray`` runtime on a 3-node ``ray.cluster_utils.Cluster`` (started once for the module).
+
+The head has no CPUs: it runs the driver and the SMMU actors; the device actors (num_cpus=0.01)
+are spread over the two workers, so ``kill_node`` can remove a worker node for real.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.sim import run_sim
+from live_helpers import POLICIES, hang_scenario, verdict, with_root_on_pythonpath
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with_root_on_pythonpath()
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 1024 * 1024,
+        # a removed node is noticed within a second or two, not the default 15 s
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                           "health_check_failure_threshold": 3}})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
+        c.wait_for_nodes()
+        ray.init(address=c.address, logging_level="warning")
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _killer(c):
+    killed = []
+
+    def kill(node_id: str) -> None:
+        for n in list(c.worker_nodes):
+            if n.node_id == node_id:
+                c.remove_node(n)
+                killed.append(node_id)
+                return
+        raise LookupError(f"no worker node {node_id}")
+    return kill, killed
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_hang_verdicts_match_sim_and_endpoints_spread(cluster, policy):
+    from cluster.ray_runtime import run_ray
+
+    sc = hang_scenario(policy, endpoints=32)  # 4 device actors of 8 endpoints
+    live = run_ray(sc, quiet=True)
+    assert live["status"] == "complete"
+    assert verdict(live) == verdict(run_sim(sc)), live["transport"]["saturation"]
+    placement = live["placement"]
+    head = placement["driver_node_id"]
+    dev_nodes = {a["node_id"] for a in placement["actors"] if a["kind"] == "device"}
+    assert len(dev_nodes) == 2 and head not in dev_nodes  # spread over both workers
+    assert {a["node_id"] for a in placement["actors"] if a["kind"] == "smmu"} == {head}
+    assert sum(n["endpoints"] for n in placement["nodes"].values()) == 32
+
+
+def test_kill_node_removes_a_worker_and_the_run_goes_on(cluster, tmp_path):
+    from cluster.ray_runtime import run_ray
+
+    kill, killed = _killer(cluster)
+    chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
+             {"at": 2, "fault": "kill_node", "endpoints": [20]}]
+    sc = hang_scenario("quarantine", endpoints=32, chaos=chaos, duration=5)
+    s = run_ray(sc, quiet=True, out_dir=tmp_path, node_killer=kill)
+    assert s["status"] == "complete"
+    assert json.loads((tmp_path / "summary.json").read_text())["lost"] == s["lost"]
+    assert len(killed) == 1
+    lost = s["lost"]
+    assert [n["node_id"] for n in lost["nodes"]] == killed
+    assert lost["nodes"][0]["how"] == "node killed by the node killer"
+    # every device actor of that node went with it, endpoint 20's among them
+    on_node = {a["index"] for a in s["placement"]["actors"] if a["kind"] == "device" and a["node_id"] == killed[0]}
+    assert {a["index"] for a in lost["actors"]} == on_node and 20 in lost["endpoints"]
+    assert len(lost["endpoints"]) == 8 * len(on_node)
+    assert s["endpoints_by_state"]["removed"] == len(lost["endpoints"])
+
+
+def test_interrupted_run_still_has_a_summary(cluster, tmp_path):
+    """A Ctrl-C in the middle of the run (raised here by the node killer, in the driver's loop)."""
+    from cluster.ray_runtime import run_ray
+
+    def interrupt(node_id: str) -> None:
+        raise KeyboardInterrupt
+
+    sc = hang_scenario("arm-smmu-v3", endpoints=32, chaos=[{"at": 1, "fault": "kill_node", "endpoints": [9]}],
+                       duration=4)
+    s = run_ray(sc, quiet=True, out_dir=tmp_path, node_killer=interrupt)
+    assert s["status"] == "interrupted" and s["ok"] is False
+    assert s["sim_time_s"] < 4
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    assert s["commands_total"] > 0

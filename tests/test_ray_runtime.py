@@ -1,0 +1,170 @@
+"""The live ``ray`` runtime on a real local Ray (started once for the module)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from cluster.sim import run_sim
+from live_helpers import POLICIES, ROOT, hang_scenario, verdict, with_root_on_pythonpath
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with_root_on_pythonpath()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
+             object_store_memory=200 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+# --- no Ray needed ---------------------------------------------------------------------------------
+
+
+def test_model_modules_do_not_import_ray_asyncio_or_time():
+    banned = {"ray", "asyncio", "time", "prometheus_client"}
+    for pkg in ("iommu_actor", "device_actors"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path.name == "actor.py" and path.parent.name == pkg:
+                continue  # the two actor shells are the allowed exceptions
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                for n in names:
+                    assert n.split(".")[0] not in banned, f"{path.relative_to(ROOT)} imports {n}"
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "127.0.0.1:1", "ray://127.0.0.1:1", "no-port", "ftp://x:1"])
+def test_bad_address_is_exit_2(tmp_path, address):
+    sc = tmp_path / "s.yaml"
+    sc.write_text(yaml.safe_dump({"name": "bad-address", "duration": 1,
+                                  "topology": {"endpoints": 4, "domains": 1, "endpoints_per_actor": 4}}))
+    result = CliRunner().invoke(app, ["run", str(sc), "--runtime", "ray", "--address", address, "-q",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert address.split("://")[-1].split(":")[0] in result.output
+    if address.startswith("http"):
+        assert "ray job submit" in result.output
+
+
+def test_bad_address_raises_runtime_input_error():
+    from cluster.ray_runtime import RuntimeInputError, run_ray
+
+    with pytest.raises(RuntimeInputError, match="nothing answers"):
+        run_ray(hang_scenario("arm-smmu-v3"), address="127.0.0.1:1", quiet=True)
+
+
+# --- live ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("policy", POLICIES)
+def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
+    from cluster.ray_runtime import run_ray
+
+    sc = hang_scenario(policy)
+    live = run_ray(sc, quiet=True, out_dir=tmp_path)
+    sim = run_sim(sc)
+    assert live["status"] == "complete"
+    assert live["runtime"] == "ray"
+    assert verdict(live) == verdict(sim), (live["transport"]["saturation"], live.get("failure"))
+    assert (tmp_path / "summary.json").exists()
+    # the live-only sections
+    assert live["transport"]["downstream"]["messages"] > 0 and live["transport"]["upstream"]["messages"] > 0
+    assert live["transport"]["round_trip_wall_s"]["p50"] > 0
+    assert live["transport"]["ceiling"]["syncs_per_s_per_queue"] > 0
+    assert {a["kind"] for a in live["placement"]["actors"]} == {"smmu", "device"}
+    assert live["lost"] == {"actors": [], "endpoints": [], "nodes": []}
+    assert set(sim) - {"wall"} <= set(live)  # same fields as the sim runtime's
+
+
+@pytest.mark.ray
+def test_kill_actor_mid_run(local_ray, tmp_path):
+    from cluster.ray_runtime import run_ray
+
+    chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
+             {"at": 2, "fault": "kill_actor", "endpoints": [9]}]
+    sc = hang_scenario("quarantine", chaos=chaos, duration=5)
+    s = run_ray(sc, quiet=True, out_dir=tmp_path)
+    assert s["status"] == "complete"
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["status"] == "complete"
+    lost = s["lost"]
+    assert [(a["kind"], a["index"]) for a in lost["actors"]] == [("device", 1)]
+    assert lost["endpoints"] == list(range(8, 16))
+    assert s["endpoints_by_state"].get("removed", 0) == 8
+    assert s["transport"]["downstream"]["messages"] > 0
+
+
+@pytest.mark.ray
+def test_kill_node_without_killer_kills_its_device_actors(local_ray, tmp_path, capsys):
+    from cluster.ray_runtime import run_ray
+
+    sc = hang_scenario("arm-smmu-v3", chaos=[{"at": 1, "fault": "kill_node", "endpoints": [2]}], duration=3)
+    s = run_ray(sc, quiet=False, out_dir=tmp_path)
+    assert s["status"] == "complete"
+    assert (tmp_path / "summary.json").exists()
+    assert len(s["lost"]["nodes"]) == 1
+    node = s["lost"]["nodes"][0]
+    assert "device actors killed" in node["how"]
+    # a single-node cluster: every device actor was on it
+    assert sorted(a["index"] for a in s["lost"]["actors"]) == [0, 1]
+    assert s["lost"]["endpoints"] == list(range(16))
+    assert "kill_node" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_device_actor_that_will_not_start(local_ray):
+    from cluster.ray_runtime import RuntimeInputError, run_ray
+
+    with pytest.raises(RuntimeInputError, match="did not start"):
+        run_ray(hang_scenario("arm-smmu-v3"), quiet=True, startup_timeout=2,
+                device_options={"resources": {"no_such_resource": 1}})
+
+
+def test_cluster_configs_parse():
+    """cluster/ray-cluster.yaml is a valid `ray up` config (Ray's own schema) that installs and
+    starts ats-stress; cluster/kuberay-rayjob.yaml is a RayJob with the same entrypoint."""
+    import os
+
+    ray_up = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    schema_path = Path(os.path.dirname(ray.__file__)) / "autoscaler" / "ray-schema.json"
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(ray_up, json.loads(schema_path.read_text()))
+    assert ray_up["provider"]["type"] == "local"
+    assert ray_up["max_workers"] == len(ray_up["provider"]["worker_ips"])
+    assert any("ats-stress" in c and "pip install" in c for c in ray_up["setup_commands"])
+    assert any("ray start --head" in c and "--port=6379" in c for c in ray_up["head_start_ray_commands"])
+    assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in ray_up["worker_start_ray_commands"])
+
+    job = yaml.safe_load((ROOT / "cluster" / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["name"]
+    spec = job["spec"]
+    words = spec["entrypoint"].split()
+    assert words[:2] == ["ats-stress", "run"] and words[words.index("--runtime") + 1] == "ray"
+    assert words[2].endswith("configs/scenarios/scale-1000-mixed.yaml")
+    assert "--address" not in words  # inside a job, ray.init() joins the job's cluster
+    rc = spec["rayClusterSpec"]
+    head = rc["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    assert head["template"]["spec"]["containers"][0]["image"]
+    workers = rc["workerGroupSpecs"]
+    assert workers and all(w["groupName"] and "rayStartParams" in w and w["template"]["spec"]["containers"][0]["image"]
+                           for w in workers)
+    assert all(w["minReplicas"] <= w["replicas"] <= w["maxReplicas"] for w in workers)
