@@ -16,11 +16,18 @@ from .config import Scenario
 from .summary import deterministic_view, write_json
 
 
-def _run_one(args: tuple[dict, str]) -> dict:
-    data, runtime = args
+def _run_one(args: tuple) -> dict:
+    data, runtime, *opts = args
     from .sim import run_sim  # in the worker process
 
     sc = Scenario.model_validate(data)
+    if opts and opts[0]:  # compare: also the time series for the per-figure charts
+        from .reports import SAMPLE_EVERY, RunSampler, compact_series
+
+        sampler = RunSampler(sc, om_every=None)
+        summary = run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler)
+        summary["series"] = compact_series(sampler.samples())
+        return summary
     return run_sim(sc)
 
 
@@ -82,10 +89,11 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
 
 
 def run_matrix(scenarios: list[Scenario], workers: int | None = None,
-               on_result: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every scenario on the sim runtime, in parallel on the machine's cores; results in order."""
+               on_result: Callable[[dict], None] | None = None, series: bool = False) -> list[dict]:
+    """Run every scenario on the sim runtime, in parallel on the machine's cores; results in order.
+    ``series``: each summary also carries its compact time series under "series"."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(scenarios)))
-    jobs = [(v.model_dump(mode="python"), "sim") for v in scenarios]
+    jobs = [(v.model_dump(mode="python"), "sim", series) for v in scenarios]
     results: list[dict] = []
     if workers == 1:
         for j in jobs:
@@ -103,7 +111,8 @@ def run_matrix(scenarios: list[Scenario], workers: int | None = None,
 
 def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
                 workers: int | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
-    results = run_matrix(variants(sc, policies, seeds), workers, on_result)
+    results = run_matrix(variants(sc, policies, seeds), workers, on_result, series=out is not None)
+    series = [r.pop("series", None) for r in results]
     rows = []
     for name in policies:
         runs = [r for r in results if r["policy"] == name]
@@ -113,6 +122,9 @@ def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
     if out is not None:
         write_json(out / "compare.json", report)
         plot_compare(rows, out / "compare.png", title=f"{sc.name}: {seeds} seed(s) per policy")
+        from .reports import plot_compare_series
+
+        plot_compare_series(sc, results, series, out)  # compare-latency/cmdq/endpoints.png
     return report
 
 

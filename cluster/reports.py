@@ -121,11 +121,35 @@ def _plt():
 
 
 def _step_spans(sc, end: float) -> list[tuple[int, str, float, float]]:
+    """(step, fault, start, stop) for every occurrence of every chaos step (repeats and ramps from the
+    plan); a step with no end lasts to the end of the run, a reset is an instant."""
+    from .plan import build_plan
+
+    try:
+        actions = build_plan(sc).actions
+    except Exception:  # noqa: BLE001 - the plot falls back to the scenario's own step list
+        actions = []
+    starts: dict[int, list[float]] = {}
+    ends: dict[int, list[float]] = {}
+    faults: dict[int, str] = {}
+    for a in actions:
+        (starts if a.phase == "start" else ends).setdefault(a.step, []).append(float(a.at))
+        faults[a.step] = str(a.fault)
     out = []
     for i, step in enumerate(sc.chaos):
-        start = float(step.at)
-        stop = start + float(step.duration) if step.duration else (start + 0.0 if step.fault == "reset" else end)
-        out.append((i, str(step.fault), start, min(stop, end)))
+        fault = faults.get(i, str(step.fault))
+        occ = sorted(starts.get(i, [])) or [float(step.at)]
+        stops = sorted(ends.get(i, []))
+        spans: list[list[float]] = []
+        for a in occ:
+            stop = next((e for e in stops if e >= a), None)
+            if stop is None:
+                stop = a if fault == "reset" else end
+            if spans and a <= spans[-1][1] and stop >= spans[-1][0]:
+                spans[-1][1] = max(spans[-1][1], stop)
+            else:
+                spans.append([a, stop])
+        out += [(i, fault, a, min(b, end)) for a, b in spans]
     return out
 
 
@@ -135,7 +159,7 @@ def _targets(sc, samples: dict | None, i: int) -> str:
     if i < len(targets) and targets[i]:
         sids = targets[i]
         return ", ".join(map(str, sids[:6])) + (f" (+{len(sids) - 6})" if len(sids) > 6 else "")
-    if step.endpoints:
+    if getattr(step, "endpoints", None):
         return ", ".join(map(str, step.endpoints))
     sel = []
     for key in ("count", "fraction", "domain", "smmu"):
@@ -161,12 +185,17 @@ def _figure(sc, rows: int, ratios: list[float], height: float):
 
 
 def _timeline(ax, sc, samples: dict | None, end: float) -> None:
-    for i, fault, start, stop in _step_spans(sc, end):
+    spans = _step_spans(sc, end)
+    last_stop = {i: stop for i, _, _, stop in spans}
+    labelled = set()
+    for i, fault, start, stop in spans:
         c = FAULT_COLORS.get(fault, "#999999")
         width = max(stop - start, end / 400)
         ax.barh(i, width, left=start, height=0.7, color=c, alpha=0.8)
-        ax.text(min(start + width + end / 200, end * 0.82), i, f"{i}: {fault} [{_targets(sc, samples, i)}]",
-                va="center", fontsize=7)
+        if i not in labelled:
+            labelled.add(i)
+            x = min(max(last_stop[i], start + width) + end / 200, end * 0.82)
+            ax.text(x, i, f"{i}: {fault} [{_targets(sc, samples, i)}]", va="center", fontsize=7)
     ax.set_ylim(len(sc.chaos) - 0.4, -0.6)
     ax.set_yticks([])
     ax.set_ylabel("chaos", fontsize=8)
@@ -349,8 +378,11 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     if sc.chaos:
         md += ["| step | at | fault | endpoints | until |", "|---|---|---|---|---|"]
         for i, step in enumerate(sc.chaos):
-            until = _d(float(step.at) + float(step.duration)) if step.duration else (
+            duration = getattr(step, "duration", None)
+            until = _d(float(step.at) + float(duration)) if duration else (
                 "-" if step.fault == "reset" else "end of run")
+            if getattr(step, "repeat", None) is not None or getattr(step, "ramp", None) is not None:
+                until += " (repeated: see the plots)"
             md.append(f"| {i} | {_d(float(step.at))} | {step.fault} | {_targets(sc, samples, i)} | {until} |")
     else:
         md.append("No chaos steps.")
@@ -438,4 +470,83 @@ def write_run_outputs(sc, summary: dict, sampler: RunSampler | None, out_dir, co
         return written
     if console is not None:
         console.print("report: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    return written
+
+
+# --- compare: one chart per figure across policies ---------------------------------------------------
+
+
+def compact_series(samples: dict) -> dict[str, list]:
+    """The report's time series reduced to what the compare charts draw (small enough to pickle back
+    from a worker): per sample step, the worst unmap latency completed or still open (healthy domains
+    and all), queue depth, oldest pending CMD_SYNC, endpoints not healthy, fenced streams, UAF."""
+    t = list(samples["t"])
+    smmus = samples["smmus"]
+    worst_h = [0.0] * len(t)
+    worst_all = [0.0] * len(t)
+    from bisect import bisect_left
+
+    for when, lat, affected in samples["latency_trace"]:
+        i = min(bisect_left(t, when), len(t) - 1)
+        worst_all[i] = max(worst_all[i], lat)
+        if not affected:
+            worst_h[i] = max(worst_h[i], lat)
+    oldest = [max(v) for v in zip(*(s["oldest_open_s"] for s in smmus))] if smmus else [0.0] * len(t)
+    eps = samples["endpoints"]
+    return {
+        "t": t,
+        "worst_healthy_s": worst_h,
+        "worst_s": [max(a, b) for a, b in zip(worst_all, oldest)],
+        "cmdq_depth": [sum(v) for v in zip(*(s["cmdq_depth"] for s in smmus))],
+        "oldest_sync_s": [max(v) for v in zip(*(s["oldest_sync_s"] for s in smmus))],
+        "not_healthy": [sum(v) for v in zip(*(eps[m] for m in MODE_NAMES if m != "healthy"))],
+        "fenced": [sum(v) for v in zip(*(s["fenced"] for s in smmus))],
+        "uaf": [sum(v) for v in zip(*(s["uaf"] for s in smmus))],
+    }
+
+
+COMPARE_SERIES_FIGURES = [
+    ("compare-latency.png", "unmap latency", [("worst_healthy_s", "worst healthy unmap (s, log)", True),
+                                              ("worst_s", "worst unmap, done or open (s, log)", True)]),
+    ("compare-cmdq.png", "command queues", [("cmdq_depth", "commands queued", False),
+                                            ("oldest_sync_s", "oldest pending CMD_SYNC (s)", False)]),
+    ("compare-endpoints.png", "endpoints, fences and UAF", [("not_healthy", "endpoints not healthy", False),
+                                                            ("fenced", "streams fenced", False),
+                                                            ("uaf", "UAF exposures (cumulative)", False)]),
+]
+
+
+def plot_compare_series(sc, runs: list[dict], series: list[dict | None], out_dir) -> list[Path]:
+    """One chart per report figure with one line per policy (the scenario's own seed), chaos shaded."""
+    out = Path(out_dir)
+    first: dict[str, tuple[dict, dict]] = {}
+    for r, s in zip(runs, series):
+        if s and r["policy"] not in first and r["seed"] == sc.seed:
+            first[r["policy"]] = (r, s)
+    if not first:
+        return []
+    end = max(float(r["sim_time_s"]) for r, _ in first.values())
+    written = []
+    for fname, title, rows in COMPARE_SERIES_FIGURES:
+        plt, fig, strip, axes = _figure(sc, len(rows), [2.2] * len(rows), 2.4 * len(rows))
+        _timeline(strip, sc, None, end)
+        strip.set_title(f"{sc.name}: {title} by policy (seed {sc.seed})")
+        for ax, (key, label, log) in zip(axes, rows):
+            for k, (policy, (r, s)) in enumerate(first.items()):
+                ys = s[key]
+                if log:
+                    ys = [v if v > 0 else float("nan") for v in ys]
+                ax.step(s["t"], ys, where="post", lw=1.6 - 0.2 * (k % 4), ls=("-", "--", ":", "-.")[k % 4],
+                        label=policy)
+            if log:
+                ax.set_yscale("log")
+            _decorate(ax, sc, {}, end)
+            ax.set_ylabel(label, fontsize=8)
+            _legend(ax)
+        axes[-1].set_xlabel("scenario time (s)")
+        fig.tight_layout()
+        out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / fname, dpi=90)
+        plt.close(fig)
+        written.append(out / fname)
     return written
