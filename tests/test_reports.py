@@ -1,0 +1,102 @@
+"""Run reports: report.md tells the story (scenario, verdict, fences, stall, expectations) and the
+plots come from the model's own time series; `run` writes them, `compare` adds per-figure charts."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from cluster.compare import run_compare
+from cluster.reports import SAMPLE_EVERY, RunSampler, compact_series, write_report
+from cluster.sim import run_sim
+from helpers import BASE, HANG_5, scenario
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def sampled(sc):
+    sampler = RunSampler(sc, run_id="t", om_every=None)
+    summary = run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler)
+    return summary, sampler.samples()
+
+
+def fence_scenario():
+    return scenario(duration=8, policy={"name": "quarantine", "culprit_search": "per-device-batches",
+                                        "reset_delay": 1.0},
+                    hardware={"atc_inv_completion_timeout": 60, "command_queues": 4}, chaos=HANG_5,
+                    expect={"uaf_exposures": {"max": 0}, "fenced_healthy": {"max": 0}})
+
+
+def test_samples_are_on_scenario_time_and_follow_the_model():
+    sc = fence_scenario()
+    summary, s = sampled(sc)
+    assert s["t"][0] == 0.0 and s["t"][-1] == sc.duration
+    assert all(abs(b - a - SAMPLE_EVERY) < 1e-9 for a, b in zip(s["t"], s["t"][1:]))
+    fenced = s["smmus"][0]["fenced"]
+    assert max(fenced) >= 1 and fenced[0] == 0  # the fence shows up in the time series
+    hang = s["endpoints"]["hang"]
+    assert hang[s["t"].index(3.0)] == 1 and hang[0] == 0  # endpoint 5 hangs from 2 s
+    assert len(s["latency_trace"]) == summary["unmaps"]["count"]
+    assert s["step_targets"] == [[5]]
+    c = compact_series(s)
+    assert len(c["t"]) == len(c["cmdq_depth"]) == len(c["fenced"]) == len(s["t"])
+    assert max(c["oldest_sync_s"]) >= 1.0  # the hang wedges a queue for at least the sync timeout
+
+
+def test_report_of_a_fenced_hang_tells_who_was_fenced_and_that_nothing_leaked(tmp_path):
+    sc = fence_scenario()
+    summary, samples = sampled(sc)
+    path = write_report(sc, summary, samples, tmp_path)
+    md = path.read_text()
+    assert "SAFE: no UAF exposure" in md
+    assert "| 0 | 2s | hang | 5 |" in md  # what the scenario did
+    assert "| stream | fenced at | fault began |" in md and "| 5 |" in md and "culprit" in md
+    assert "worst stall" in md and "software CMD_SYNC timeout" in md
+    assert "| uaf_exposures |" in md and "| fenced_healthy |" in md  # the expectations
+    for name in ("latency.png", "cmdq.png", "endpoints.png"):
+        assert f"]({name})" in md
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+def test_report_of_a_mainline_hang_says_unsafe_with_first_uaf_and_culprit_stream(tmp_path):
+    sc = scenario(duration=8, chaos=HANG_5)
+    summary, samples = sampled(sc)
+    assert summary["uaf_exposures"] > 0
+    md = write_report(sc, summary, samples, tmp_path).read_text()
+    assert f"UNSAFE: {summary['uaf_exposures']} UAF exposure(s)" in md
+    assert "stream 5" in md and "No stream was fenced." in md
+
+
+def test_report_without_time_series_still_has_the_story(tmp_path):
+    sc = scenario(duration=4, chaos=HANG_5)
+    summary = run_sim(sc)
+    md = write_report(sc, summary, None, tmp_path).read_text()
+    assert "Verdict" in md and "no time plots" in md
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_run_writes_summary_report_plots_and_openmetrics(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data.update(duration=5, chaos=HANG_5)
+    scen = tmp_path / "hang.yaml"
+    scen.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["run", str(scen), "-q", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    for name in ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om"):
+        assert (out / name).exists(), name
+    assert "report:" in r.output
+    om = (out / "metrics.om").read_text()
+    assert om.endswith("# EOF\n") and "ats_uaf_exposures_total{" in om
+    assert json.loads((out / "summary.json").read_text())["uaf_exposures"] > 0
+
+
+def test_compare_adds_a_chart_per_figure_across_policies(tmp_path):
+    sc = scenario(duration=5, chaos=HANG_5)
+    report = run_compare(sc, ["arm-smmu-v3", "amd-iommu"], 1, tmp_path, workers=1)
+    assert "series" not in report["runs"][0]  # the time series feed the charts, not compare.json
+    for name in ("compare.png", "compare-latency.png", "compare-cmdq.png", "compare-endpoints.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG, name
