@@ -196,6 +196,25 @@ def sweep(
     out_console.print(f"written: {out_dir / 'sweep.json'}, {out_dir / 'sweep.png'}")
 
 
+@app.command()
+def observe(
+    run_dir: Path = typer.Argument(..., help="a run's --out directory (live: its prometheus-targets.json; sim: its metrics.om)"),
+    port: int = typer.Option(9090, "--port", help="Prometheus listen port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Prometheus listen address"),
+) -> None:
+    """Start a local Prometheus on a run's metrics (live targets or a sim run's metrics.om) for Grafana."""
+    from .observe import ObserveError, instructions, plan, run as run_prometheus
+
+    try:
+        p = plan(run_dir, port, host)
+    except ObserveError as exc:
+        _fail_input(str(exc))
+    for line in instructions(p, run_dir):
+        out_console.print(line, highlight=False, soft_wrap=True)
+    code = run_prometheus(p)
+    raise typer.Exit(EXIT_INTERRUPTED if code == 130 else (EXIT_OK if code == 0 else EXIT_FAILED))
+
+
 def main() -> None:
     app()
 

@@ -239,6 +239,18 @@ def parse_bind(bind: str | None) -> tuple[str, int]:
         raise MetricsError(f"metrics bind {bind!r}: give a host, host:port or [v6addr]:port") from None
 
 
+def _outward_ip() -> str:
+    """This host's address on its default route (a UDP connect sends nothing); loopback if none."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 class _Exporter:
     """A registry with one custom collector, served over HTTP on a port of its own."""
 
@@ -279,6 +291,8 @@ class _Exporter:
         except OSError as exc:
             raise MetricsError(f"cannot serve /metrics on {self.bind!r}: {exc.strerror or exc}") from None
         host, port = self._server.server_address[:2]
+        if host in ("0.0.0.0", "::", ""):  # every interface: advertise one Prometheus can reach
+            host = _outward_ip()
         return str(host), int(port)
 
     def stop(self) -> None:

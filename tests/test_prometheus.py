@@ -123,7 +123,7 @@ def prometheus(tmp: Path, config: str | None = None, storage: Path | None = None
 def scrape_config(targets_file: Path, rules: Path | None = None) -> str:
     rules_part = f"rule_files: ['{rules}']\n" if rules else ""
     return ("global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n" + rules_part +
-            "scrape_configs:\n  - job_name: ats-stress\n    file_sd_configs:\n"
+            "scrape_configs:\n  - job_name: ats-stress\n    honor_labels: true\n    file_sd_configs:\n"
             f"      - files: ['{targets_file}']\n        refresh_interval: 1s\n")
 
 
@@ -305,3 +305,76 @@ def test_live_exporters_scraped_by_prometheus_answer_every_dashboard_query(tmp_p
             assert fired, "AtsStreamFenced never fired while a stream was fenced"
     finally:
         sim.close()
+
+
+# --- ats-stress observe --------------------------------------------------------------------------------
+
+
+def test_observe_without_prometheus_is_a_clear_exit_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cluster import observe
+    from cluster.cli import app
+
+    monkeypatch.setattr(observe.shutil, "which", lambda name: None)
+    r = CliRunner().invoke(app, ["observe", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "prometheus is not installed" in r.output and "apt-get install prometheus" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_observe_port_in_use_is_a_clear_exit_2(tmp_path):
+    need(PROMETHEUS, "prometheus")
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(app, ["observe", str(tmp_path), "--port", str(port)])
+    assert r.exit_code == 2
+    assert f"port {port}" in r.output and "in use" in r.output
+
+
+def test_observe_serves_a_sim_run_and_watches_a_live_runs_targets(tmp_path):
+    need(PROMETHEUS, "prometheus")
+    need(PROMTOOL, "promtool")
+    from cluster import observe
+
+    # a sim run directory: metrics.om is imported and served
+    sc = small_fence_scenario(duration=5)
+    sampler = RunSampler(sc, run_id="observe-sim", start_wall=time.time() - 20)
+    run_sim(sc, sample=sampler)
+    sim_dir = tmp_path / "sim"
+    sampler.write_openmetrics(sim_dir / "metrics.om")
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    for run_dir, mode in ((sim_dir, "sim"), (live_dir, "live")):
+        port = free_port()
+        p = observe.plan(run_dir, port)
+        assert p.mode == mode
+        text = p.config.read_text()
+        assert "alerts.yml" in text
+        assert ("file_sd_configs" in text) == (mode == "live")
+        lines = observe.instructions(p, run_dir)
+        assert any("Grafana" in line for line in lines)
+        log = (tmp_path / f"{mode}.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "observe", str(run_dir), "--port", str(port)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            prom = Prom(f"http://127.0.0.1:{port}", proc, tmp_path / f"{mode}.log")
+            prom.wait("observe's prometheus", prom.ready)
+            if mode == "sim":
+                res = prom.get("/api/v1/query", query='max(ats_fences_total{run="observe-sim"})',
+                               time=sampler.om.timestamp(sc.duration))["result"]
+                assert float(res[0]["value"][1]) >= 1
+            else:
+                cfg = prom.get("/api/v1/status/config")["yaml"]
+                assert str(live_dir / "prometheus-targets.json") in cfg
+            assert len(prom.get("/api/v1/rules")["groups"][0]["rules"]) == 4
+        finally:
+            proc.terminate()  # observe forwards it to its Prometheus
+            proc.wait(timeout=30)
+            log.close()
