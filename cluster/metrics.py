@@ -255,7 +255,10 @@ class _Exporter:
     """A registry with one custom collector, served over HTTP on a port of its own."""
 
     def __init__(self, labels: dict[str, str], bind: str = "127.0.0.1"):
-        self.labels = {str(k): str(v) for k, v in labels.items()}
+        labels = {str(k): str(v) for k, v in labels.items()}
+        if "run" not in labels:  # every series carries a run id (the dashboard's $run variable)
+            labels["run"] = "-".join(labels[k] for k in ("scenario", "policy") if k in labels) or "run"
+        self.labels = labels
         self.bind = bind
         self._time = 0.0
         self._server = None
@@ -308,7 +311,7 @@ class SmmuExporter(_Exporter):
     def __init__(self, node, oracle, labels: dict[str, str], bind: str = "127.0.0.1"):
         self.node = node
         self.oracle = oracle
-        super().__init__(labels, bind)
+        super().__init__({"smmu": str(node.spec.index), **labels}, bind)
 
     def _now(self) -> float:
         return max(self._time, self.node.now)
@@ -324,7 +327,7 @@ class DeviceExporter(_Exporter):
                  step_faults: dict[int, str] | None = None):
         self.group = group
         self.step_faults = dict(step_faults or {})
-        super().__init__(labels, bind)
+        super().__init__({"group": str(group.index), **labels}, bind)
 
     def _now(self) -> float:
         return max(self._time, self.group.now)

@@ -287,15 +287,7 @@ def test_live_exporters_scraped_by_prometheus_answer_every_dashboard_query(tmp_p
             assert p.get("/api/v1/label/run/values", **{"match[]": "ats_run_info"}) == [run_id]
             assert p.get("/api/v1/label/smmu/values", **{"match[]": f'ats_run_info{{run=~"{run_id}"}}'}) == ["0"]
             # every panel query and annotation returns data over the run
-            queries = dashboard_queries()
-            empty = []
-            for title, expr in queries:
-                q = substitute(expr, run_id)
-                res = p.get("/api/v1/query_range", query=q, start=start - 30, end=end, step=1)["result"]
-                if not has_data(res):
-                    empty.append(f"{title}: {q}")
-            assert not empty, "dashboard queries with no data:\n" + "\n".join(empty)
-            assert len(queries) >= 40
+            assert check_dashboard_against(p, run_id, start, end) >= 40
             # the alert rules loaded and the fence alert fired at some point
             rules = p.get("/api/v1/rules")["groups"][0]["rules"]
             assert {r["name"] for r in rules} == {"AtsUafExposure", "AtsStreamFenced", "AtsCmdSyncStalled",
@@ -305,6 +297,58 @@ def test_live_exporters_scraped_by_prometheus_answer_every_dashboard_query(tmp_p
             assert fired, "AtsStreamFenced never fired while a stream was fenced"
     finally:
         sim.close()
+
+
+def check_dashboard_against(p: Prom, run_id: str, start: float, end: float) -> int:
+    """Every panel query and annotation of the dashboard returns data for ``run_id``; how many ran."""
+    queries = dashboard_queries()
+    empty = []
+    for title, expr in queries:
+        q = substitute(expr, run_id)
+        res = p.get("/api/v1/query_range", query=q, start=start - 30, end=end, step=1)["result"]
+        if not has_data(res):
+            empty.append(f"{title}: {q}")
+    assert not empty, "dashboard queries with no data:\n" + "\n".join(empty)
+    return len(queries)
+
+
+@pytest.mark.ray
+def test_live_ray_run_scraped_through_the_drivers_file_sd_answers_every_dashboard_query(tmp_path):
+    """The real thing: the ray runtime's actors serve /metrics, its driver writes the file_sd targets
+    file, Prometheus discovers and scrapes them during a run with a hang and a fence."""
+    need(PROMETHEUS, "prometheus")
+    pytest.importorskip("ray")
+    from cluster.ray_runtime import run_ray
+    from live_helpers import with_root_on_pythonpath
+
+    with_root_on_pythonpath()
+    sc = scenario(duration=12, topology={"smmus": 1, "endpoints": 16, "domains": 4, "cpus": 2,
+                                         "endpoints_per_actor": 8, "pages_per_domain": 16, "spare_pages": 32,
+                                         "atc_entries": 64},
+                  hardware={"atc_inv_completion_timeout": 60, "command_queues": 3},
+                  workload={"unmaps_per_s": 20, "dma_per_endpoint_per_s": 40,
+                            "inv_latency": {"median": "5us", "p99": "50us"}},
+                  policy={"name": "quarantine", "culprit_search": "per-device-batches", "reset_delay": 3.0},
+                  chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 6},
+                         {"at": 1, "fault": "slow", "endpoints": [9], "duration": 9,
+                          "latency": {"median": "2ms", "p99": "20ms"}}],
+                  runtime={"time_scale": 1.0})
+    out = tmp_path / "run"
+    out.mkdir()
+    targets = out / "prometheus-targets.json"
+    with prometheus(tmp_path, scrape_config(targets, ROOT / "configs/alerts.yml")) as p:
+        start = time.time()
+        summary = run_ray(sc, address=None, out_dir=out, quiet=True, metrics_bind="127.0.0.1", num_cpus=2)
+        end = time.time()
+        assert summary["status"] == "complete" and summary["fence_count"] >= 1
+        assert len(json.loads(targets.read_text())) == 3  # one SMMU actor and two device actors
+        (run_id,) = p.get("/api/v1/label/run/values", **{"match[]": "ats_run_info"})
+        assert p.get("/api/v1/label/smmu/values", **{"match[]": "ats_run_info"}) == ["0"]
+        fences = p.get("/api/v1/query", query=f'max_over_time(sum(ats_fences_total{{run="{run_id}"}})[2m:1s])',
+                       time=end)["result"]
+        assert float(fences[0]["value"][1]) >= 1
+        n = check_dashboard_against(p, run_id, start, end)
+        assert n >= 40
 
 
 # --- ats-stress observe --------------------------------------------------------------------------------
