@@ -334,7 +334,35 @@ def _d(v) -> str:
     return "-" if v is None else format_duration(v)
 
 
-def _verdict(s: dict) -> list[str]:
+def _bound(b: dict) -> str:
+    return ", ".join(f"{'<=' if k == 'max' else '>='} {v:g}" for k, v in b.items())
+
+
+def _obs(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _queue_story(samples: dict | None) -> str | None:
+    """How long command queues stayed wedged, from the sampled oldest pending CMD_SYNC."""
+    if not samples or not samples.get("t"):
+        return None
+    t = samples["t"]
+    parts = []
+    for sm in samples["smmus"]:
+        ages = sm["oldest_sync_s"]
+        worst = max(ages, default=0.0)
+        if worst < 1.0:
+            continue
+        at = t[ages.index(worst)]
+        tail = " and was still pending at the end" if ages[-1] >= 1.0 else ""
+        parts.append(f"smmu {sm['index']}: a CMD_SYNC waited up to {_d(worst)} (at {_d(at)}){tail}")
+    if not parts:
+        return "No command queue was wedged for a second or more."
+    return ("Command queue wedged by an unanswered ATC_INV: " + "; ".join(parts) +
+            ". Work queued behind it waits (or, with spare queues, the driver moves off it).")
+
+
+def _verdict(s: dict, samples: dict | None = None) -> list[str]:
     lines = []
     if s["uaf_exposures"]:
         by = ", ".join(f"stream {sid} ({n})" for sid, n in sorted(s["uaf_by_sid"].items(), key=lambda kv: -kv[1])[:5])
@@ -355,6 +383,9 @@ def _verdict(s: dict) -> list[str]:
     lines.append(f"Healthy unmaps: p50 {_d(h['p50'])}, p99 {_d(h['p99'])}, worst stall {_d(s['worst_stall_s'])}; "
                  f"{s['sync_timeouts']} software CMD_SYNC timeout(s), {s['hw_atc_timeouts']} hardware ATC_INV "
                  f"timeout(s) ({s['cmdq_errors']} CERROR_ATC_INV_SYNC); CPU lockup {_d(s['lockup_s'])}.")
+    story = _queue_story(samples)
+    if story:
+        lines.append(story)
     return lines
 
 
@@ -367,7 +398,7 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     status = s["status"]
     md.append(f"Status: **{status}**; {_d(s['sim_time_s'])} of scenario time; expectations "
               f"{'all held' if s['ok'] else 'NOT all held'}.")
-    md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s)]
+    md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples)]
     top = sc.topology
     md += ["", "## What the scenario did", "",
            f"{top.endpoints} ATS endpoints behind {top.smmus} SMMU(s) with {sc.hardware.command_queues} command "
@@ -415,7 +446,8 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     if s["expectations"]:
         md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]
         for e in s["expectations"]:
-            md.append(f"| {e['name']} | {e['bound']} | {e['observed']} | {'ok' if e['ok'] else '**VIOLATED**'} |")
+            md.append(f"| {e['name']} | {_bound(e['bound'])} | {_obs(e['observed'])} | "
+                      f"{'ok' if e['ok'] else '**VIOLATED**'} |")
     else:
         md.append("The scenario sets none.")
     md += ["", "## Plots", ""]
