@@ -193,7 +193,7 @@ class EndpointGroup:
         elif fault == "drop":
             ep.drop_p = float(params["fraction"])
         elif fault == "itag_leak":
-            ep.leak_tags = frozenset(range(32 - int(params["tags"]), 32))
+            ep.leak_tags = frozenset(range(int(params["tags"])))  # the SMMU hands out low ITags first
         elif fault == "flap":
             ep.flap_period = params["period"]
             ep.flap_hang = params["hang_for"]

@@ -84,8 +84,8 @@ def test_dropping_endpoint_invalidates_but_loses_completions():
 def test_itag_leak_never_completes_the_leaked_tags():
     g = group()
     g.apply_fault(0.0, 1, "itag_leak", {"tags": 2}, step=0)
-    g.on_messages(1.0, [(MSG_INV_REQ, 1, 31, 0, 0), (MSG_INV_REQ, 1, 3, 1, 0)])
-    assert run_timers(g, 2.0) == [(MSG_INV_CPL, 1, 3, 1, 0)]
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 0, 0, 0), (MSG_INV_REQ, 1, 3, 1, 0)])
+    assert run_timers(g, 2.0) == [(MSG_INV_CPL, 1, 3, 1, 0)]  # ITag 0 leaks, ITag 3 does not
 
 
 def test_removed_endpoint_answers_nothing_and_is_not_present():

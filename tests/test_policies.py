@@ -232,6 +232,18 @@ def test_quarantine_fence_is_an_abort_ste_made_effective_by_cfgi_ste_and_cmd_syn
     assert s["translated_blocked"] > 0  # the fenced device's DMA is blocked from then on
 
 
+def test_quarantine_holds_the_reset_while_a_cmd_sync_still_waits_on_the_device():
+    # an FLR would drop the held invalidations and leave their queues wedged until the hardware
+    # timeout; the policy resets only once nothing of its own waits on the device
+    s = run(policy={"name": "quarantine"}, hardware={"command_queues": 9}, chaos=HANG_5)
+    reset = [r for r in s["resets"] if r["sid"] == 5][0]
+    assert reset["started_s"] >= 8.0  # the hang ended at 8 s and answered what it held
+    eager = run(policy={"name": "quarantine", "reset_waits_for_queues": False}, hardware={"command_queues": 9},
+                chaos=HANG_5)
+    assert [r for r in eager["resets"] if r["sid"] == 5][0]["started_s"] < 7.0  # fence in effect + reset_delay
+    assert s["unmaps"]["count"] > eager["unmaps"]["count"]  # fewer queues wedged to the end
+
+
 def test_quarantine_unfences_only_after_a_successful_reset():
     s = run(policy={"name": "quarantine"}, hardware={"command_queues": 9}, chaos=HANG_5)
     (fence,) = s["fences"]
@@ -243,8 +255,9 @@ def test_quarantine_unfences_only_after_a_successful_reset():
 
 
 def test_quarantine_failed_reset_keeps_the_stream_fenced():
-    chaos = [{**HANG_5[0], "recover_on_reset": False}]
-    s = run(policy={"name": "quarantine"}, hardware={"command_queues": 9}, chaos=chaos)
+    chaos = [{"at": 2, "fault": "hang", "endpoints": [5], "recover_on_reset": False}]
+    s = run(policy={"name": "quarantine"}, hardware={"command_queues": 9, "atc_inv_completion_timeout": 3},
+            chaos=chaos)
     assert s["fenced_at_end"] == [5] and s["unfence_count"] == 0
     assert s["notes"].get("reset_failed") == 1
     assert s["uaf_exposures"] == 0

@@ -72,10 +72,13 @@ VTD_ADDED_SYNC_TIMEOUT = 1.0
 
 
 class _Job:
-    __slots__ = ("cpu", "unmap", "asid", "addr", "size", "unconfirmed", "tlbi_pending", "spinning", "seq")
+    __slots__ = ("cpu", "unmap", "asid", "addr", "size", "unconfirmed", "tlbi_pending", "spinning", "seq",
+                 "probes", "timer_at")
 
     def __init__(self, ev: UnmapStart, seq: int):
         self.seq = seq  # submission counter when the PTE was already gone
+        self.probes: set[int] = set()  # tokens of this unmap's own probes still waiting
+        self.timer_at = -1.0  # one software timer per unmap covers all its probes
         self.cpu = ev.cpu
         self.unmap = ev.unmap
         self.asid = ev.asid
@@ -87,7 +90,8 @@ class _Job:
 
 
 class _Probe:
-    __slots__ = ("token", "queue", "kind", "job", "cpu", "sids", "tlbi", "cmds", "suspected", "seq", "timed_out")
+    __slots__ = ("token", "queue", "kind", "job", "cpu", "sids", "tlbi", "cmds", "suspected", "seq", "timed_out",
+                 "deadline")
 
     def __init__(self, kind: str, job: int, cpu: int, sids: tuple[int, ...], tlbi: bool):
         self.token = -1
@@ -101,6 +105,7 @@ class _Probe:
         self.cmds: tuple[Cmd, ...] = ()
         self.suspected = False
         self.timed_out = False
+        self.deadline = 0.0
 
 
 class QuarantineParams(PolicyParams):
@@ -108,6 +113,9 @@ class QuarantineParams(PolicyParams):
     culprit_search: Literal["bisect", "per-device-batches"] = "bisect"
     recover: bool = Field(True, description="reset fenced devices and unfence them after a successful reset")
     reset_delay: Duration = Field(0.1, description="from fence in effect to the FLR request")
+    reset_waits_for_queues: bool = Field(True, description=(
+        "hold the FLR while a CMD_SYNC still waits on an ATC_INV to the device: the reset would drop "
+        "that invalidation and its queue would stay wedged until the hardware timeout"))
     scrub_halted_queue: bool = Field(True, description=(
         "while CERROR_ATC_INV_SYNC halts a queue, rewrite queued ATC_INVs for streams being fenced or "
         "searched into CMD_SYNCs, so each does not cost another hardware timeout"))
@@ -141,6 +149,7 @@ class QuarantineCore(Policy):
         self.probes: dict[int, _Probe] = {}
         self.stuck: list[set[int]] = [set() for _ in range(hw.command_queues)]
         self.failed_tokens: set[int] = set()
+        self.reset_waiting: set[int] = set()  # fenced streams whose FLR waits for our queues to let go
         self._next_token = 0
         self._seq = 0
         n = hw.command_queues
@@ -160,9 +169,14 @@ class QuarantineCore(Policy):
             return self._unmap(now, ev)
         if t is TimerFired:
             kind, arg = ev.token
+            if kind == "job":
+                return self._job_timer(now, arg)
             if kind == "probe":
                 return self._probe_timeout(now, arg)
             if kind == "reset" and self.state.get(arg) == FENCED:
+                if self.params.reset_waits_for_queues and self._waited_on(arg):
+                    self.reset_waiting.add(arg)  # retried whenever a CMD_SYNC of ours retires
+                    return []
                 return [ResetDevice(arg)]
             return []
         if t is CmdqError:
@@ -219,11 +233,11 @@ class QuarantineCore(Policy):
         self._next_token += 1
         return self._next_token
 
-    def _pick_queue(self, cpu: int, avoid: frozenset[int] = frozenset(), recovery_ok: bool = True) -> int:
+    def _pick_queue(self, cpu: int, avoid: frozenset[int] = frozenset()) -> int:
         """Where a CPU's next probe goes: its own queue unless that is wedged; else an idle queue
-        (CONS == PROD, so certainly not wedged); else any queue not known to be wedged; else, when
-        every CPU queue is wedged, the recovery queue (not for culprit searches, which are likely to
-        wedge it); else its own (to wait behind the wedge until the hardware timeout is handled)."""
+        (CONS == PROD, so certainly not wedged); else any queue not known to be wedged; else its
+        own, to wait behind the wedge until the hardware timeout is handled. Never the recovery
+        queue: one probe of a broken device there would hold up every fence behind it."""
         n = self.cpu_queue_count
         own = self.queue_of(cpu)
         if not self.stuck[own] and own not in avoid:
@@ -236,9 +250,6 @@ class QuarantineCore(Policy):
         for q in order:
             if q not in avoid and not self.stuck[q]:
                 return q
-        rq = self.recovery_q
-        if recovery_ok and rq is not None and rq not in avoid and not self.stuck[rq]:
-            return rq
         return own
 
     def _recovery_queue(self, cpu: int) -> int:
@@ -264,13 +275,63 @@ class QuarantineCore(Policy):
         cmds.append(cmd_sync(p.token))
         p.cmds = tuple(cmds)
         self.probes[p.token] = p
-        return [Submit(queue, p.cmds), SetTimer(now + self.sync_timeout, ("probe", p.token))]
+        return [Submit(queue, p.cmds)] + self._arm(now, p)
+
+    def _arm(self, now: float, p: _Probe) -> list:
+        """Start (or restart) the software timeout of ``p``. An unmap's own probes share one timer
+        (they are polled together); searches, fences and unfences have their own."""
+        p.deadline = now + self.sync_timeout
+        if p.kind != "inv":
+            return [SetTimer(p.deadline, ("probe", p.token))]
+        job = self.jobs[p.job]
+        job.probes.add(p.token)
+        if job.timer_at < 0 or p.deadline < job.timer_at:
+            job.timer_at = p.deadline
+            return [SetTimer(p.deadline, ("job", p.job))]
+        return []
+
+    def _job_timer(self, now: float, unmap: int) -> list:
+        job = self.jobs.get(unmap)
+        if job is None or now < job.timer_at:
+            return []  # the unmap is done, or an earlier timer was superseded
+        job.timer_at = -1.0
+        actions: list = []
+        for token in sorted(job.probes):
+            p = self.probes.get(token)
+            if p is None or p.kind != "inv":
+                job.probes.discard(token)
+            elif p.deadline <= now:
+                actions += self._probe_timeout(now, token)
+        if unmap in self.jobs:
+            live = [self.probes[t].deadline for t in job.probes if t in self.probes]
+            if live and job.timer_at < 0:
+                job.timer_at = min(live)
+                actions.append(SetTimer(job.timer_at, ("job", unmap)))
+        return actions
 
     def _clone(self, now: float, p: _Probe, queue: int) -> list:
         q = _Probe(p.kind, p.job, p.cpu, p.sids, p.tlbi)
         return self._submit(now, q, queue)
 
+    def _waited_on(self, sid: int) -> bool:
+        """Whether a CMD_SYNC of ours still waits on an ATC_INV for ``sid``: an FLR now would drop
+        that invalidation, and its queue would stay wedged until the hardware timeout."""
+        return any(sid in p.sids for p in self.probes.values() if p.kind in ("inv", "search"))
+
+    def _resets_due(self) -> list:
+        due = [sid for sid in sorted(self.reset_waiting)
+               if self.state.get(sid) != FENCED or not self._waited_on(sid)]
+        for sid in due:
+            self.reset_waiting.discard(sid)
+        return [ResetDevice(sid) for sid in due if self.state.get(sid) == FENCED]
+
     def _sync_done(self, now: float, ev: SyncDone) -> list:
+        actions = self._sync_done_inner(now, ev)
+        if self.reset_waiting:
+            actions = actions + self._resets_due()
+        return actions
+
+    def _sync_done_inner(self, now: float, ev: SyncDone) -> list:
         self.stuck[ev.queue].discard(ev.token)
         if ev.token in self.failed_tokens:
             self.failed_tokens.discard(ev.token)  # the re-run after CERROR_ATC_INV_SYNC: not a success
@@ -283,6 +344,7 @@ class QuarantineCore(Policy):
             job = self.jobs.get(p.job)
             if job is None:
                 return []
+            job.probes.discard(ev.token)
             job.unconfirmed.difference_update(p.sids)
             if p.tlbi:
                 job.tlbi_pending = False
@@ -332,14 +394,19 @@ class QuarantineCore(Policy):
             actions.append(SpinEnd(job.cpu))  # the core stops spinning and sleeps until the flush is safe
         if p.kind in ("inv", "search") and p.sids and not p.suspected and self._at_cons(p):
             p.suspected = True
+            if job is not None:
+                job.probes.discard(token)  # the search or the fence answers for it from now on
             return actions + self._suspect(now, p, -1)
         # Stuck behind another sync (or a sync with nothing of its own to wait for): move it
         # to a queue that is not wedged, or keep waiting.
-        alt = self._pick_queue(p.cpu, avoid=frozenset({p.queue}), recovery_ok=p.kind != "search")
+        alt = self._pick_queue(p.cpu, avoid=frozenset({p.queue}))
         if alt != p.queue and not self.stuck[alt] and not p.suspected and p.kind != "unfence":
             self.probes.pop(token)
             return actions + self._clone(now, p, alt)
-        return actions + [SetTimer(now + self.sync_timeout, ("probe", token))]
+        if p.kind == "inv":
+            p.deadline = now + self.sync_timeout  # the unmap's timer picks it up again
+            return actions
+        return actions + self._arm(now, p)
 
     def _suspect(self, now: float, p: _Probe, named_sid: int) -> list:
         """``p``'s CMD_SYNC failed: narrow down who did not answer."""
@@ -369,7 +436,7 @@ class QuarantineCore(Policy):
             new.append(_Probe("inv", p.job, p.cpu, (), True))  # the TLBI still needs its sync
         used: set[int] = set()
         for np in new:
-            q = self._pick_queue(p.cpu, avoid=frozenset(used), recovery_ok=np.kind != "search")
+            q = self._pick_queue(p.cpu, avoid=frozenset(used))
             used.add(q)
             actions += self._submit(now, np, q)
         return actions
