@@ -7,7 +7,8 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
   driver shortly in the future) and ``time_scale`` (wall seconds per scenario second). Scenario
   time is ``(time.time() - t0) / time_scale``. The model only ever sees scenario time, and never a
   time earlier than one it has already seen (a late timer fires at its own time if that is still
-  ahead of the model's clock, else at the model's clock).
+  ahead of the model's clock, else at the model's clock). Timers due within the event loop's
+  resolution (``EARLY_WALL``, 1 ms wall) fire at once, at their own scenario time.
 - **Timers.** A heap of ``(scenario time, seq, tag)``; one asyncio task sleeps until the earliest
   is due, fires every due one (``on_timer``), drains the model and ships what it produced. Chaos
   steps and locally synthesised messages ride the same heap with string-kinded tags.
@@ -39,12 +40,21 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 FIRE_SLICE = 256
 #: longest the timer task sleeps without looking at the clock (wall seconds)
 MAX_SLEEP = 0.1
+#: timers due within this much wall time fire now (at their own scenario time): the event loop
+#: cannot sleep less than about a millisecond (epoll), so waiting for them would add that much
+#: to every device answer
+EARLY_WALL = 0.001
 #: transport delay samples kept per actor (beyond it, every other one is dropped)
 MAX_SAMPLES = 20_000
 
 # heap tag kinds that are not the model's (model tags start with an int)
 CHAOS = "chaos"
 LOCAL = "local"
+ECHO = "echo"
+#: transport probes: (kind, origin actor index, wall time sent), piggy-backed on batches
+ECHO_REQUEST, ECHO_REPLY = 0, 1
+#: at most one probe per destination this often (wall s)
+ECHO_EVERY = 0.05
 
 
 def pack(batch) -> bytes:
@@ -111,6 +121,15 @@ class LiveShell:
         # transport
         self.pending: dict[int, list] = {}
         self.pending_since: dict[int, float] = {}
+        self.pending_echo: dict[int, list] = {}
+        # live transport probes (sent by the SMMU shells): a probe rides a downstream batch, is
+        # answered from the device actor's timer task and rides an upstream batch back, so its
+        # round trip is what one CMD_SYNC waiting on a device costs on this transport
+        self.probe_echoes = False
+        self.echo_last: dict[int, float] = {}
+        self.echo_out: set[int] = set()
+        self.echo_rtt = _Samples()
+        self.recent_echo_samples: list[float] = []
         self.sending: set[int] = set()
         self.msgs_sent = 0
         self.bytes_sent = 0
@@ -225,7 +244,8 @@ class LiveShell:
             while True:
                 end = self.duration if self.stop_at is None else min(self.duration, self.stop_at)
                 now = self.clock()
-                horizon = min(now, end)
+                early = EARLY_WALL / self.scale
+                horizon = min(now + early, end)
                 n = 0
                 while heap and heap[0][0] <= horizon:
                     t, _, tag = heappop(heap)
@@ -240,12 +260,12 @@ class LiveShell:
                     if n % FIRE_SLICE == 0:
                         await asyncio.sleep(0)  # let incoming batches in
                         now = self.clock()
-                        horizon = min(now, end)
+                        horizon = min(now + early, end)
                 if now >= end:
                     break
                 nxt = heap[0][0] if heap else end
                 nxt = min(nxt, end)
-                wait = (nxt - self.clock()) * self.scale
+                wait = (nxt - self.clock()) * self.scale - (EARLY_WALL if nxt < end else 0.0)
                 if wait > 0:
                     self._sleep_until = nxt
                     await self._sleep(min(wait, MAX_SLEEP))
@@ -266,6 +286,9 @@ class LiveShell:
             self.apply_chaos(t, tag[1])
         elif kind == LOCAL:
             self.model.on_messages(t, (tag[1],))
+        elif kind == ECHO:
+            self._enqueue_echo(tag[1], (ECHO_REPLY, self.index, tag[2]))
+            return
         else:
             self.model.on_timer(t, tag)
         self._drain()
@@ -276,8 +299,12 @@ class LiveShell:
         """A batch from a peer (its messages in order)."""
         self.batches_received += 1
         self.bytes_received += len(payload)
-        batch = unpack(payload)
+        batch, echoes = unpack(payload)
+        if echoes:
+            self._on_echoes(echoes)
         self.msgs_received += len(batch)
+        if not batch:
+            return
         if not self.started or self.done:
             self.dropped_late += len(batch)
             return
@@ -320,16 +347,44 @@ class LiveShell:
             self.sending.add(dest)
             asyncio.get_running_loop().create_task(self._ship(dest))
 
+    def _enqueue_echo(self, dest: int, echo: tuple) -> None:
+        if dest in self.dead:
+            return
+        self.pending_echo.setdefault(dest, []).append(echo)
+        if dest not in self.sending:
+            self.sending.add(dest)
+            asyncio.get_running_loop().create_task(self._ship(dest))
+
+    def _on_echoes(self, echoes) -> None:
+        for kind, origin, sent in echoes:
+            if kind == ECHO_REQUEST:
+                # answered from the timer task, like a device's answer to an Invalidate Request
+                self._push(self.last, (ECHO, origin, sent))
+            else:
+                rtt = time.time() - sent
+                self.echo_rtt.add(rtt)
+                self.echo_out.discard(origin)
+                self.recent_echo_samples.append(rtt)
+
     async def _ship(self, dest: int) -> None:
         try:
             handle = self.peers[dest]
             while dest not in self.dead:
                 batch = self.pending.pop(dest, None)
-                if not batch:
+                echoes = self.pending_echo.pop(dest, None)
+                if not batch and not echoes:
                     break
-                since = self.pending_since.pop(dest)
-                payload = pack(batch)
+                since = self.pending_since.pop(dest, None)
                 sent = time.time()
+                if batch and self.probe_echoes and sent - self.echo_last.get(dest, 0.0) >= ECHO_EVERY \
+                        and dest not in self.echo_out:
+                    # piggy-back a transport probe on a batch that goes anyway
+                    self.echo_last[dest] = sent
+                    self.echo_out.add(dest)
+                    echoes = (echoes or []) + [(ECHO_REQUEST, self.index, sent)]
+                payload = pack((batch or (), echoes or ()))
+                if not batch:
+                    batch = []
                 try:
                     await handle.deliver.remote(payload)
                 except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer
@@ -341,14 +396,15 @@ class LiveShell:
                     self.on_dead(dest, batch)
                     break
                 ack = time.time()
-                self.msgs_sent += len(batch)
                 self.bytes_sent += len(payload)
                 self.batches_sent += 1
                 self.batch_rtt.add(ack - sent)
-                d = ack - since
-                self.delay.add(d)
-                if d > self.recent_lag:
-                    self.recent_lag = d
+                if batch:
+                    self.msgs_sent += len(batch)
+                    d = ack - since
+                    self.delay.add(d)
+                    if d > self.recent_lag:
+                        self.recent_lag = d
         finally:
             self.sending.discard(dest)
 
@@ -358,6 +414,7 @@ class LiveShell:
         self.dead.add(dest)
         left = self.pending.pop(dest, None)
         self.pending_since.pop(dest, None)
+        self.pending_echo.pop(dest, None)
         if left:
             self.on_dead(dest, left)
 
@@ -391,7 +448,9 @@ class LiveShell:
 
     def progress_base(self) -> dict[str, Any]:
         lag, self.recent_lag = self.recent_lag, 0.0
-        return {"t": self.last, "lag_wall_s": lag, "errors": list(self.errors), "done": self.done,
+        echoes, self.recent_echo_samples = self.recent_echo_samples, []
+        return {"t": self.last, "lag_wall_s": lag, "echo_wall_s": sorted(echoes),
+                "errors": list(self.errors), "done": self.done,
                 "msgs_sent": self.msgs_sent, "batches_sent": self.batches_sent}
 
     def transport_stats(self) -> dict[str, Any]:
@@ -403,6 +462,7 @@ class LiveShell:
             "dropped_dead_peer": self.dropped_dead, "dropped_after_end": self.dropped_late,
             "batch_rtt": self.batch_rtt.export(), "delay": self.delay.export(),
             "timer_lateness": self.lateness.export(),
+            "echo_rtt": self.echo_rtt.export(),
             "timers_fired": self.fired, "errors": list(self.errors),
         }
 

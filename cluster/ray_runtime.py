@@ -270,6 +270,9 @@ class LiveRun:
         self.stall_budget = STALL_FRACTION * policy_timeout(sc)
         self.max_lag_wall = 0.0
         self.saturated_during = False
+        self.echo_window: list[float] = []
+        self.echo_checked = 0.0
+        self.live_loads: list[float] = []
         self.driver_node: str | None = None
         self.started_wall = time.time()
 
@@ -495,6 +498,8 @@ class LiveRun:
                 self._actor_died(a, t, f"died ({_last_line(exc)})")
                 continue
             a.last = p
+            if p.get("echo_wall_s"):
+                self.echo_window.extend(p["echo_wall_s"])
             if p["errors"]:
                 self.failure = f"{a.kind} actor {a.index}: {p['errors'][0]}"
             lag = p["lag_wall_s"]
@@ -508,7 +513,29 @@ class LiveRun:
                         f"{STALL_FRACTION:g} x the policy's software timeout; sync timeouts and fences from "
                         f"here on may be transport delay, not device faults. {_knobs()}.")
                 self.saturated_during = True
+        self._check_live_load(t)
         return all_ok
+
+    def _check_live_load(self, t: float) -> None:
+        """Every few seconds: is the device round trip measured right now (the probes riding the
+        real batches) too slow for the CMD_SYNC rate the scenario asks for?"""
+        now = time.time()
+        if now - self.echo_checked < 3.0 or len(self.echo_window) < 5 or t >= self.sc.duration:
+            return
+        window, self.echo_window = self.echo_window, []
+        self.echo_checked = now
+        mean = sum(window) / len(window)
+        live = transport_ceiling(self.sc, mean, self.ceiling.get("syncs_per_unmap"))
+        self.live_loads.append(live["load"])
+        if live["load"] > 1.0:
+            if not self.saturated_during:
+                self._warn(
+                    f"transport saturated at t={t:.2f} s: a device round trip now takes {mean * 1e3:.1f} ms wall "
+                    f"({mean / self.scale * 1e3:.2f} ms scenario), so a queue retires at most "
+                    f"{live['syncs_per_s_per_queue']:.0f} CMD_SYNC/s against the "
+                    f"{live['demand_syncs_per_s']:.0f}/s the scenario asks for ({live['load']:.1f}x): unmaps "
+                    f"now wait for the transport, not for the devices. {_knobs()}.")
+            self.saturated_during = True
 
     def _actor_died(self, a: _Actor, t: float, cause: str) -> None:
         if not a.alive:
@@ -723,13 +750,21 @@ class LiveRun:
         c = dict(self.ceiling)
         if c.get("load", 0.0) > 1.0:
             reasons.append(f"the scenario asks for {c['load']:.2f}x the transport ceiling measured at start-up")
-        if live_rtt["p50"]:
-            live_c = transport_ceiling(self.sc, live_rtt["p50"], c.get("syncs_per_unmap"))
-            c["live"] = {"round_trip_wall_s": live_rtt["p50"], "syncs_per_s_per_queue": live_c["syncs_per_s_per_queue"],
-                         "unmaps_per_s": live_c["unmaps_per_s"], "load": live_c["load"]}
+        echo_vals = sorted(v for t in smmu_tr for v in t["transport"].get("echo_rtt", {}).get("samples", []))
+        echo = {"p50": percentile(echo_vals, 0.5), "p99": percentile(echo_vals, 0.99),
+                "mean": sum(echo_vals) / len(echo_vals) if echo_vals else None, "samples": len(echo_vals)}
+        if echo["mean"]:
+            live_c = transport_ceiling(self.sc, echo["mean"], c.get("syncs_per_unmap"))
+            c["live"] = {"device_round_trip_wall_s": echo["mean"],
+                         "syncs_per_s_per_queue": live_c["syncs_per_s_per_queue"],
+                         "unmaps_per_s": live_c["unmaps_per_s"], "load": live_c["load"],
+                         "peak_load": max(self.live_loads, default=live_c["load"])}
             if live_c["load"] > 1.0:
-                reasons.append(f"under load the round trip grew to {live_rtt['p50'] * 1e3:.2f} ms wall: "
-                               f"{live_c['load']:.2f}x the ceiling")
+                reasons.append(f"during the run a device round trip took {echo['mean'] * 1e3:.2f} ms wall on "
+                               f"average: the scenario asked for {live_c['load']:.2f}x what the transport carried")
+            elif self.saturated_during:
+                reasons.append(f"for part of the run the transport carried less than the scenario asked for "
+                               f"(up to {max(self.live_loads):.2f}x)")
         if worst / self.scale > self.stall_budget:
             reasons.append(f"the actors ran up to {worst * 1e3:.0f} ms wall ({worst / self.scale:.3g} s scenario) "
                            f"behind, beyond {STALL_FRACTION:g} x the policy's software timeout "
@@ -747,6 +782,7 @@ class LiveRun:
                                                     for t in smmu_tr),
             "round_trip_wall_s": {"p50": percentile(rtt, 0.5), "p99": percentile(rtt, 0.99), "samples": len(rtt)},
             "batch_round_trip_wall_s": live_rtt,
+            "device_round_trip_wall_s": echo,
             "delivery_delay_wall_s": delay,
             "timer_lateness_wall_s": late,
             "ceiling": c,

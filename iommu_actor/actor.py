@@ -33,6 +33,7 @@ class SmmuActor(LiveShell):
         self.oracle = Oracle(fault_starts)
         self.node = SmmuNode(spec, make_policy(policy_name, policy_params, HwInfo(**hw)), self.oracle)
         self.model = self.node
+        self.probe_echoes = True  # measure the live device round trip (cluster/live.py)
         self.sid_group = sid_group
         self.group_sids = group_sids  # group -> its sids that belong to this SMMU
         self.flr_time = flr_time
