@@ -194,8 +194,10 @@ def _timeline(ax, sc, samples: dict | None, end: float) -> None:
         ax.barh(i, width, left=start, height=0.7, color=c, alpha=0.8)
         if i not in labelled:
             labelled.add(i)
-            x = min(max(last_stop[i], start + width) + end / 200, end * 0.82)
-            ax.text(x, i, f"{i}: {fault} [{_targets(sc, samples, i)}]", va="center", fontsize=7)
+            after = max(last_stop[i], start + width) + end / 200
+            x = after if after < end * 0.8 else start + end / 200  # after the bar, or inside it
+            ax.text(x, i, f"{i}: {fault} [{_targets(sc, samples, i)}]", va="center", fontsize=7,
+                    color="black" if after < end * 0.8 else "white", fontweight="bold")
     ax.set_ylim(len(sc.chaos) - 0.4, -0.6)
     ax.set_yticks([])
     ax.set_ylabel("chaos", fontsize=8)
