@@ -8,6 +8,7 @@ marked ``failed``).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -99,16 +100,19 @@ def run(
     print_summary(summary, out_console)
     out_console.print(f"summary: {out_dir / 'summary.json'}")
     if summary["status"] == "interrupted":
+        err_console.print("interrupted: the summary above covers the run up to the interruption", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary["status"] == "failed":
+        err_console.print(f"[bold red]the run failed:[/bold red] {summary.get('error')}; the summary so far is "
+                          f"written", highlight=False)
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if summary["ok"] else EXIT_EXPECT)
 
 
 def _sim_progress(sc):
-    if not sys.stderr.isatty():
+    if not (sys.stderr.isatty() or os.environ.get("ATS_STRESS_PROGRESS") == "1"):
         return None
-    last = [0.0]
+    last = [-1e9]
 
     def progress(t, world):
         if t - last[0] >= max(1.0, sc.duration / 20) or t >= sc.duration:

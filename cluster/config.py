@@ -428,7 +428,11 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(parent, str) or not parent:
         raise ScenarioError(f"{path}: extends: must be the path of another scenario file (relative to this one).")
-    base = _load_tree(path.parent / parent, chain + (resolved,))
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise ScenarioError(f"{path}: extends: {parent!r} is not a scenario file (looked for {parent_path}); "
+                            "the path is relative to the file that extends it.")
+    base = _load_tree(parent_path, chain + (resolved,))
     return _merge(base, data)
 
 

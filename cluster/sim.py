@@ -221,6 +221,7 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
         sample(0.0, world)
     loop = world.loop
     status = "complete"
+    error = None
     checks = checkpoints(sc)
     checked: list[dict] = []
     try:
@@ -241,8 +242,16 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
                 sample(t, world)
     except KeyboardInterrupt:
         status = "interrupted"
+    except ScenarioError:
+        raise  # bad input found while running (kill_node on sim): exit 2, not a failed run
+    except Exception as exc:  # a defect: keep what was gathered, say what broke
+        status = "failed"
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = None
     wall = time.perf_counter() - started
     now = loop.now
     nodes, oracles, groups = world.stats(now)
     return build_summary(sc, "sim", nodes, oracles, groups, sim_time=now, events=loop.events,
-                         wall_time=wall, status=status, checkpoint_results=checked)
+                         wall_time=wall, status=status, checkpoint_results=checked,
+                         extra={"error": error} if status == "failed" else None)

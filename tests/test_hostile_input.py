@@ -1,0 +1,147 @@
+"""Hostile input never breaks a run: each case exits 2 with one paragraph naming the file, the
+field path and what is allowed, and never a traceback."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from helpers import BASE
+
+runner = CliRunner()
+
+
+def with_(**over):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in over.items():
+        node = data
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return yaml.safe_dump(data)
+
+
+HANG = {"at": 1, "fault": "hang", "endpoints": [1]}
+
+# (case id, file content (str or bytes), substrings the error must contain)
+CORPUS = [
+    ("unknown-top-level-key", with_(colour="blue"), ["colour: unknown key"]),
+    ("unknown-nested-key", with_(topology__nodez=3), ["topology.nodez: unknown key"]),
+    ("wrong-type", with_(topology__endpoints="many"), ["topology.endpoints"]),
+    ("negative-duration", with_(duration="-5s"), ["duration", "cannot be negative"]),
+    ("zero-duration", with_(duration=0), ["duration", "greater than 0"]),
+    ("negative-rate", with_(workload__unmaps_per_s=-1), ["workload.unmaps_per_s"]),
+    ("rate-not-a-number", with_(workload__dma_per_endpoint_per_s="fast"), ["workload.dma_per_endpoint_per_s"]),
+    ("zero-latency", with_(workload__inv_latency={"median": 0, "p99": "1ms"}), ["workload.inv_latency.median"]),
+    ("endpoint-that-does-not-exist", with_(chaos=[{**HANG, "endpoints": [999]}]), ["chaos.0.endpoints", "no endpoint 999"]),
+    ("fault-past-the-end", with_(chaos=[{**HANG, "at": "100s"}]), ["chaos.0.at", "not before the end"]),
+    ("more-domains-than-endpoints", with_(topology__domains=64), ["domains (64) cannot exceed endpoints (32)"]),
+    ("queue-depth-above-32", with_(topology__invalidate_queue_depth=33), ["topology.invalidate_queue_depth", "32"]),
+    ("unknown-policy", with_(policy={"name": "linux-9000"}), ["policy.name", "unknown policy 'linux-9000'", "quarantine"]),
+    ("unknown-policy-parameter", with_(policy={"name": "arm-smmu-v3", "bogus": 1}), ["policy.bogus", "sync_timeout"]),
+    ("policy-parameter-wrong-type", with_(policy={"name": "arm-smmu-v3", "sync_timeout": "soon"}), ["policy.sync_timeout"]),
+    ("yaml-list", "- a\n- b\n", ["must be a mapping"]),
+    ("yaml-scalar", "just words\n", ["must be a mapping"]),
+    ("empty-file", "", ["is empty"]),
+    ("binary-file", b"\x7fELF\x02\x01\x01\x00\x00\x00binary", ["binary file"]),
+    ("not-utf8", b"name: \xff\xfe\n", ["not UTF-8"]),
+    ("huge-count", with_(topology__endpoints=10**30), ["topology.endpoints"]),
+    ("huge-duration", with_(duration=1e30), ["duration", "one day"]),
+    ("invalid-yaml", "name: [unclosed\nduration: 3\n", ["not valid YAML", "line"]),
+    ("unknown-fault", with_(chaos=[{**HANG, "fault": "explode"}]), ["chaos.0", "unknown fault", "hang"]),
+    ("missing-fault", with_(chaos=[{"at": 1, "endpoints": [1]}]), ["chaos.0", "needs fault"]),
+    ("step-without-target", with_(chaos=[{"at": 1, "fault": "hang"}]), ["chaos.0", "needs a target"]),
+    ("endpoints-and-count", with_(chaos=[{**HANG, "count": 2}]), ["chaos.0", "either endpoints"]),
+    ("slow-without-latency", with_(chaos=[{**HANG, "fault": "slow"}]), ["chaos.0.latency", "missing"]),
+    ("p99-below-median", with_(chaos=[{**HANG, "fault": "slow", "latency": {"median": "5ms", "p99": "1ms"}}]),
+     ["chaos.0.latency", "p99"]),
+    ("flap-hang-longer-than-period", with_(chaos=[{**HANG, "fault": "flap", "period": 1, "hang_for": 2}]),
+     ["chaos.0", "hang_for"]),
+    ("fraction-above-one", with_(chaos=[{"at": 1, "fault": "hang", "fraction": 1.5}]), ["chaos.0.fraction"]),
+    ("probability-above-one", with_(chaos=[{**HANG, "probability": 2}]), ["chaos.0.probability"]),
+    ("unknown-expect-figure", with_(expect={"happiness": {"min": 1}}), ["expect", "unknown figure happiness"]),
+    ("expect-min-above-max", with_(expect={"fences": {"min": 3, "max": 1}}), ["expect.fences", "min (3) is above max (1)"]),
+    ("expect-at-past-end", with_(expect={"fences": {"max": 1, "at": ["50s"]}}), ["expect.fences.at"]),
+    ("reset-with-duration", with_(chaos=[{**HANG, "fault": "reset", "duration": 2}]), ["chaos.0", "a reset has no duration"]),
+    ("bad-name", with_(name="../../etc/passwd"), ["name"]),
+    ("unit-typo", with_(duration="10 parsecs"), ["duration", "not a duration"]),
+    ("not-a-number-duration", with_(duration=float("nan")), ["duration", "finite"]),
+    ("boolean-duration", with_(duration=True), ["duration"]),
+    ("missing-name", yaml.safe_dump({k: v for k, v in BASE.items() if k != "name"}), ["name: required field is missing"]),
+    ("smmu-out-of-range", with_(chaos=[{"at": 1, "fault": "hang", "smmu": 3}]), ["chaos.0.smmu", "no SMMU 3"]),
+    ("domain-out-of-range", with_(chaos=[{"at": 1, "fault": "hang", "domain": 40}]), ["chaos.0.domain", "no domain 40"]),
+    ("count-above-endpoints", with_(chaos=[{"at": 1, "fault": "hang", "count": 500}]), ["chaos.0.count"]),
+    ("storm-factor-below-one", with_(chaos=[{"at": 1, "fault": "storm", "factor": 0.5, "duration": 1}]), ["chaos.0.factor"]),
+    ("zero-cpus", with_(topology__cpus=0), ["topology.cpus"]),
+    ("zero-queues", with_(hardware__command_queues=0), ["hardware.command_queues"]),
+    ("extends-not-a-path", with_(extends=["a"]), ["extends"]),
+    ("extends-missing-file", with_(extends="nowhere.yaml"), ["extends", "nowhere.yaml", "not a scenario file"]),
+    ("ramp-without-fraction", with_(chaos=[{**HANG, "ramp": {"to": 0.5, "stages": 2, "every": 1}}]), ["chaos.0", "ramp"]),
+]
+
+
+@pytest.mark.parametrize("case,content,needles", CORPUS, ids=[c[0] for c in CORPUS])
+def test_hostile_scenario_gives_exit_2_and_one_clear_paragraph(tmp_path, case, content, needles):
+    path = tmp_path / f"{case}.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    for command in (["validate", str(path)], ["run", str(path), "--quiet", "--out", str(tmp_path / "o")]):
+        r = runner.invoke(app, command)
+        assert r.exit_code == 2, (case, r.output)
+        out = r.output.strip()
+        assert "Traceback" not in out and not r.exception or isinstance(r.exception, SystemExit)
+        assert f"{case}.yaml" in out, out
+        assert "\n\n" not in out, "one paragraph"
+        flat = " ".join(out.split())
+        for needle in needles:
+            assert needle in flat, (needle, flat)
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_the_corpus_is_large():
+    assert len(CORPUS) >= 30
+
+
+def test_cyclic_extends_is_reported_with_the_cycle(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nduration: 3\n")
+    r = runner.invoke(app, ["validate", str(tmp_path / "a.yaml")])
+    assert r.exit_code == 2
+    assert "cycle" in r.output and "a.yaml" in r.output and "b.yaml" in r.output
+
+
+def test_extends_merges_mappings_and_set_overrides_last(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\ntopology: {cpus: 2}\n")
+    r = runner.invoke(app, ["validate", str(tmp_path / "child.yaml"), "--set", "topology.endpoints=64"])
+    assert r.exit_code == 0, r.output
+    assert "'child', 64 endpoints" in r.output
+
+
+@pytest.mark.parametrize("target", ["dir", "missing"])
+def test_a_directory_or_a_missing_path_is_bad_input(tmp_path, target):
+    path = tmp_path if target == "dir" else tmp_path / "nope.yaml"
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("bad_set,needle", [("duration", "--set 'duration'"), ("chaos.9.at=1", "not an index"),
+                                            ("name.x=1", "not a mapping")])
+def test_bad_set_options_are_bad_input(tmp_path, bad_set, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text(with_(chaos=[HANG]))
+    r = runner.invoke(app, ["validate", str(path), "--set", bad_set])
+    assert r.exit_code == 2 and needle in r.output, r.output
+
+
+def test_bad_runtime_and_sweep_params_are_bad_input(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert runner.invoke(app, ["run", str(path), "--runtime", "quantum"]).exit_code == 2
+    r = runner.invoke(app, ["sweep", str(path), "--param", "policy.sync_timeout"])
+    assert r.exit_code == 2 and "--param" in r.output
+    r = runner.invoke(app, ["sweep", str(path), "--param", "topology.cpus=0,2"])
+    assert r.exit_code == 2 and "topology.cpus" in r.output
