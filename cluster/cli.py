@@ -64,7 +64,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario seed"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for summary.json (default runs/NAME-POLICY)"),
-    address: Optional[str] = typer.Option(None, "--address", help="ray runtime: auto, ray://host:port or http://head:8265; none starts a local Ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray runtime: auto, ray://head:10001 or head:6379 (for http://head:8265 use `ray job submit`); none starts a local Ray"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Run one scenario and write DIR/summary.json."""

@@ -846,17 +846,25 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         run = LiveRun(sc, plan, quiet=quiet, metrics_bind=metrics_bind, node_killer=node_killer,
                       startup_timeout=startup_timeout, device_options=device_options, smmu_options=smmu_options)
         startup = time.time()
-        run.create()
-        run.measure(spu)
-        if metrics_bind and out_dir is not None:
-            from .metrics import write_file_sd
-
-            write_file_sd(Path(out_dir) / "prometheus-targets.json", run.targets())
-        run.start()
-        startup = time.time() - startup
+        started = False
         status = "complete"
         try:
-            status = run.run()
+            run.create()
+            run.measure(spu)
+            if metrics_bind and out_dir is not None:
+                from .metrics import write_file_sd
+
+                write_file_sd(Path(out_dir) / "prometheus-targets.json", run.targets())
+            run.start()
+            started = True
+        except KeyboardInterrupt:  # before scenario time began: an empty, interrupted summary
+            status = "interrupted"
+            run.t0 = time.time()
+            run.kill_all()
+        startup = time.time() - startup
+        try:
+            if started:
+                status = run.run()
         except KeyboardInterrupt:
             status = "interrupted"
             _say("interrupted: gathering the summary from the live actors ...")
@@ -865,7 +873,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         except Exception as exc:  # the cluster went away under us
             status = "failed"
             run.failure = f"{type(exc).__name__}: {_last_line(exc)}"
-        if status != "complete":
+        if status != "complete" and started:
             try:
                 run.stop_early()
             except KeyboardInterrupt:
@@ -876,7 +884,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
             status = "failed"
         wall = max(1e-9, min(ended, time.time()) - run.t0)
         end_s = [st["end_s"] for st in smmu_tr] or [max(0.0, min(run.scenario_now(), sc.duration))]
-        sim_time = min(end_s) if status != "complete" else sc.duration
+        sim_time = (min(end_s) if status != "complete" else sc.duration) if started else 0.0
         events = sum(st["transport"].get("timers_fired", 0) + st["transport"].get("batches_received", 0)
                      for st in smmu_tr + dev_tr)
         transport = run.transport(smmu_tr, dev_tr, wall)
