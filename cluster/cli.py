@@ -66,6 +66,9 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for summary.json (default runs/NAME-POLICY)"),
     address: Optional[str] = typer.Option(None, "--address", help="ray runtime: auto, ray://head:10001 or head:6379 (for http://head:8265 use `ray job submit`); none starts a local Ray"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    metrics_bind: str = typer.Option("auto", "--metrics-bind", help="ray runtime: where each actor serves /metrics "
+                                     "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
+                                     "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
 ) -> None:
     """Run one scenario and write DIR/summary.json."""
     if runtime not in ("sim", "ray"):
@@ -86,7 +89,15 @@ def run(
             from .ray_runtime import RuntimeInputError, run_ray
 
             try:
-                summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet)
+                bind = {"off": None, "auto": "127.0.0.1" if address is None else "0.0.0.0"}.get(metrics_bind, metrics_bind)
+                if bind is not None:
+                    from .metrics import MetricsError, parse_bind
+
+                    try:
+                        parse_bind(bind)
+                    except MetricsError as exc:
+                        _fail_input(f"--metrics-bind: {exc}")
+                summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet, metrics_bind=bind)
             except RuntimeInputError as exc:
                 _fail_input(str(exc))
     except ScenarioError as exc:

@@ -236,7 +236,7 @@ def parse_bind(bind: str | None) -> tuple[str, int]:
     try:
         return host or "127.0.0.1", int(port or 0)
     except ValueError:
-        raise MetricsError(f"metrics bind {bind!r}: give a host, host:port or [v6addr]:port") from None
+        raise MetricsError(f"metrics bind {bind!r}: give a host, host:port, or a bracketed IPv6 address with its port") from None
 
 
 def _outward_ip() -> str:

@@ -233,3 +233,30 @@ def test_openmetrics_recording_is_on_scenario_time_with_each_series_contiguous()
             times.add(ts - 1_000_000.0)
             assert float(m.group(3)) == ts - 1_000_000.0  # the value is the scenario time of its stamp
     assert sorted(times) == [0.0, 1.0, 2.0, 3.0, 4.0]  # sampled every scenario second
+
+
+def test_cli_ray_runs_serve_metrics_by_default_and_a_bad_bind_is_exit_2(tmp_path, monkeypatch):
+    import cluster.ray_runtime as rr
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    seen = {}
+
+    def fake_run_ray(sc, **kw):
+        seen.update(kw)
+        return run_sim(sc)
+
+    monkeypatch.setattr(rr, "run_ray", fake_run_ray)
+    scen = tmp_path / "s.yaml"
+    scen.write_text("name: s\nduration: 2\ntopology: {endpoints: 8, domains: 2, cpus: 2}\npolicy: {name: arm-smmu-v3}\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", str(scen), "-r", "ray", "-q", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert seen["metrics_bind"] == "127.0.0.1"
+    r = runner.invoke(app, ["run", str(scen), "-r", "ray", "-q", "-o", str(tmp_path / "b"), "--address", "auto"])
+    assert seen["metrics_bind"] == "0.0.0.0"
+    r = runner.invoke(app, ["run", str(scen), "-r", "ray", "-q", "-o", str(tmp_path / "c"), "--metrics-bind", "off"])
+    assert seen["metrics_bind"] is None
+    r = runner.invoke(app, ["run", str(scen), "-r", "ray", "-q", "--metrics-bind", "localhost:http"])
+    assert r.exit_code == 2 and "--metrics-bind" in r.output and "Traceback" not in r.output
