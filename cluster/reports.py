@@ -444,6 +444,13 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
            f"- affected domains: p50 {_d(a['p50'])}, p99 {_d(a['p99'])}, max {_d(a['max'])}",
            f"- translated requests: {s['translated_allowed']} reached memory, {s['translated_blocked']} blocked by a fence",
            f"- commands per unmap {s['commands_per_unmap'] or 0:.3g}, CMD_SYNCs per unmap {s['syncs_per_unmap'] or 0:.3g}"]
+    if s.get("runtime") == "ray":
+        lost = s.get("lost") or {}
+        sat = (s.get("transport") or {}).get("saturation") or []
+        md += ["", "## Live runtime", "",
+               f"- actors lost: {len(lost.get('actors') or [])}, endpoints lost with them: "
+               f"{len(lost.get('endpoints') or [])}, nodes lost: {len(lost.get('nodes') or [])}",
+               "- transport: " + ("; ".join(map(str, sat)) if sat else "kept up with the scenario (no saturation)")]
     md += ["", "## Expectations", ""]
     if s["expectations"]:
         md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]

@@ -100,3 +100,13 @@ def test_compare_adds_a_chart_per_figure_across_policies(tmp_path):
     assert "series" not in report["runs"][0]  # the time series feed the charts, not compare.json
     for name in ("compare.png", "compare-latency.png", "compare-cmdq.png", "compare-endpoints.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG, name
+
+
+def test_report_of_a_live_run_names_lost_actors_and_transport_saturation(tmp_path):
+    sc = scenario(duration=4, chaos=HANG_5)
+    summary = dict(run_sim(sc), runtime="ray",
+                   lost={"actors": [{"kind": "device", "index": 1}], "endpoints": [16, 17], "nodes": []},
+                   transport={"saturation": ["the actors ran up to 265 ms wall behind"]})
+    md = write_report(sc, summary, None, tmp_path).read_text()
+    assert "actors lost: 1, endpoints lost with them: 2" in md
+    assert "265 ms wall behind" in md
