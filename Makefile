@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SCENARIO ?= configs/scenarios/scale-1000-mixed.yaml
-RUNTIME ?= sim
+RUNTIME ?= ray
 ARGS ?=
 
 .PHONY: install run test bench clean

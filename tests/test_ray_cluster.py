@@ -102,3 +102,31 @@ def test_interrupted_run_still_has_a_summary(cluster, tmp_path):
     assert s["sim_time_s"] < 4
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     assert s["commands_total"] > 0
+
+
+def test_cli_joins_the_cluster_like_a_ray_job(cluster, tmp_path):
+    """Inside a Ray Job the entrypoint sees RAY_ADDRESS; `ats-stress run --runtime ray` with no
+    --address then joins that cluster instead of starting its own."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from live_helpers import ROOT
+
+    sc = tmp_path / "job.yaml"
+    sc.write_text(yaml.safe_dump({
+        "name": "as-a-job", "seed": 3, "duration": 2, "runtime": {"time_scale": 0.5},
+        "topology": {"endpoints": 16, "domains": 4, "cpus": 2, "endpoints_per_actor": 8},
+        "workload": {"unmaps_per_s": 20, "dma_per_endpoint_per_s": 20},
+        "expect": {"uaf_exposures": {"max": 0}}}))
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "run", str(sc), "--runtime", "ray", "-q",
+                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["runtime"] == "ray" and s["status"] == "complete"
+    cluster_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert {a["node_id"] for a in s["placement"]["actors"]} <= cluster_nodes
