@@ -254,6 +254,7 @@ class LiveRun:
         self.plan = plan
         self.quiet = quiet
         self.metrics_bind = metrics_bind
+        self.targets_file: Path | None = None  # file_sd targets, kept current (write_targets)
         self.node_killer = node_killer
         self.startup_timeout = startup_timeout
         self.device_options = device_options or {}
@@ -303,7 +304,9 @@ class LiveRun:
         DevCls = remote(DeviceActor, **dev_opts)
         hw = {"command_queues": sc.hardware.command_queues, "cpus": sc.topology.cpus,
               "invalidate_queue_depth": sc.topology.invalidate_queue_depth}
-        base = {"scenario": sc.name, "policy": sc.policy.name}
+        from .reports import new_run_id
+
+        base = {"run": new_run_id(sc), "scenario": sc.name, "policy": sc.policy.name}
         for spec in plan.nodes:
             sids = set(spec.sids)
             group_sids: dict[int, list[int]] = {}
@@ -542,10 +545,18 @@ class LiveRun:
                     f"now wait for the transport, not for the devices. {_knobs()}.")
             self.saturated_during = True
 
+    def write_targets(self) -> None:
+        """The file_sd targets file, rewritten (atomically) whenever the set of live actors changes."""
+        if self.targets_file is not None:
+            from .metrics import write_file_sd
+
+            write_file_sd(self.targets_file, self.targets(alive_only=True))
+
     def _actor_died(self, a: _Actor, t: float, cause: str) -> None:
         if not a.alive:
             return
         a.alive = False
+        self.write_targets()
         a.lost_cause = cause
         self.lost_actors.append({"kind": a.kind, "index": a.index, "node_id": a.info.get("node_id"),
                                  "at_s": t, "cause": cause, "endpoints": len(a.endpoints)})
@@ -571,6 +582,7 @@ class LiveRun:
         except Exception:
             pass
         a.alive = False
+        self.write_targets()
         a.lost_cause = cause
         self.lost_actors.append({"kind": a.kind, "index": a.index, "node_id": a.info.get("node_id"),
                                  "at_s": t, "cause": cause, "endpoints": len(a.endpoints)})
@@ -725,11 +737,11 @@ class LiveRun:
             out["targets"] = self.targets()
         return out
 
-    def targets(self) -> list[dict]:
+    def targets(self, alive_only: bool = False) -> list[dict]:
         out = []
         for a in self.smmus + self.devices:
             t = a.info.get("target")
-            if t:
+            if t and (a.alive or not alive_only):
                 out.append({"targets": [t], "labels": {"job": "ats-stress", "scenario": self.sc.name,
                                                        "policy": self.sc.policy.name, "kind": a.kind,
                                                        "index": str(a.index),
@@ -859,9 +871,8 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
             run.create()
             run.measure(spu)
             if metrics_bind and out_dir is not None:
-                from .metrics import write_file_sd
-
-                write_file_sd(Path(out_dir) / "prometheus-targets.json", run.targets())
+                run.targets_file = Path(out_dir) / "prometheus-targets.json"
+                run.write_targets()
             run.start()
             started = True
         except KeyboardInterrupt:  # before scenario time began: an empty, interrupted summary
