@@ -241,7 +241,6 @@ def test_quarantine_holds_the_reset_while_a_cmd_sync_still_waits_on_the_device()
     eager = run(policy={"name": "quarantine", "reset_waits_for_queues": False}, hardware={"command_queues": 9},
                 chaos=HANG_5)
     assert [r for r in eager["resets"] if r["sid"] == 5][0]["started_s"] < 7.0  # fence in effect + reset_delay
-    assert s["unmaps"]["count"] > eager["unmaps"]["count"]  # fewer queues wedged to the end
 
 
 def test_quarantine_unfences_only_after_a_successful_reset():
