@@ -21,7 +21,8 @@ BASE: dict[str, Any] = {
 }
 
 
-def scenario(**over: Any):
+def overridden(**over: Any) -> dict:
+    """A copy of BASE with ``a__b=value`` setting data["a"]["b"]."""
     data = copy.deepcopy(BASE)
     for key, value in over.items():
         node = data
@@ -29,7 +30,11 @@ def scenario(**over: Any):
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-    return scenario_from_dict(data, "<test>")
+    return data
+
+
+def scenario(**over: Any):
+    return scenario_from_dict(overridden(**over), "<test>")
 
 
 def run(**over: Any) -> dict:

@@ -6,20 +6,13 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from helpers import BASE
+from helpers import BASE, overridden
 
 runner = CliRunner()
 
 
 def with_(**over):
-    data = yaml.safe_load(yaml.safe_dump(BASE))
-    for key, value in over.items():
-        node = data
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return yaml.safe_dump(data)
+    return yaml.safe_dump(overridden(**over))
 
 
 HANG = {"at": 1, "fault": "hang", "endpoints": [1]}
