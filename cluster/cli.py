@@ -190,24 +190,33 @@ def sweep(
     scenario: Path = typer.Argument(..., help="scenario YAML file"),
     param: list[str] = typer.Option(..., "--param", help="an axis: key.path=v1,v2,... (repeatable)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per point (scenario seed, +1, ...)"),
-    runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (the sweep runs points in parallel processes)"),
+    runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (points in parallel processes) or ray (points one after another, live)"),
     set_: list[str] = typer.Option([], "--set", help="override a field for every point: key.path=value"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for sweep.json and sweep.png"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray runtime: the cluster to join (default: an embedded local Ray)"),
 ) -> None:
     """Run a grid over scenario parameters and seeds; print a table, write JSON and a chart."""
-    if runtime != "sim":
-        _fail_input(f"--runtime {runtime!r}: sweeps run on the sim runtime (each point is a separate "
-                    "process); run single points live with `ats-stress run --runtime ray --set ...`.")
+    if runtime not in ("sim", "ray"):
+        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sc = _load(scenario, set_)
     out_dir = out or Path("runs") / f"sweep-{sc.name}".replace(" ", "_")
     from .report import print_compare
     from .sweep import run_sweep
 
+    _sigterm_as_interrupt()
     try:
-        report = run_sweep(sc, param, seeds, out_dir, source=str(scenario))
+        if runtime == "ray":
+            from .ray_runtime import RuntimeInputError
+
+            try:
+                report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime="ray", address=address)
+            except RuntimeInputError as exc:
+                _fail_input(str(exc))
+        else:
+            report = run_sweep(sc, param, seeds, out_dir, source=str(scenario))
     except ScenarioError as exc:
         _fail_input(str(exc))
-    print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point")
+    print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point · {runtime} runtime")
     out_console.print(f"written: {out_dir / 'sweep.json'}, {out_dir / 'sweep.png'}")
 
 

@@ -1,7 +1,8 @@
 """``ats-stress sweep``: a grid over scenario parameters and seeds, with a table and a chart.
 
 Each ``--param key.path=v1,v2,...`` is one axis; every combination runs with every seed (in
-parallel on the sim runtime). Rows aggregate the seeds the way ``compare`` does.
+parallel processes on the sim runtime, one after another on the ray runtime). Rows aggregate the
+seeds the way ``compare`` does.
 """
 
 from __future__ import annotations
@@ -58,10 +59,28 @@ def grid(sc: Scenario, params: list[str], seeds: int, source: str) -> list[tuple
     return out
 
 
+def run_points_live(scenarios: list[Scenario], address: str | None) -> list[dict]:
+    """The ray runtime: the points one after another on one Ray connection (each point is a
+    whole live cluster run; running two at once would share the transport and skew both)."""
+    import ray
+
+    from .ray_runtime import connect, run_ray
+
+    owned = connect(address)
+    try:
+        return [run_ray(s, address=address, quiet=True) for s in scenarios]
+    finally:
+        if owned:
+            ray.shutdown()
+
+
 def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, source: str = "<scenario>",
-              workers: int | None = None) -> dict:
+              workers: int | None = None, runtime: str = "sim", address: str | None = None) -> dict:
     points = grid(sc, params, seeds, source)
-    results = run_matrix([s for _, s in points], workers)
+    if runtime == "ray":
+        results = run_points_live([s for _, s in points], address)
+    else:
+        results = run_matrix([s for _, s in points], workers)
     rows: list[dict] = []
     by_label: dict[str, list[dict]] = {}
     labels: dict[str, dict] = {}
@@ -73,7 +92,7 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
         row = aggregate(label, runs)
         row["point"] = labels[label]
         rows.append(row)
-    report = {"scenario": sc.name, "params": [parse_param(p)[0] for p in params],
+    report = {"scenario": sc.name, "runtime": runtime, "params": [parse_param(p)[0] for p in params],
               "seeds": [sc.seed + k for k in range(seeds)], "rows": rows, "runs": results}
     if out is not None:
         write_json(out / "sweep.json", report)

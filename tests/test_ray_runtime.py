@@ -168,3 +168,16 @@ def test_cluster_configs_parse():
     assert workers and all(w["groupName"] and "rayStartParams" in w and w["template"]["spec"]["containers"][0]["image"]
                            for w in workers)
     assert all(w["minReplicas"] <= w["replicas"] <= w["maxReplicas"] for w in workers)
+
+
+@pytest.mark.ray
+def test_sweep_on_the_ray_runtime_runs_each_point_live(local_ray, tmp_path):
+    from cluster.sweep import run_sweep
+
+    sc = hang_scenario("quarantine", duration=4, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2}])
+    report = run_sweep(sc, ["policy.culprit_search=bisect,per-device-batches"], 1, tmp_path, runtime="ray")
+    assert report["runtime"] == "ray" and [r["runtime"] for r in report["runs"]] == ["ray", "ray"]
+    rows = {r["point"]["policy.culprit_search"]: r for r in report["rows"]}
+    assert rows["per-device-batches"]["syncs_per_unmap"] > rows["bisect"]["syncs_per_unmap"]
+    assert all(r["uaf_exposures"] == 0 for r in report["rows"])
+    assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").exists()
