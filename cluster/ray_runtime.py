@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 from .config import Scenario, ScenarioError
 from .plan import Plan, build_plan
-from .summary import build_summary, percentile, write_json
+from .summary import build_summary, check_expectations, checkpoints, percentile, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,6 +273,8 @@ class LiveRun:
         self.stall_budget = STALL_FRACTION * policy_timeout(sc)
         self.max_lag_wall = 0.0
         self.saturated_during = False
+        self.checks = checkpoints(sc)  # expect ... at: scenario times to check bounds during the run
+        self.checked: list[dict] = []
         self.echo_window: list[float] = []
         self.echo_checked = 0.0
         self.live_loads: list[float] = []
@@ -472,6 +474,8 @@ class LiveRun:
                 if not self.quiet and now >= next_show and now >= self.t0:
                     next_show = now + show_every
                     prev = self._show(prev)
+            while self.checks and self.scenario_now() >= self.checks[0]:
+                self._checkpoint(self.checks.pop(0))
             wake = min(end_wall, next_poll, self.t0 + kills[0].at * self.scale if kills else end_wall)
             time.sleep(max(0.0, min(0.25, wake - time.time())))
         # let every actor reach the end of scenario time
@@ -660,13 +664,21 @@ class LiveRun:
 
     # results ---------------------------------------------------------------------------------------
 
-    def gather(self) -> tuple[list, list, list, list, list]:
+    def _checkpoint(self, at: float) -> None:
+        """Check the bounds that name ``at`` against the actors' figures as they stand now (the
+        first poll at or after scenario time ``at``)."""
+        nodes, oracles, groups, _, _ = self.gather(final=False)
+        partial = build_summary(self.sc, "ray", nodes, oracles, groups, sim_time=at, events=0,
+                                wall_time=max(1e-9, time.time() - self.t0))
+        self.checked += check_expectations(self.sc, partial, at=at)
+
+    def gather(self, final: bool = True) -> tuple[list, list, list, list, list]:
         import ray
 
         live = [a for a in self.smmus + self.devices if a.alive]
         refs = [a.handle.stats.remote() for a in live]
         try:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=60.0)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=60.0 if final else 10.0)
         except Exception:
             ready = []
         ready = set(ready)
@@ -679,7 +691,7 @@ class LiveRun:
                     continue
                 except Exception as exc:
                     self._actor_died(a, t, f"died ({_last_line(exc)})")
-            else:
+            elif final:
                 self._actor_died(a, t, "did not answer at the end")
         nodes, oracles, smmu_tr = [], [], []
         for s in self.smmus:
@@ -908,7 +920,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         transport = run.transport(smmu_tr, dev_tr, wall)
         lost = {"actors": run.lost_actors, "endpoints": sorted(run.lost_endpoints), "nodes": run.lost_nodes}
         summary = build_summary(sc, "ray", nodes, oracles, groups, sim_time=sim_time, events=events,
-                                wall_time=wall, status=status,
+                                wall_time=wall, status=status, checkpoint_results=run.checked,
                                 extra={"placement": run.placement(), "transport": transport, "lost": lost})
         summary["wall"]["startup_s"] = startup
         if run.failure:

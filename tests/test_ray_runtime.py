@@ -181,3 +181,18 @@ def test_sweep_on_the_ray_runtime_runs_each_point_live(local_ray, tmp_path):
     assert rows["per-device-batches"]["syncs_per_unmap"] > rows["bisect"]["syncs_per_unmap"]
     assert all(r["uaf_exposures"] == 0 for r in report["rows"])
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").exists()
+
+
+@pytest.mark.ray
+def test_expect_at_is_checked_during_a_live_run(local_ray, tmp_path):
+    from cluster.ray_runtime import run_ray
+
+    sc = hang_scenario("quarantine", duration=4, chaos=[])
+    data = sc.model_dump(mode="python")
+    data["expect"] = {"uaf_exposures": {"max": 0, "at": [2.0]}, "unmaps_completed": {"min": 1, "at": [1.0]}}
+    from cluster.config import scenario_from_dict
+
+    summary = run_ray(scenario_from_dict(data), quiet=True)
+    names = [e["name"] for e in summary["expectations"]]
+    assert names[:2] == ["unmaps_completed@1s", "uaf_exposures@2s"]
+    assert all(e["ok"] for e in summary["expectations"][:2])
