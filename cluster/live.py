@@ -12,12 +12,16 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
 - **Timers.** A heap of ``(scenario time, seq, tag)``; one asyncio task sleeps until the earliest
   is due, fires every due one (``on_timer``), drains the model and ships what it produced. Chaos
   steps and locally synthesised messages ride the same heap with string-kinded tags.
-- **Transport.** Messages are routed per destination actor, appended to that destination's
-  pending list and shipped as one msgpack-encoded batch per Ray call. At most one batch is in
-  flight per destination: the next batch (everything that piled up meanwhile) leaves when the
-  previous one is acknowledged. This keeps per-destination FIFO order and makes batches grow by
-  themselves under load. Nothing here ever awaits per message, so a hung endpoint never blocks
-  its neighbours.
+- **Transport.** Messages are routed per destination actor and appended to that destination's
+  pending list; one flush per event-loop iteration (``loop.call_soon``, so everything the timers
+  and deliveries of this iteration produced) ships each pending list as one msgpack-encoded batch
+  per Ray call (at most ``BATCH_CAP`` messages; the rest goes in the next batch). Up to
+  ``WINDOW`` batches are in flight per destination; beyond that messages pile up and leave as one
+  bigger batch when a slot frees, so batches grow by themselves under load. Every batch carries
+  the sender's index and a per-(sender, receiver) sequence number and the receiver applies them
+  in sequence (Ray does not promise submission order for an async actor's calls), which keeps
+  per-direction FIFO order. Nothing here ever awaits per message, so a hung endpoint never
+  blocks its neighbours.
 - **Dead peers.** A call that fails because the destination actor died marks it dead; its
   pending and later messages are dropped and counted (``on_dead`` lets the SMMU shell answer for
   the root complex).
@@ -44,6 +48,10 @@ MAX_SLEEP = 0.1
 #: cannot sleep less than about a millisecond (epoll), so waiting for them would add that much
 #: to every device answer
 EARLY_WALL = 0.001
+#: batches in flight at once per destination (sequence numbers keep them in order at the receiver)
+WINDOW = 4
+#: most messages in one batch; the rest leaves in the next one
+BATCH_CAP = 1024
 #: transport delay samples kept per actor (beyond it, every other one is dropped)
 MAX_SAMPLES = 20_000
 
@@ -130,7 +138,12 @@ class LiveShell:
         self.echo_out: set[int] = set()
         self.echo_rtt = _Samples()
         self.recent_echo_samples: list[float] = []
-        self.sending: set[int] = set()
+        self.flush_scheduled = False
+        self.in_flight: dict[int, int] = {}  # batches sent and not yet acknowledged, per destination
+        self.out_seq: dict[int, int] = {}  # next sequence number, per destination
+        self.in_seq: dict[int, int] = {}  # next sequence number expected, per sender
+        self.reorder: dict[int, dict[int, tuple]] = {}  # batches that came in early, per sender
+        self.reordered = 0
         self.msgs_sent = 0
         self.bytes_sent = 0
         self.batches_sent = 0
@@ -296,10 +309,28 @@ class LiveShell:
     # --- messages ---------------------------------------------------------------------------------
 
     async def deliver(self, payload: bytes) -> None:
-        """A batch from a peer (its messages in order)."""
+        """A batch from a peer (its messages in order). Batches carry the sender's index and a
+        per-(sender, receiver) sequence number; up to ``WINDOW`` are in flight at once and Ray
+        does not promise to run an async actor's calls in submission order, so a batch that
+        arrives early waits here until the ones before it came in: per-direction FIFO."""
         self.batches_received += 1
         self.bytes_received += len(payload)
-        batch, echoes = unpack(payload)
+        src, seq, batch, echoes = unpack(payload)
+        expected = self.in_seq.get(src, 0)
+        if seq != expected:
+            self.reorder.setdefault(src, {})[seq] = (batch, echoes)
+            self.reordered += 1
+            return
+        while True:
+            self.in_seq[src] = seq + 1  # first: a model error must not stall the channel
+            self._accept(batch, echoes)
+            held = self.reorder.get(src)
+            if not held or seq + 1 not in held:
+                break
+            seq += 1
+            batch, echoes = held.pop(seq)
+
+    def _accept(self, batch, echoes) -> None:
         if echoes:
             self._on_echoes(echoes)
         self.msgs_received += len(batch)
@@ -343,17 +374,84 @@ class LiveShell:
             self.pending_since[dest] = time.time()
         else:
             buf.extend(msgs)
-        if dest not in self.sending:
-            self.sending.add(dest)
-            asyncio.get_running_loop().create_task(self._ship(dest))
+        self._want_flush()
 
     def _enqueue_echo(self, dest: int, echo: tuple) -> None:
         if dest in self.dead:
             return
         self.pending_echo.setdefault(dest, []).append(echo)
-        if dest not in self.sending:
-            self.sending.add(dest)
-            asyncio.get_running_loop().create_task(self._ship(dest))
+        self._want_flush()
+
+    def _want_flush(self) -> None:
+        # one flush at the end of this event-loop iteration, for every destination: whatever the
+        # model produced meanwhile (timers fired, batches delivered) leaves as one batch each
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        for dest in list(self.pending) + [d for d in self.pending_echo if d not in self.pending]:
+            while dest not in self.dead and self.in_flight.get(dest, 0) < WINDOW:
+                if not self._send_one(dest):
+                    break
+
+    def _send_one(self, dest: int) -> bool:
+        batch = self.pending.pop(dest, None)
+        echoes = self.pending_echo.pop(dest, None)
+        if not batch and not echoes:
+            return False
+        since = self.pending_since.pop(dest, None)
+        if batch and len(batch) > BATCH_CAP:  # the rest goes next, in order
+            self.pending[dest] = batch[BATCH_CAP:]
+            self.pending_since[dest] = since
+            batch = batch[:BATCH_CAP]
+        sent = time.time()
+        if batch and self.probe_echoes and sent - self.echo_last.get(dest, 0.0) >= ECHO_EVERY \
+                and dest not in self.echo_out:
+            # piggy-back a transport probe on a batch that goes anyway
+            self.echo_last[dest] = sent
+            self.echo_out.add(dest)
+            echoes = (echoes or []) + [(ECHO_REQUEST, self.index, sent)]
+        seq = self.out_seq.get(dest, 0)
+        self.out_seq[dest] = seq + 1
+        payload = pack((self.index, seq, batch or (), echoes or ()))
+        try:
+            ref = self.peers[dest].deliver.remote(payload)
+        except (RayActorError, RayError):
+            self.mark_dead(dest)
+            self.on_dead(dest, batch or [])
+            return False
+        self.in_flight[dest] = self.in_flight.get(dest, 0) + 1
+        asyncio.get_running_loop().create_task(self._acked(dest, ref, payload, batch or [], sent, since))
+        return True
+
+    async def _acked(self, dest: int, ref, payload: bytes, batch: list, sent: float, since: float | None) -> None:
+        try:
+            try:
+                await ref
+            except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer
+                self._error(f"{self.kind} actor {self.index} -> peer {dest}: {exc}")
+                self.on_dead(dest, batch)
+                return
+            except (RayActorError, RayError):
+                self.mark_dead(dest)
+                self.on_dead(dest, batch)
+                return
+            ack = time.time()
+            self.bytes_sent += len(payload)
+            self.batches_sent += 1
+            self.batch_rtt.add(ack - sent)
+            if batch:
+                self.msgs_sent += len(batch)
+                d = ack - (since or sent)
+                self.delay.add(d)
+                if d > self.recent_lag:
+                    self.recent_lag = d
+        finally:
+            self.in_flight[dest] -= 1
+            if dest not in self.dead and (dest in self.pending or dest in self.pending_echo):
+                self._want_flush()
 
     def _on_echoes(self, echoes) -> None:
         for kind, origin, sent in echoes:
@@ -365,48 +463,6 @@ class LiveShell:
                 self.echo_rtt.add(rtt)
                 self.echo_out.discard(origin)
                 self.recent_echo_samples.append(rtt)
-
-    async def _ship(self, dest: int) -> None:
-        try:
-            handle = self.peers[dest]
-            while dest not in self.dead:
-                batch = self.pending.pop(dest, None)
-                echoes = self.pending_echo.pop(dest, None)
-                if not batch and not echoes:
-                    break
-                since = self.pending_since.pop(dest, None)
-                sent = time.time()
-                if batch and self.probe_echoes and sent - self.echo_last.get(dest, 0.0) >= ECHO_EVERY \
-                        and dest not in self.echo_out:
-                    # piggy-back a transport probe on a batch that goes anyway
-                    self.echo_last[dest] = sent
-                    self.echo_out.add(dest)
-                    echoes = (echoes or []) + [(ECHO_REQUEST, self.index, sent)]
-                payload = pack((batch or (), echoes or ()))
-                if not batch:
-                    batch = []
-                try:
-                    await handle.deliver.remote(payload)
-                except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer
-                    self._error(f"{self.kind} actor {self.index} -> peer {dest}: {exc}")
-                    self.on_dead(dest, batch)
-                    continue
-                except (RayActorError, RayError):
-                    self.mark_dead(dest)
-                    self.on_dead(dest, batch)
-                    break
-                ack = time.time()
-                self.bytes_sent += len(payload)
-                self.batches_sent += 1
-                self.batch_rtt.add(ack - sent)
-                if batch:
-                    self.msgs_sent += len(batch)
-                    d = ack - since
-                    self.delay.add(d)
-                    if d > self.recent_lag:
-                        self.recent_lag = d
-        finally:
-            self.sending.discard(dest)
 
     def mark_dead(self, dest: int) -> None:
         if dest in self.dead:
@@ -463,7 +519,7 @@ class LiveShell:
             "batch_rtt": self.batch_rtt.export(), "delay": self.delay.export(),
             "timer_lateness": self.lateness.export(),
             "echo_rtt": self.echo_rtt.export(),
-            "timers_fired": self.fired, "errors": list(self.errors),
+            "timers_fired": self.fired, "errors": list(self.errors), "reordered": self.reordered,
         }
 
     def end_time(self) -> float:
