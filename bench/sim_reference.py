@@ -2,7 +2,7 @@
 
 - configs/scenarios/scale-1000-mixed.yaml (1,000 endpoints, 60 scenario seconds, mixed chaos):
   simulated seconds per wall second (target >= 2x real time), events per second, peak RSS.
-- The same scenario at 10,000 endpoints (640 domains, 10 s): peak RSS (target within 4 GiB).
+- The same topology at 10,000 endpoints (640 domains, 10 s, no chaos): peak RSS (target within 4 GiB).
 
 Each run is a child process, so its peak RSS is its own (ru_maxrss of the child).
 Run: python -m bench.sim_reference
@@ -49,7 +49,7 @@ def run_child(sets: list[str]) -> dict:
 def main() -> dict:
     ref = run_child([])
     big = run_child(["topology.endpoints=10000", "topology.domains=640", "topology.endpoints_per_actor=1250",
-                     "duration=10s"])
+                     "duration=10s", "chaos=[]", "expect={}"])
     speed = ref["sim_time_s"] / ref["wall"]["time_s"]
     result = {
         "benchmark": "sim_reference",
