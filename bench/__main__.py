@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ["sim_vs_simpy", "sim_reference", "live_scale"]
+BENCHMARKS = ["sim_vs_simpy", "sim_reference", "live_scale", "live_throughput", "timer_accuracy"]
 
 
 def main(argv: list[str]) -> int:

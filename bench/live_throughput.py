@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unmaps-per-s", type=float, default=200_000.0)
     ap.add_argument("--cpus", type=int, default=256, help="topology.cpus: CPUs unmapping at once (default 256)")
     ap.add_argument("--queues", type=int, default=257, help="hardware.command_queues (default 257)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)
 
     import ray
 
@@ -111,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-scale", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=8.0, help="scenario seconds (default 8)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)
 
     import ray
 
@@ -113,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
