@@ -13,15 +13,18 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
   is due, fires every due one (``on_timer``), drains the model and ships what it produced. Chaos
   steps and locally synthesised messages ride the same heap with string-kinded tags.
 - **Transport.** Messages are routed per destination actor and appended to that destination's
-  pending list; one flush per event-loop iteration (``loop.call_soon``, so everything the timers
-  and deliveries of this iteration produced) ships each pending list as one msgpack-encoded batch
-  per Ray call (at most ``BATCH_CAP`` messages; the rest goes in the next batch). Up to
-  ``WINDOW`` batches are in flight per destination; beyond that messages pile up and leave as one
-  bigger batch when a slot frees, so batches grow by themselves under load. Every batch carries
-  the sender's index and a per-(sender, receiver) sequence number and the receiver applies them
-  in sequence (Ray does not promise submission order for an async actor's calls), which keeps
-  per-direction FIFO order. Nothing here ever awaits per message, so a hung endpoint never
-  blocks its neighbours.
+  pending list; one flush, ``FLUSH_DELAY`` wall seconds after the first message (1 ms by default;
+  0 flushes at the end of this event-loop iteration, ``loop.call_soon``), ships each pending list
+  as one msgpack-encoded batch per Ray call (at most ``BATCH_CAP`` messages; the rest goes in the
+  next batch). Up to ``WINDOW`` batches are in flight per destination (1 by default); beyond that
+  messages pile up and leave as one bigger batch when a slot frees, so batches grow by themselves
+  under load. Every batch carries the sender's index and a per-(sender, receiver) sequence number
+  and the receiver applies them in sequence (Ray does not promise submission order for an async
+  actor's calls), which keeps per-direction FIFO order with any window. On a small machine where
+  every actor process competes for the CPUs, fewer and bigger calls win (window 1, 1 ms); with
+  CPUs to spare, a window of 4 and no delay lowers latency (env ``ATS_LIVE_WINDOW``,
+  ``ATS_LIVE_FLUSH_DELAY``; docs/performance.md). Nothing here ever awaits per message, so a hung
+  endpoint never blocks its neighbours.
 - **Dead peers.** A call that fails because the destination actor died marks it dead; its
   pending and later messages are dropped and counted (``on_dead`` lets the SMMU shell answer for
   the root complex).
@@ -32,6 +35,7 @@ Only this module, ``cluster/ray_runtime.py`` and the two ``actor.py`` shells kno
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from heapq import heappop, heappush
 from typing import Any
@@ -49,7 +53,9 @@ MAX_SLEEP = 0.1
 #: to every device answer
 EARLY_WALL = 0.001
 #: batches in flight at once per destination (sequence numbers keep them in order at the receiver)
-WINDOW = 4
+WINDOW = int(os.environ.get("ATS_LIVE_WINDOW", "1"))
+#: wall seconds a flush waits after the first message for more to join the batch
+FLUSH_DELAY = float(os.environ.get("ATS_LIVE_FLUSH_DELAY", "0.001"))
 #: most messages in one batch; the rest leaves in the next one
 BATCH_CAP = 1024
 #: transport delay samples kept per actor (beyond it, every other one is dropped)
@@ -387,7 +393,11 @@ class LiveShell:
         # model produced meanwhile (timers fired, batches delivered) leaves as one batch each
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            if FLUSH_DELAY > 0:
+                loop.call_later(FLUSH_DELAY, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
