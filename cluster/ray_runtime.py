@@ -559,11 +559,7 @@ class LiveRun:
     def _actor_died(self, a: _Actor, t: float, cause: str) -> None:
         if not a.alive:
             return
-        a.alive = False
-        self.write_targets()
-        a.lost_cause = cause
-        self.lost_actors.append({"kind": a.kind, "index": a.index, "node_id": a.info.get("node_id"),
-                                 "at_s": t, "cause": cause, "endpoints": len(a.endpoints)})
+        self._record_lost(a, t, cause)
         if a.kind == "smmu":
             self.failure = f"SMMU actor {a.index} {cause}"
             return
@@ -585,12 +581,16 @@ class LiveRun:
             ray.kill(a.handle, no_restart=True)
         except Exception:
             pass
+        self._record_lost(a, t, cause)
+        self._endpoints_lost(a, t)
+
+    def _record_lost(self, a: _Actor, t: float, cause: str) -> None:
+        """``a`` is gone: out of the Prometheus targets, into the summary's ``lost``."""
         a.alive = False
         self.write_targets()
         a.lost_cause = cause
         self.lost_actors.append({"kind": a.kind, "index": a.index, "node_id": a.info.get("node_id"),
                                  "at_s": t, "cause": cause, "endpoints": len(a.endpoints)})
-        self._endpoints_lost(a, t)
 
     def _chaos_kill(self, action) -> None:
         groups = sorted({self.plan.sid_group[s] for s in action.sids})
