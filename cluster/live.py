@@ -107,6 +107,21 @@ class _Samples:
         return {"count": self.count, "max": self.max, "samples": list(self.values)}
 
 
+
+def bucket_by_sid(msgs: list, dest_of: dict[int, int]) -> dict[int, list]:
+    """PCIe messages grouped by ``dest_of[sid]``, in order; a StreamID with no destination (no
+    endpoint behind it) is dropped: nobody answers it."""
+    out: dict[int, list] = {}
+    for m in msgs:
+        d = dest_of.get(m[1])
+        if d is not None:
+            b = out.get(d)
+            if b is None:
+                out[d] = [m]
+            else:
+                b.append(m)
+    return out
+
 class LiveShell:
     """Base of both actor shells. Subclasses set ``self.model`` and implement ``route``,
     ``apply_chaos`` and ``stats``; ``on_dead`` is optional."""

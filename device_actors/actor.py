@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.live import LiveShell, node_location
+from cluster.live import LiveShell, bucket_by_sid, node_location
 from cluster.summary import group_stats
 
 from .endpoint import EndpointGroup
@@ -49,16 +49,7 @@ class DeviceActor(LiveShell):
     def route(self, msgs: list) -> dict[int, list]:
         if self.single:
             return {self.only: msgs}
-        out: dict[int, list] = {}
-        sid_node = self.sid_node
-        for m in msgs:
-            n = sid_node[m[1]]
-            b = out.get(n)
-            if b is None:
-                out[n] = [m]
-            else:
-                b.append(m)
-        return out
+        return bucket_by_sid(msgs, self.sid_node)
 
     def apply_chaos(self, now: float, action: tuple) -> None:
         _, step, phase, fault, sids, params = action

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.live import LOCAL, LiveShell, node_location
+from cluster.live import LOCAL, LiveShell, bucket_by_sid, node_location
 from cluster.oracle import Oracle
 from cluster.summary import node_stats, oracle_stats
 from device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
@@ -61,16 +61,7 @@ class SmmuActor(LiveShell):
         if self.single:
             g = sid_group.get(msgs[0][1])
             return {g: msgs} if g is not None else {}
-        out: dict[int, list] = {}
-        for m in msgs:
-            g = sid_group.get(m[1])
-            if g is not None:  # a StreamID with no endpoint behind it: nobody answers
-                b = out.get(g)
-                if b is None:
-                    out[g] = [m]
-                else:
-                    b.append(m)
-        return out
+        return bucket_by_sid(msgs, sid_group)
 
     def on_dead(self, dest: int, msgs: list) -> None:
         """The device actor is gone; its endpoints behave like surprise-removed devices (as the sim
