@@ -100,6 +100,9 @@ class PolicySpec(BaseModel):
 
 class Runtime(Strict):
     time_scale: float = Field(1.0, gt=0, le=1000, description="ray runtime: wall seconds per scenario second")
+    transport: Literal["stream", "ray"] = Field(
+        "stream", description="ray runtime: how batches travel between actors: 'stream', one TCP connection per "
+        "actor pair set up through Ray, or 'ray', one Ray actor call per batch")
 
 
 # --- chaos steps ---------------------------------------------------------------------------

@@ -13,21 +13,32 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
   is due, fires every due one (``on_timer``), drains the model and ships what it produced. Chaos
   steps and locally synthesised messages ride the same heap with string-kinded tags.
 - **Transport.** Messages are routed per destination actor and appended to that destination's
-  pending list; one flush, ``FLUSH_DELAY`` wall seconds after the first message (1 ms by default;
-  0 flushes at the end of this event-loop iteration, ``loop.call_soon``), ships each pending list
-  as one msgpack-encoded batch per Ray call (at most ``BATCH_CAP`` messages; the rest goes in the
-  next batch). Up to ``WINDOW`` batches are in flight per destination (1 by default); beyond that
-  messages pile up and leave as one bigger batch when a slot frees, so batches grow by themselves
-  under load. Every batch carries the sender's index and a per-(sender, receiver) sequence number
-  and the receiver applies them in sequence (Ray does not promise submission order for an async
-  actor's calls), which keeps per-direction FIFO order with any window. On a small machine where
-  every actor process competes for the CPUs, fewer and bigger calls win (window 1, 1 ms); with
-  CPUs to spare, a window of 4 and no delay lowers latency (env ``ATS_LIVE_WINDOW``,
-  ``ATS_LIVE_FLUSH_DELAY``; docs/performance.md). Nothing here ever awaits per message, so a hung
-  endpoint never blocks its neighbours.
-- **Dead peers.** A call that fails because the destination actor died marks it dead; its
-  pending and later messages are dropped and counted (``on_dead`` lets the SMMU shell answer for
-  the root complex).
+  pending list; one flush ships each pending list as one msgpack-encoded batch (at most
+  ``BATCH_CAP`` messages; the rest goes in the next batch). Every batch carries the sender's index
+  and a per-(sender, receiver) sequence number; the receiver applies batches in sequence and
+  acknowledges them, and up to a window of batches may be unacknowledged per destination; beyond
+  that messages pile up and leave as one bigger batch when a slot frees, so batches grow by
+  themselves under load. Two ways to carry a batch (``runtime.transport``):
+
+  - ``stream`` (default): the driver has every actor listen on its node (``listen``, a random
+    port) and hands each actor its peers' addresses and a per-run token (``connect``); each actor
+    opens one TCP connection per peer and writes each batch as a length-prefixed frame; the
+    receiver answers with cumulative acknowledgements on the same connection. Ray still places,
+    starts, watches and kills the actors; only the batches leave Ray's call path, which costs a
+    task submission, a reply object and two thread hand-offs per call (~1 ms round trip, ~1,000
+    calls/s per channel here; a frame costs two socket writes). Window ``STREAM_WINDOW`` (8),
+    flush at the end of the event-loop iteration (``STREAM_FLUSH_DELAY`` 0).
+  - ``ray``: one Ray actor call (``deliver``) per batch, acknowledged by its return. Ray does not
+    promise submission order for an async actor's calls; the sequence numbers restore it. On a
+    small machine fewer and bigger calls win: window ``WINDOW`` 1, flush ``FLUSH_DELAY`` (1 ms)
+    after the first message.
+
+  The env variables ``ATS_LIVE_[STREAM_]WINDOW`` and ``ATS_LIVE_[STREAM_]FLUSH_DELAY`` override
+  the defaults (docs/performance.md). Nothing here ever awaits per message, so a hung endpoint
+  never blocks its neighbours.
+- **Dead peers.** A call that fails because the destination actor died, or a stream its peer
+  closed, marks it dead; its unacknowledged, pending and later messages are dropped and counted
+  (``on_dead`` lets the SMMU shell answer for the root complex).
 
 Only this module, ``cluster/ray_runtime.py`` and the two ``actor.py`` shells know about Ray.
 """
@@ -37,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from heapq import heappop, heappush
 from typing import Any
 
@@ -52,10 +64,14 @@ MAX_SLEEP = 0.1
 #: cannot sleep less than about a millisecond (epoll), so waiting for them would add that much
 #: to every device answer
 EARLY_WALL = 0.001
-#: batches in flight at once per destination (sequence numbers keep them in order at the receiver)
+#: batches in flight at once per destination (sequence numbers keep them in order at the receiver),
+#: for the ``ray`` transport (one Ray call per batch) and the ``stream`` transport (TCP frames)
 WINDOW = int(os.environ.get("ATS_LIVE_WINDOW", "1"))
-#: wall seconds a flush waits after the first message for more to join the batch
+STREAM_WINDOW = int(os.environ.get("ATS_LIVE_STREAM_WINDOW", "8"))
+#: wall seconds a flush waits after the first message for more to join the batch (0: at the end of
+#: this event-loop iteration)
 FLUSH_DELAY = float(os.environ.get("ATS_LIVE_FLUSH_DELAY", "0.001"))
+STREAM_FLUSH_DELAY = float(os.environ.get("ATS_LIVE_STREAM_FLUSH_DELAY", "0"))
 #: most messages in one batch; the rest leaves in the next one
 BATCH_CAP = 1024
 #: transport delay samples kept per actor (beyond it, every other one is dropped)
@@ -122,6 +138,80 @@ def bucket_by_sid(msgs: list, dest_of: dict[int, int]) -> dict[int, list]:
                 b.append(m)
     return out
 
+class _Channel(asyncio.Protocol):
+    """The sending end of one stream (this actor -> peer ``dest``): length-prefixed msgpack frames
+    out, cumulative acknowledgements (the last sequence number the peer applied, 8 bytes) back."""
+
+    def __init__(self, shell: "LiveShell", dest: int):
+        self.shell = shell
+        self.dest = dest
+        self.transport: asyncio.Transport | None = None
+        self.unacked: deque = deque()  # (seq, payload bytes, batch, sent, since), oldest first
+        self.buf = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def write_frame(self, payload: bytes) -> None:
+        self.transport.writelines((len(payload).to_bytes(4, "little"), payload))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        n = len(buf) - len(buf) % 8
+        if n:
+            last = int.from_bytes(buf[n - 8:n], "little")  # acks only grow: the newest says it all
+            del buf[:n]
+            self.shell._stream_acked(self, last)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.shell._stream_lost(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Inbound(asyncio.Protocol):
+    """The receiving end of one stream: the first frame names the sender (and carries the run's
+    token); every later one is a batch, applied in order, then acknowledged."""
+
+    def __init__(self, shell: "LiveShell"):
+        self.shell = shell
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.src: int | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, n, last = 0, len(buf), -1
+        shell = self.shell
+        while n - pos >= 4:
+            size = int.from_bytes(buf[pos:pos + 4], "little")
+            if n - pos - 4 < size:
+                break
+            payload = bytes(buf[pos + 4:pos + 4 + size])
+            pos += 4 + size
+            if self.src is None:
+                self.src = shell._handshake(payload)
+                if self.src is None:  # not one of this run's actors
+                    self.transport.abort()
+                    return
+                continue
+            last = shell._on_batch(payload)
+        if pos:
+            del buf[:pos]
+        if last >= 0:
+            self.transport.write(last.to_bytes(8, "little"))
+
+
 class LiveShell:
     """Base of both actor shells. Subclasses set ``self.model`` and implement ``route``,
     ``apply_chaos`` and ``stats``; ``on_dead`` is optional."""
@@ -160,6 +250,14 @@ class LiveShell:
         self.echo_rtt = _Samples()
         self.recent_echo_samples: list[float] = []
         self.flush_scheduled = False
+        # the transport: one Ray call per batch, or (``stream``) one TCP connection per peer
+        self.stream = False
+        self.window = WINDOW
+        self.flush_delay = FLUSH_DELAY
+        self.token = b""
+        self.server: asyncio.AbstractServer | None = None
+        self.channels: dict[int, _Channel] = {}
+        self._echo_waiters: dict[float, asyncio.Future] = {}
         self.in_flight: dict[int, int] = {}  # batches sent and not yet acknowledged, per destination
         self.out_seq: dict[int, int] = {}  # next sequence number, per destination
         self.in_seq: dict[int, int] = {}  # next sequence number expected, per sender
@@ -210,20 +308,53 @@ class LiveShell:
         return len(payload)
 
     async def measure_rtt(self, n: int, batch: list) -> list[float]:
-        """Round trips (wall s) to every live peer, ``n`` each, with a batch like the real ones."""
+        """Round trips (wall s) to every live peer, ``n`` each: a Ray call with a batch like the real
+        ones, or on a stream an empty batch carrying a transport probe, answered at once."""
         payload = pack(batch)
         out = []
+        loop = asyncio.get_running_loop()
         for _ in range(n):
             for p, h in enumerate(self.peers):
                 if h is None or p in self.dead:
+                    continue
+                if self.stream:
+                    sent = time.time()
+                    fut = loop.create_future()
+                    self._echo_waiters[sent] = fut
+                    self._enqueue_echo(p, (ECHO_REQUEST, self.index, sent))
+                    out.append(await fut)
                     continue
                 t = time.perf_counter()
                 await h.ping.remote(payload)
                 out.append(time.perf_counter() - t)
         return out
 
-    async def connect(self, peers: list) -> bool:
+    async def listen(self, token: bytes) -> str:
+        """Stream transport, step 1: accept this run's peers (``host:port`` to give them)."""
+        self.token = bytes(token)
+        host = ray.util.get_node_ip_address()
+        self.server = await asyncio.get_running_loop().create_server(lambda: _Inbound(self), host=host, port=0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"{host}:{port}"
+
+    async def connect(self, peers: list, addrs: list | None = None, token: bytes = b"") -> bool:
+        """``peers``: the actor handles this one sends to (index = destination). With ``addrs``
+        (each peer's ``listen`` answer) batches go as frames on one TCP connection per peer,
+        opened here, instead of one Ray call each."""
         self.peers = list(peers)
+        if addrs is None:
+            return True
+        self.stream = True
+        self.window = STREAM_WINDOW
+        self.flush_delay = STREAM_FLUSH_DELAY
+        loop = asyncio.get_running_loop()
+        for dest, addr in enumerate(addrs):
+            if addr is None:
+                continue
+            host, port = addr.rsplit(":", 1)
+            _, ch = await loop.create_connection(lambda d=dest: _Channel(self, d), host, int(port))
+            ch.write_frame(pack((bytes(token), self.index)))
+            self.channels[dest] = ch
         return True
 
     async def start(self, t0: float, time_scale: float, duration: float, chaos: list) -> bool:
@@ -330,8 +461,23 @@ class LiveShell:
     # --- messages ---------------------------------------------------------------------------------
 
     async def deliver(self, payload: bytes) -> None:
-        """A batch from a peer (its messages in order). Batches carry the sender's index and a
-        per-(sender, receiver) sequence number; up to ``WINDOW`` are in flight at once and Ray
+        """A batch from a peer (its messages in order), by Ray call."""
+        self._on_batch(payload)
+
+    def _handshake(self, payload: bytes) -> int | None:
+        """The first frame of an inbound stream: this run's token and the sender's index."""
+        try:
+            token, src = unpack(payload)
+        except Exception:
+            return None
+        if token != self.token or not isinstance(src, int):
+            self._error(f"{self.kind} actor {self.index}: refused a stream that did not carry this run's token")
+            return None
+        return src
+
+    def _on_batch(self, payload: bytes) -> int:
+        """Apply one batch; returns its sequence number. Batches carry the sender's index and a
+        per-(sender, receiver) sequence number; up to ``window`` are in flight at once and Ray
         does not promise to run an async actor's calls in submission order, so a batch that
         arrives early waits here until the ones before it came in: per-direction FIFO."""
         self.batches_received += 1
@@ -341,7 +487,8 @@ class LiveShell:
         if seq != expected:
             self.reorder.setdefault(src, {})[seq] = (batch, echoes)
             self.reordered += 1
-            return
+            return seq
+        last = seq
         while True:
             self.in_seq[src] = seq + 1  # first: a model error must not stall the channel
             self._accept(batch, echoes)
@@ -350,6 +497,7 @@ class LiveShell:
                 break
             seq += 1
             batch, echoes = held.pop(seq)
+        return last
 
     def _accept(self, batch, echoes) -> None:
         if echoes:
@@ -409,15 +557,15 @@ class LiveShell:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             loop = asyncio.get_running_loop()
-            if FLUSH_DELAY > 0:
-                loop.call_later(FLUSH_DELAY, self._flush)
+            if self.flush_delay > 0:
+                loop.call_later(self.flush_delay, self._flush)
             else:
                 loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
         for dest in list(self.pending) + [d for d in self.pending_echo if d not in self.pending]:
-            while dest not in self.dead and self.in_flight.get(dest, 0) < WINDOW:
+            while dest not in self.dead and self.in_flight.get(dest, 0) < self.window:
                 if not self._send_one(dest):
                     break
 
@@ -441,6 +589,16 @@ class LiveShell:
         seq = self.out_seq.get(dest, 0)
         self.out_seq[dest] = seq + 1
         payload = pack((self.index, seq, batch or (), echoes or ()))
+        if self.stream:
+            ch = self.channels.get(dest)
+            if ch is None or ch.closed:
+                self.mark_dead(dest)
+                self.on_dead(dest, batch or [])
+                return False
+            ch.write_frame(payload)
+            ch.unacked.append((seq, len(payload), batch or [], sent, since))
+            self.in_flight[dest] = self.in_flight.get(dest, 0) + 1
+            return True
         try:
             ref = self.peers[dest].deliver.remote(payload)
         except (RayActorError, RayError):
@@ -463,28 +621,55 @@ class LiveShell:
                 self.mark_dead(dest)
                 self.on_dead(dest, batch)
                 return
-            ack = time.time()
-            self.bytes_sent += len(payload)
-            self.batches_sent += 1
-            self.batch_rtt.add(ack - sent)
-            if batch:
-                self.msgs_sent += len(batch)
-                d = ack - (since or sent)
-                self.delay.add(d)
-                if d > self.recent_lag:
-                    self.recent_lag = d
+            self._delivered(len(payload), batch, sent, since, time.time())
         finally:
             self.in_flight[dest] -= 1
             if dest not in self.dead and (dest in self.pending or dest in self.pending_echo):
                 self._want_flush()
 
+    def _delivered(self, nbytes: int, batch: list, sent: float, since: float | None, ack: float) -> None:
+        """A batch was acknowledged: the peer applied it."""
+        self.bytes_sent += nbytes
+        self.batches_sent += 1
+        self.batch_rtt.add(ack - sent)
+        if batch:
+            self.msgs_sent += len(batch)
+            d = ack - (since or sent)
+            self.delay.add(d)
+            if d > self.recent_lag:
+                self.recent_lag = d
+
+    def _stream_acked(self, ch: _Channel, last: int) -> None:
+        if self.channels.get(ch.dest) is not ch:
+            return
+        dest, unacked, now = ch.dest, ch.unacked, time.time()
+        while unacked and unacked[0][0] <= last:
+            _, nbytes, batch, sent, since = unacked.popleft()
+            self._delivered(nbytes, batch, sent, since, now)
+            self.in_flight[dest] -= 1
+        if dest in self.pending or dest in self.pending_echo:
+            self._want_flush()
+
+    def _stream_lost(self, ch: _Channel) -> None:
+        """The peer closed its end (its process is gone): like a failed Ray call."""
+        if self.channels.get(ch.dest) is ch:
+            self.mark_dead(ch.dest)
+
     def _on_echoes(self, echoes) -> None:
         for kind, origin, sent in echoes:
             if kind == ECHO_REQUEST:
-                # answered from the timer task, like a device's answer to an Invalidate Request
-                self._push(self.last, (ECHO, origin, sent))
+                if self.started:
+                    # answered from the timer task, like a device's answer to an Invalidate Request
+                    self._push(self.last, (ECHO, origin, sent))
+                else:  # the start-up measurement (measure_rtt)
+                    self._enqueue_echo(origin, (ECHO_REPLY, self.index, sent))
             else:
                 rtt = time.time() - sent
+                waiter = self._echo_waiters.pop(sent, None)
+                if waiter is not None:
+                    if not waiter.done():
+                        waiter.set_result(rtt)
+                    continue
                 self.echo_rtt.add(rtt)
                 self.echo_out.discard(origin)
                 self.recent_echo_samples.append(rtt)
@@ -493,6 +678,14 @@ class LiveShell:
         if dest in self.dead:
             return
         self.dead.add(dest)
+        ch = self.channels.pop(dest, None)
+        if ch is not None:  # what the peer never acknowledged is lost with it
+            lost = [m for u in ch.unacked for m in u[2]]
+            self.in_flight[dest] = 0
+            ch.unacked.clear()
+            ch.close()
+            if lost:
+                self.on_dead(dest, lost)
         left = self.pending.pop(dest, None)
         self.pending_since.pop(dest, None)
         self.pending_echo.pop(dest, None)

@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -334,8 +335,19 @@ class LiveRun:
         self._await_ready()
         dev_handles = [d.handle for d in self.devices]
         smmu_handles = [s.handle for s in self.smmus]
-        self._get([s.handle.connect.remote(dev_handles) for s in self.smmus]
-                  + [d.handle.connect.remote(smmu_handles) for d in self.devices], 60, "connect")
+        if sc.runtime.transport == "stream":
+            # every actor listens on its node; each then opens one TCP connection per peer, and
+            # batches travel as frames on it instead of one Ray call each (cluster/live.py)
+            token = secrets.token_bytes(16)
+            addrs = self._get([a.handle.listen.remote(token) for a in self.smmus + self.devices], 60,
+                              "listen (the stream transport)")
+            smmu_addrs, dev_addrs = addrs[:len(self.smmus)], addrs[len(self.smmus):]
+            self._get([s.handle.connect.remote(dev_handles, dev_addrs, token) for s in self.smmus]
+                      + [d.handle.connect.remote(smmu_handles, smmu_addrs, token) for d in self.devices], 60,
+                      "connect (the stream transport: every actor must reach the others' nodes on any TCP port)")
+        else:
+            self._get([s.handle.connect.remote(dev_handles) for s in self.smmus]
+                      + [d.handle.connect.remote(smmu_handles) for d in self.devices], 60, "connect")
 
     def _await_ready(self) -> None:
         import ray
@@ -801,6 +813,7 @@ class LiveRun:
                            f"behind, beyond {STALL_FRACTION:g} x the policy's software timeout "
                            f"({self.stall_budget:.3g} s scenario)")
         return {
+            "kind": self.sc.runtime.transport,
             "time_scale": self.scale,
             "downstream": {"messages": tot(smmu_tr, "messages_sent"), "bytes": tot(smmu_tr, "bytes_sent"),
                            "batches": tot(smmu_tr, "batches_sent")},

@@ -85,7 +85,9 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
     assert verdict(live) == verdict(sim), (live["transport"]["saturation"], live.get("failure"))
     assert (tmp_path / "summary.json").exists()
     # the live-only sections
+    assert live["transport"]["kind"] == "stream"  # the default: one TCP connection per actor pair
     assert live["transport"]["downstream"]["messages"] > 0 and live["transport"]["upstream"]["messages"] > 0
+    assert live["transport"]["batch_round_trip_wall_s"]["p50"] > 0  # frames are acknowledged
     assert live["transport"]["round_trip_wall_s"]["p50"] > 0
     assert live["transport"]["ceiling"]["syncs_per_s_per_queue"] > 0
     assert {a["kind"] for a in live["placement"]["actors"]} == {"smmu", "device"}
@@ -94,14 +96,30 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
 
 
 @pytest.mark.ray
-def test_kill_actor_mid_run(local_ray, tmp_path):
+def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
+    from cluster.ray_runtime import run_ray
+
+    sc = hang_scenario("quarantine")
+    sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"transport": "ray"})})
+    live = run_ray(sc, quiet=True)
+    assert live["status"] == "complete"
+    assert live["transport"]["kind"] == "ray"
+    assert verdict(live) == verdict(run_sim(sc)), live["transport"]["saturation"]
+    assert live["transport"]["downstream"]["messages"] > 0 and live["transport"]["upstream"]["messages"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("transport", ["stream", "ray"])
+def test_kill_actor_mid_run(local_ray, tmp_path, transport):
     from cluster.ray_runtime import run_ray
 
     chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
              {"at": 2, "fault": "kill_actor", "endpoints": [9]}]
     sc = hang_scenario("quarantine", chaos=chaos, duration=5)
+    sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"transport": transport})})
     s = run_ray(sc, quiet=True, out_dir=tmp_path)
     assert s["status"] == "complete"
+    assert s["transport"]["kind"] == transport
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["status"] == "complete"
     lost = s["lost"]
@@ -126,6 +144,48 @@ def test_kill_node_without_killer_kills_its_device_actors(local_ray, tmp_path, c
     assert sorted(a["index"] for a in s["lost"]["actors"]) == [0, 1]
     assert s["lost"]["endpoints"] == list(range(16))
     assert "kill_node" in capsys.readouterr().err
+
+
+def _stream_frame(obj) -> bytes:
+    import msgpack
+
+    payload = msgpack.packb(obj, use_bin_type=True)
+    return len(payload).to_bytes(4, "little") + payload
+
+
+def _device_actor():
+    from cluster.ray_runtime import remote
+    from device_actors.actor import DeviceActor
+
+    gkw = {"atc_entries": 8, "pages_per_domain": 4, "dma_per_endpoint_per_s": 0, "inv_latency_median": 5e-6,
+           "inv_latency_p99": 5e-5, "flr_time": 0.1, "seed": 1}
+    return remote(DeviceActor, num_cpus=0).remote(0, [(0, 0), (1, 0)], gkw, {0: 0, 1: 0})
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("token", [b"this-run-token!!", b"another-token!!!"])
+def test_stream_applies_frames_only_from_a_peer_with_the_run_token(local_ray, token):
+    import socket
+
+    actor = _device_actor()
+    try:
+        host, port = ray.get(actor.listen.remote(b"this-run-token!!")).rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=60) as s:
+            s.sendall(_stream_frame((token, 0)) + _stream_frame((0, 0, (), ())) + _stream_frame((0, 1, (), ())))
+            try:
+                answer = s.recv(8)
+            except ConnectionResetError:
+                answer = b""
+        stats = ray.get(actor.stats.remote())["transport"]
+    finally:
+        ray.kill(actor)
+    if token == b"this-run-token!!":
+        assert answer and int.from_bytes(answer, "little") in (0, 1)  # a cumulative ack
+        assert stats["batches_received"] >= 1 and stats["errors"] == []
+    else:
+        assert answer == b""  # refused: closed without an ack
+        assert stats["batches_received"] == 0
+        assert "did not carry this run's token" in stats["errors"][0]
 
 
 @pytest.mark.ray
