@@ -271,6 +271,7 @@ class LiveShell:
         self.batches_received = 0
         self.dropped_dead = 0  # messages for a dead peer
         self.dropped_late = 0  # messages that arrived after the end of the run
+        self.early: list = []  # batches that came before this actor's start(): applied at start
         self.batch_rtt = _Samples()  # send -> acknowledged (wall s)
         self.delay = _Samples()  # oldest message of a batch: queued -> acknowledged (wall s)
         self.lateness = _Samples()  # timers: due -> fired (wall s)
@@ -386,6 +387,9 @@ class LiveShell:
             self.model_started = True
             self.model.start(0.0)
             self._drain()
+            early, self.early = self.early, []
+            for batch in early:
+                self._apply(batch)
 
     async def _sleep(self, wall_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -505,7 +509,15 @@ class LiveShell:
         self.msgs_received += len(batch)
         if not batch:
             return
-        if not self.started or self.done:
+        if not self.started:
+            # a peer's clock started before the driver's start() reached this actor (a busy
+            # machine): hold it, do not lose it; a lost Invalidate Request would look like a hang
+            self.early.append(batch)
+            return
+        self._apply(batch)
+
+    def _apply(self, batch) -> None:
+        if self.done:
             self.dropped_late += len(batch)
             return
         now = self.clock()
