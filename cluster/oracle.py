@@ -29,6 +29,7 @@ class Oracle:
         self.translated_blocked = 0
         self.blocked_by_sid: dict[int, int] = {}
         self.fenced: dict[int, float] = {}  # sid -> when the blocking STE took effect
+        self.verdict_sync: dict[int, float] = {}  # sid -> when the CMD_SYNC that named it was issued
         self.fences: list[dict] = []
         self.unfences: list[dict] = []
         self.fenced_healthy = 0
@@ -76,6 +77,11 @@ class Oracle:
         i = bisect.bisect_right(starts, now)
         return starts[i - 1] if i else None
 
+    def on_verdict(self, sid: int, sync_issued_at: float) -> None:
+        """The policy named ``sid`` as the culprit of a CMD_SYNC it issued at ``sync_issued_at``
+        (what the driver knows, kept to time the fence that follows)."""
+        self.verdict_sync[sid] = sync_issued_at
+
     def on_ste_effective(self, sid: int, config: int, eats: int, now: float) -> None:
         """The SMMU started using a new STE for ``sid`` (a CFGI_STE was consumed)."""
         blocking = not (config == STRTAB_STE_0_CFG_S1_TRANS and eats == STRTAB_STE_1_EATS_TRANS)
@@ -84,8 +90,11 @@ class Oracle:
             start = self.fault_start(sid, now)
             if start is None:
                 self.fenced_healthy += 1
+            issued = self.verdict_sync.pop(sid, None)
             self.fences.append({"sid": sid, "at_s": now, "fault_start_s": start,
-                                "latency_s": None if start is None else now - start})
+                                "latency_s": None if start is None else now - start,
+                                # from the CMD_SYNC whose timeout (or CERROR) named it to the fence
+                                "after_sync_s": None if issued is None else now - issued})
         elif not blocking and sid in self.fenced:
             fenced_at = self.fenced.pop(sid)
             reset_at = self.last_reset_start.get(sid)

@@ -374,6 +374,8 @@ class SmmuNode:
             self._complete_unmap(a.unmap, a.err)
         elif t is Note:
             self.notes[a.kind] = self.notes.get(a.kind, 0) + 1
+            if a.since >= 0:  # the policy's own account of when its verdict's CMD_SYNC was issued
+                self.oracle.on_verdict(a.sid, a.since)
             if a.text and len(self.log) < MAX_LOG_LINES:
                 self.log.append(f"[{self.now:.6f}] smmu{self.spec.index}: {a.text}")
         elif t is AckCmdqError:

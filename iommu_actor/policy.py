@@ -180,6 +180,8 @@ class Note:
     kind: str
     sid: int = -1
     text: str = ""
+    #: "culprit": when the CMD_SYNC whose failure named the device was issued (-1: not known)
+    since: float = -1.0
 
 
 NOTE_KINDS = frozenset({"sync_timeout", "culprit", "reset_failed", "retry", "log", "fence", "unfence"})

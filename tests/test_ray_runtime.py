@@ -105,6 +105,8 @@ def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
     assert live["status"] == "complete"
     assert live["transport"]["kind"] == "ray"
     assert verdict(live) == verdict(run_sim(sc)), live["transport"]["saturation"]
+    # the SMMU actor stamps each fence with its wall clock (scenario s) next to the model's time
+    assert live["fences"] and all(abs(f["wall_at_s"] - f["at_s"]) < 0.5 for f in live["fences"])
     assert live["transport"]["downstream"]["messages"] > 0 and live["transport"]["upstream"]["messages"] > 0
 
 
@@ -186,6 +188,29 @@ def test_stream_applies_frames_only_from_a_peer_with_the_run_token(local_ray, to
         assert answer == b""  # refused: closed without an ack
         assert stats["batches_received"] == 0
         assert "did not carry this run's token" in stats["errors"][0]
+
+
+@pytest.mark.ray
+def test_a_batch_that_arrives_before_start_is_applied_at_start_not_lost(local_ray):
+    # on a busy machine a peer's clock can start before the driver's start() reaches this actor
+    import time
+
+    from cluster.live import pack
+    from device_actors.pcie import MSG_INV_REQ
+
+    actor, sink = _device_actor(), _device_actor()
+    try:
+        ray.get([actor.connect.remote([sink]), sink.connect.remote([actor])])
+        ray.get(actor.deliver.remote(pack((0, 0, [(MSG_INV_REQ, 1, 0, 0x1000, 0)], ()))))
+        t0 = time.time()
+        ray.get([a.start.remote(t0, 1.0, 0.2, []) for a in (actor, sink)])
+        assert ray.get(actor.wait_done.remote(60))
+        stats = ray.get(actor.stats.remote())
+    finally:
+        ray.kill(actor)
+        ray.kill(sink)
+    assert stats["group"]["inv_received"] == 1
+    assert stats["transport"]["dropped_after_end"] == 0
 
 
 @pytest.mark.ray

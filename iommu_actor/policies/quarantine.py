@@ -421,13 +421,14 @@ class QuarantineCore(Policy):
             suspects = [s for s in suspects if s not in covered]
         actions: list = []
         groups: list[tuple[int, ...]] = []
+        issued = p.deadline - self.sync_timeout  # when p's CMD_SYNC (or its last timer) started
         if named_sid >= 0 and named_sid in suspects:
-            actions += self._fence(now, named_sid, p.cpu)
+            actions += self._fence(now, named_sid, p.cpu, issued)
             rest = tuple(s for s in suspects if s != named_sid)
             if rest:
                 groups.append(rest)
         elif len(suspects) == 1:
-            actions += self._fence(now, suspects[0], p.cpu)
+            actions += self._fence(now, suspects[0], p.cpu, issued)
         elif suspects:
             half = len(suspects) // 2
             groups += [tuple(suspects[:half]), tuple(suspects[half:])]
@@ -443,11 +444,13 @@ class QuarantineCore(Policy):
 
     # --- fencing -----------------------------------------------------------------------------
 
-    def _fence(self, now: float, sid: int, cpu: int) -> list:
+    def _fence(self, now: float, sid: int, cpu: int, issued: float = -1.0) -> list:
+        """Isolate ``sid``; ``issued``: when the CMD_SYNC whose failure named it was issued."""
         if self.state.get(sid, NORMAL) in (FENCING, FENCED, DEAD):
             return []
         self.state[sid] = FENCING
-        actions: list = [Note("culprit", sid, f"ATC invalidation for SID {sid} did not complete: isolating it"),
+        actions: list = [Note("culprit", sid, f"ATC invalidation for SID {sid} did not complete: isolating it",
+                              since=issued),
                          WriteSte(sid, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT)]
         return actions + self._submit(now, _Probe("fence", -1, cpu, (sid,), False), self._recovery_queue(cpu))
 
@@ -461,7 +464,8 @@ class QuarantineCore(Policy):
             p.suspected = True
             actions += self._suspect(now, p, named)
         elif named >= 0:
-            actions += self._fence(now, named, p.cpu if p is not None else 0)
+            actions += self._fence(now, named, p.cpu if p is not None else 0,
+                                   p.deadline - self.sync_timeout if p is not None else -1.0)
         if self.params.scrub_halted_queue:
             actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
