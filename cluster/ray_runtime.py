@@ -344,7 +344,8 @@ class LiveRun:
             smmu_addrs, dev_addrs = addrs[:len(self.smmus)], addrs[len(self.smmus):]
             self._get([s.handle.connect.remote(dev_handles, dev_addrs, token) for s in self.smmus]
                       + [d.handle.connect.remote(smmu_handles, smmu_addrs, token) for d in self.devices], 60,
-                      "connect (the stream transport: every actor must reach the others' nodes on any TCP port)")
+                      "connect (the stream transport: every actor must reach the other actors' nodes on any "
+                      "TCP port; where a firewall forbids it, set runtime.transport: ray)")
         else:
             self._get([s.handle.connect.remote(dev_handles) for s in self.smmus]
                       + [d.handle.connect.remote(smmu_handles) for d in self.devices], 60, "connect")
