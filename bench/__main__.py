@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHMARKS = ["sim_vs_simpy", "sim_reference", "live_scale", "live_throughput", "timer_accuracy"]
+BENCHMARKS = ["sim_vs_simpy", "sim_reference", "live_scale", "live_throughput", "timer_accuracy", "live_memory",
+              "scaling"]
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -39,3 +40,16 @@ def write_result(name: str, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def counts(minimum: int):
+    """An argparse ``type``: comma-separated whole numbers >= minimum ("250,1000,2000"), sorted, no repeats."""
+    def parse(text: str) -> list[int]:
+        try:
+            out = sorted({int(x) for x in text.split(",") if x.strip()})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas") from None
+        if not out or out[0] < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: at least one count, each >= {minimum}")
+        return out
+    return parse

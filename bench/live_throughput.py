@@ -31,7 +31,10 @@ SCENARIO = ROOT / "configs" / "scenarios" / "scale-1000-mixed.yaml"
 
 
 def scenario(duration: float, time_scale: float, unmaps_per_s: float, endpoints: int = 256,
-             per_actor: int = 128, smmus: int = 1, cpus: int = 8, queues: int = 33):
+             per_actor: int = 128, smmus: int = 1, cpus: int = 8, queues: int = 33,
+             domains: int | None = None):
+    """The throughput workload; ``domains`` None keeps the scenario's 64 (topology.cpus and
+    hardware.command_queues are per SMMU, unmaps_per_s is split among the SMMUs)."""
     from cluster.config import load_scenario, scenario_from_dict
 
     data = load_scenario(SCENARIO).model_dump(mode="json")
@@ -41,6 +44,8 @@ def scenario(duration: float, time_scale: float, unmaps_per_s: float, endpoints:
     data["expect"] = {}
     data["topology"].update({"smmus": smmus, "endpoints": endpoints, "endpoints_per_actor": per_actor,
                              "cpus": cpus})
+    if domains is not None:
+        data["topology"]["domains"] = domains
     data["hardware"]["command_queues"] = queues
     data["workload"]["unmaps_per_s"] = unmaps_per_s
     data["workload"]["dma_per_endpoint_per_s"] = 0
