@@ -42,14 +42,14 @@ def write_result(name: str, data: dict) -> Path:
     return path
 
 
-def counts(minimum: int):
-    """An argparse ``type``: comma-separated whole numbers >= minimum ("250,1000,2000"), sorted, no repeats."""
-    def parse(text: str) -> list[int]:
+def number_list(minimum: float, cast=int):
+    """An argparse ``type``: comma-separated numbers >= minimum ("250,1000,2000"), sorted, no repeats."""
+    def parse(text: str) -> list:
         try:
-            out = sorted({int(x) for x in text.split(",") if x.strip()})
+            out = sorted({cast(x) for x in text.split(",") if x.strip()})
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas") from None
+            raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas") from None
         if not out or out[0] < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r}: at least one count, each >= {minimum}")
+            raise argparse.ArgumentTypeError(f"{text!r}: at least one number, each >= {minimum:g}")
         return out
     return parse

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import counts, machine, write_result  # noqa: E402
+from bench.common import machine, number_list, write_result  # noqa: E402
 
 SCENARIO = ROOT / "configs" / "scenarios" / "scale-1000-mixed.yaml"
 ENDPOINTS = (250, 1000, 2000)
@@ -158,7 +158,7 @@ def measure(endpoints: int, duration: float, time_scale: float, idle: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--endpoints", type=counts(2), default=list(ENDPOINTS),
+    ap.add_argument("--endpoints", type=number_list(2), default=list(ENDPOINTS),
                     help="comma-separated endpoint counts (default 250,1000,2000)")
     ap.add_argument("--duration", type=float, default=10.0, help="scenario seconds per run (default 10)")
     ap.add_argument("--time-scale", type=float, default=None,
