@@ -1,6 +1,6 @@
 """Scaling bench (bench 6): SMMU commands per wall second for 1, 2 and 4 SMMUs on a multi-node Ray cluster.
 
-    python -m bench.scaling [--smmus 1,2,4] [--workers 2] [--duration S] [--time-scales 40,20,12,8,6]
+    python -m bench.scaling [--smmus 1,2,4] [--workers 2] [--duration S] [--time-scales 30,20,12,8] [--transport stream|ray]
 
 Starts a ``ray.cluster_utils.Cluster`` (as tests/test_ray_cluster.py does): a head node with no
 CPUs, which holds the driver and, by the runtime's node affinity, the SMMU actors, and --workers
@@ -8,15 +8,17 @@ worker nodes of 1 CPU each, over which the device actors spread (SPREAD scheduli
 each SMMU count N, the live-throughput workload of bench/live_throughput.py (its ``scenario()``):
 quarantine policy with per-device batches, no DMA, no chaos, 256 CPUs and 257 command queues per
 SMMU, 0.5 scenario s, scaled so each SMMU gets exactly the 1-SMMU workload: 256 endpoints, 64
-domains and 2 device actors of 128 endpoints per SMMU, and 200,000 unmaps/s per SMMU. The
-transport is whatever the runtime defaults to (runtime.transport).
+domains and 2 device actors of 128 endpoints per SMMU, and 200,000 unmaps/s per SMMU, on the
+stream transport (--transport ray: one Ray call per batch).
 
 The scenario is fixed in scenario time, so time_scale sets the offered load (N x ~2 M commands
 per scenario s): too large a time_scale measures the offered load (every unmap done, the queues
 idle part of the time), too small a one overloads the actors (flagged saturated). So each N runs
-at each of --time-scales from light to heavy load, up to the first saturated run, and its figure
-is its best run that completed unsaturated; a figure whose run finished every unmap is marked as
-the offered load (a lower bound).
+at each of --time-scales, light to heavy load, and its figure
+is its best run that completed unsaturated (bench/live_throughput.py's run_once and best_run: the
+same runs as bench 3); a figure whose run finished every unmap is marked as the offered load (a
+lower bound). Default time scales 30, 20, 12, 8: the heavier loads overload 1 SMMU, the lighter ones
+leave 4 SMMUs room (on 2 shared cores they carry less each).
 
 Measured per N: SMMU commands submitted per wall second of the run (all SMMUs together), the
 ratio to the 1-SMMU figure of the same cluster (the baseline, same process), the per-SMMU
@@ -45,12 +47,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, number_list, write_result  # noqa: E402
+from bench.live_throughput import DEVICE_ACTORS_PER_SMMU, DOMAINS_PER_SMMU, ENDPOINTS_PER_SMMU  # noqa: E402
 
 SMMUS = (1, 2, 4)
-ENDPOINTS_PER_SMMU = 256
-DEVICE_ACTORS_PER_SMMU = 2
-DOMAINS_PER_SMMU = 64
-TIME_SCALES = (40, 20, 12, 8, 6)
+TIME_SCALES = (30, 20, 12, 8)
 OBJECT_STORE = 100 * 1024 * 1024
 
 
@@ -85,64 +85,22 @@ def placement(summary: dict) -> dict:
             "device_actors_on_head": sum(1 for a in p["actors"] if a["kind"] == "device" and a["node_id"] == head)}
 
 
-def run_once(smmus: int, time_scale: float, args) -> dict:
-    """One live run of the workload for ``smmus`` SMMUs at ``time_scale`` on the connected cluster."""
-    import psutil
-
-    from bench.live_throughput import scenario
-    from cluster.ray_runtime import run_ray
-
-    endpoints = ENDPOINTS_PER_SMMU * smmus
-    sc = scenario(args.duration, time_scale, args.unmaps_per_s * smmus, endpoints=endpoints,
-                  per_actor=ENDPOINTS_PER_SMMU // DEVICE_ACTORS_PER_SMMU, smmus=smmus, cpus=args.cpus,
-                  queues=args.queues, domains=DOMAINS_PER_SMMU * smmus)
-    psutil.cpu_percent(None)
-    t = time.time()
-    summary = run_ray(sc, quiet=True)
-    total = time.time() - t
-    cpu = psutil.cpu_percent(None)  # mean since the call above: start-up, run and gather
-    wall = summary["wall"]["time_s"]
-    tr = summary["transport"]
-    msgs = tr["downstream"]["messages"] + tr["upstream"]["messages"]
-    batches = tr["downstream"]["batches"] + tr["upstream"]["batches"]
-    u = summary["unmaps"]
-    return {
-        "smmus": smmus,
-        "endpoints": endpoints,
-        "domains": sc.topology.domains,
-        "device_actors": sum(1 for a in summary["placement"]["actors"] if a["kind"] == "device"),
-        "unmaps_per_s": sc.workload.unmaps_per_s,
-        "time_scale": time_scale,
-        "transport": getattr(sc.runtime, "transport", "ray"),
-        "status": summary["status"],
-        "saturated": tr["saturated"],
-        "unmaps": {"arrived": u.get("arrived"), "completed": u.get("count"), "incomplete": u.get("incomplete")},
-        "wall_s": {"run": wall, "startup": summary["wall"].get("startup_s"), "total": total},
-        "cpu_percent_mean": cpu,
-        "commands_total": summary["commands_total"],
-        "commands_per_wall_s": summary["commands_total"] / wall,
-        "messages_per_wall_s": msgs / wall,
-        "mean_batch": msgs / batches if batches else None,
-        "placement": placement(summary),
-    }
-
-
 def measure(smmus: int, args) -> dict:
-    """The time scales from light to heavy load, up to the first saturated run; the figure is the
-    best run that completed unsaturated. A run that finished every unmap only shows the offered load
+    """Every time scale, light to heavy load; the figure is the best run that completed unsaturated
+    (bench/live_throughput.best_run). A run that finished every unmap only shows the offered load
     (a lower bound of what the runtime carries)."""
+    from bench.live_throughput import best_run, run_once
+
     tries = []
     for ts in sorted(args.time_scales, reverse=True):
-        r = run_once(smmus, ts, args)
-        r.pop("smmus")
+        r, summary = run_once(ts, args, smmus=smmus, transport=args.transport)
+        r["device_actors"] = sum(1 for a in summary["placement"]["actors"] if a["kind"] == "device")
+        r["placement"] = placement(summary)
         tries.append(r)
         print(f"    {smmus} SMMU, time_scale {ts:g}: {r['commands_per_wall_s']:>9,.0f} commands/s, "
               f"{r['unmaps']['incomplete']} unmaps left, CPU {r['cpu_percent_mean']:.0f}%, status {r['status']}"
               f"{', SATURATED' if r['saturated'] else ''}", flush=True)
-        if r["saturated"] or r["status"] != "complete":
-            break
-    good = [r for r in tries if r["status"] == "complete" and not r["saturated"]]
-    best = max(good, key=lambda r: r["commands_per_wall_s"]) if good else None
+    best = best_run(tries)
     return {"smmus": smmus, "ok": best is not None,
             "offered_load_bound": bool(best and not best["unmaps"]["incomplete"]),
             "best": best, "tries": tries}
@@ -153,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smmus", type=number_list(1), default=list(SMMUS), help="comma-separated SMMU counts (default 1,2,4)")
     ap.add_argument("--workers", type=int, default=2, help="worker nodes of 1 CPU each (default 2)")
     ap.add_argument("--duration", type=float, default=0.5, help="scenario seconds per run (default 0.5)")
+    ap.add_argument("--transport", choices=("stream", "ray"), default="stream",
+                    help="runtime.transport (default stream)")
     ap.add_argument("--time-scales", type=number_list(0.01, float), default=list(TIME_SCALES),
-                    help="time scales tried per SMMU count, light to heavy load, up to the first saturated run "
-                         "(default 40,20,12,8,6)")
+                    help="time scales tried per SMMU count, light to heavy load "
+                         "(default 30,20,12,8)")
     ap.add_argument("--unmaps-per-s", type=float, default=200_000.0, help="per SMMU (default 200,000)")
     ap.add_argument("--cpus", type=int, default=256, help="topology.cpus, per SMMU (default 256)")
     ap.add_argument("--queues", type=int, default=257, help="hardware.command_queues, per SMMU (default 257)")
@@ -197,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     spread = all(t["placement"]["device_actor_nodes"] >= min(args.workers, t["device_actors"])
                  for r in runs for t in r["tries"])
     result = {
-        "workload": {"from": "bench/live_throughput.py scenario()", "endpoints_per_smmu": ENDPOINTS_PER_SMMU,
+        "workload": {"from": "bench/live_throughput.py run_once()", "endpoints_per_smmu": ENDPOINTS_PER_SMMU,
                      "device_actors_per_smmu": DEVICE_ACTORS_PER_SMMU, "domains_per_smmu": DOMAINS_PER_SMMU,
                      "unmaps_per_s_per_smmu": args.unmaps_per_s, "cpus_per_smmu": args.cpus,
                      "command_queues_per_smmu": args.queues, "dma_per_endpoint_per_s": 0,
                      "policy": "quarantine/per-device-batches", "duration_s": args.duration,
-                     "time_scales": args.time_scales},
+                     "time_scales": args.time_scales, "transport": args.transport},
         "cluster": {"head": {"num_cpus": 0}, "workers": args.workers, "worker_num_cpus": 1,
                     "machine_cpus": cpus, "one_machine": True},
         "runs": runs,
