@@ -26,10 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import sys
-import secrets
 import threading
 import time
 from pathlib import Path

@@ -290,6 +290,10 @@ class QuarantineCore(Policy):
             return [SetTimer(p.deadline, ("job", p.job))]
         return []
 
+    def _issued(self, p: _Probe) -> float:
+        """When ``p``'s CMD_SYNC was issued (or its software timer last restarted)."""
+        return p.deadline - self.sync_timeout
+
     def _job_timer(self, now: float, unmap: int) -> list:
         job = self.jobs.get(unmap)
         if job is None or now < job.timer_at:
@@ -421,7 +425,7 @@ class QuarantineCore(Policy):
             suspects = [s for s in suspects if s not in covered]
         actions: list = []
         groups: list[tuple[int, ...]] = []
-        issued = p.deadline - self.sync_timeout  # when p's CMD_SYNC (or its last timer) started
+        issued = self._issued(p)
         if named_sid >= 0 and named_sid in suspects:
             actions += self._fence(now, named_sid, p.cpu, issued)
             rest = tuple(s for s in suspects if s != named_sid)
@@ -465,7 +469,7 @@ class QuarantineCore(Policy):
             actions += self._suspect(now, p, named)
         elif named >= 0:
             actions += self._fence(now, named, p.cpu if p is not None else 0,
-                                   p.deadline - self.sync_timeout if p is not None else -1.0)
+                                   self._issued(p) if p is not None else -1.0)
         if self.params.scrub_halted_queue:
             actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
