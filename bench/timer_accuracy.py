@@ -13,9 +13,9 @@ frees itself, and every hung device meets an unmap). A hung device is fenced whe
 waiting on its per-device batch has waited the policy's software timeout (1 s): the policy names
 it and the blocking STE takes effect. For each fence:
 
-- **error** (the figure): the time from the issue of the CMD_SYNC whose timeout named the device
-  (the policy's account, in the oracle's fence record) to the blocking STE taking effect, minus the
-  timeout. In the model that time is exactly the timeout (the fence commands retire at once; the sim
+- **error** (the figure): the time from the start of the wait of the CMD_SYNC whose timeout named
+  the device (its issue, or its reaching the head of its queue: the policy's account, in the
+  oracle's fence record) to the blocking STE taking effect, minus the timeout. In the model that time is exactly the timeout (the fence commands retire at once; the sim
   run of the same scenario, the baseline, shows it). On the live runtime the fence is timed by the
   SMMU actor's wall clock (scaled to scenario seconds), so the error is all the runtime adds: timer
   lateness under load, the event loop's backlog, and a CMD_SYNC issued late behind that backlog.

@@ -78,8 +78,9 @@ class Oracle:
         return starts[i - 1] if i else None
 
     def on_verdict(self, sid: int, sync_issued_at: float) -> None:
-        """The policy named ``sid`` as the culprit of a CMD_SYNC it issued at ``sync_issued_at``
-        (what the driver knows, kept to time the fence that follows)."""
+        """The policy named ``sid`` as the culprit of a CMD_SYNC whose wait began at
+        ``sync_issued_at`` (its issue, or its reaching the head of its queue: what the driver
+        knows, kept to time the fence that follows)."""
         self.verdict_sync[sid] = sync_issued_at
 
     def on_ste_effective(self, sid: int, config: int, eats: int, now: float) -> None:

@@ -180,7 +180,8 @@ class Note:
     kind: str
     sid: int = -1
     text: str = ""
-    #: "culprit": when the CMD_SYNC whose failure named the device was issued (-1: not known)
+    #: "culprit": when the wait of the CMD_SYNC whose failure named the device began: its issue, or
+    #: its reaching the head of its queue (-1: not known)
     since: float = -1.0
 
 

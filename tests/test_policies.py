@@ -238,6 +238,50 @@ def test_fence_record_times_the_fence_from_the_cmd_sync_that_named_the_culprit(s
     assert f["after_sync_s"] <= f["latency_s"]
 
 
+class _Heads:
+    """Stands in for SmmuRegisters: the command at CONS of each queue, as the test moves it."""
+
+    def __init__(self):
+        self.head: dict[int, object] = {}
+
+    def cmdq_cons_cmd(self, queue):
+        return self.head.get(queue)
+
+    def cmdq_depth(self, queue):
+        return 1 if queue in self.head else 0
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_quarantine_times_a_cmd_sync_from_when_it_reached_the_head_of_its_queue(answers):
+    # 1 CPU queue + the fence queue, per-device batches: SID 11's batch waits behind SID 10's,
+    # whose device hangs. SID 10 is fenced at the first timeout; 11's timer is restarted (no other
+    # queue to move to). SID 10's hang ends a millisecond before 11's second timeout, so 11's
+    # batch reaches CONS then, its answer still in flight: that is no culprit, until it has had a
+    # whole timeout at the head of the queue.
+    p = make_policy("quarantine", {"culprit_search": "per-device-batches"},
+                    HwInfo(command_queues=2, cpus=1, invalidate_queue_depth=32))
+    p.regs = heads = _Heads()
+    tlbi, *subs = only(p.handle(0.0, UnmapStart(0, 1, 3, 8, 0, (10, 11))), Submit)
+    assert ops(tlbi) == [CMDQ_OP_TLBI_NH_VA, CMDQ_OP_CMD_SYNC]
+    p.handle(0.0, SyncDone(0, sync_token(tlbi)))
+    by_sid = {s.cmds[0].sid: s for s in subs}
+    heads.head[0] = by_sid[10].cmds[0]
+    first = p.handle(1.0, TimerFired(("job", 1)))
+    assert [w.sid for w in only(first, WriteSte)] == [10]
+    assert only(first, SetTimer)[-1].at == pytest.approx(2.0)  # 11 waits on
+    heads.head[0] = by_sid[11].cmds[0]  # 10's hang ends: its CMD_SYNC completes, CONS moves on
+    p.handle(1.999, SyncDone(0, sync_token(by_sid[10])))
+    second = p.handle(2.0, TimerFired(("job", 1)))
+    assert only(second, WriteSte) == []
+    assert [t.at for t in only(second, SetTimer)] == [pytest.approx(2.999)]
+    if answers:
+        done = p.handle(2.0003, SyncDone(0, sync_token(by_sid[11])))
+        assert only(done, CompleteUnmap)
+    else:  # it really does not answer: one whole timeout at the head, then it is the culprit
+        third = p.handle(2.999, TimerFired(("job", 1)))
+        assert [w.sid for w in only(third, WriteSte)] == [11]
+
+
 def test_quarantine_fence_is_an_abort_ste_made_effective_by_cfgi_ste_and_cmd_sync():
     s = run(policy={"name": "quarantine", "recover": False}, hardware={"command_queues": 9}, chaos=HANG_5)
     assert s["fenced_at_end"] == [5]

@@ -9,7 +9,10 @@ How a culprit is found, without ground truth:
 - When a probe's software timeout expires, the driver reads CMDQ_CONS. If CONS points into the
   probe (its CMD_SYNC waits on its own ATC_INVs), its streams are suspects; if CONS is elsewhere
   the probe is only stuck behind someone else's sync, and it is moved to a queue that is not
-  wedged (or keeps waiting when there is none). A CERROR_ATC_INV_SYNC at a probe's CMD_SYNC makes
+  wedged (or keeps waiting when there is none). A probe that reached CONS only when a CMD_SYNC
+  ahead of it completed (the driver sees that completion) gets a whole timeout from then: else a
+  device whose answer is in flight the moment CONS reaches it would be named a culprit (the live
+  runtime fenced a healthy device that way). A CERROR_ATC_INV_SYNC at a probe's CMD_SYNC makes
   its streams suspects too (the error is recorded per CMD_SYNC token, so the sync's re-run
   completion is not taken for success).
 - ``culprit_search: bisect`` splits a suspect set in halves, each re-issued with its own CMD_SYNC
@@ -91,7 +94,7 @@ class _Job:
 
 class _Probe:
     __slots__ = ("token", "queue", "kind", "job", "cpu", "sids", "tlbi", "cmds", "suspected", "seq", "timed_out",
-                 "deadline")
+                 "armed", "deadline")
 
     def __init__(self, kind: str, job: int, cpu: int, sids: tuple[int, ...], tlbi: bool):
         self.token = -1
@@ -105,6 +108,7 @@ class _Probe:
         self.cmds: tuple[Cmd, ...] = ()
         self.suspected = False
         self.timed_out = False
+        self.armed = 0.0  # when its software timeout (last) started
         self.deadline = 0.0
 
 
@@ -148,6 +152,8 @@ class QuarantineCore(Policy):
         self.jobs: dict[int, _Job] = {}
         self.probes: dict[int, _Probe] = {}
         self.stuck: list[set[int]] = [set() for _ in range(hw.command_queues)]
+        #: per queue, when the last of our CMD_SYNCs there completed: CONS moved on at that moment
+        self.cons_moved: list[float] = [-1.0] * hw.command_queues
         self.failed_tokens: set[int] = set()
         self.reset_waiting: set[int] = set()  # fenced streams whose FLR waits for our queues to let go
         self._next_token = 0
@@ -278,8 +284,9 @@ class QuarantineCore(Policy):
         return [Submit(queue, p.cmds)] + self._arm(now, p)
 
     def _arm(self, now: float, p: _Probe) -> list:
-        """Start (or restart) the software timeout of ``p``. An unmap's own probes share one timer
-        (they are polled together); searches, fences and unfences have their own."""
+        """Start (or restart) the software timeout of ``p`` at ``now``. An unmap's own probes share
+        one timer (they are polled together); searches, fences and unfences have their own."""
+        p.armed = now
         p.deadline = now + self.sync_timeout
         if p.kind != "inv":
             return [SetTimer(p.deadline, ("probe", p.token))]
@@ -289,10 +296,6 @@ class QuarantineCore(Policy):
             job.timer_at = p.deadline
             return [SetTimer(p.deadline, ("job", p.job))]
         return []
-
-    def _issued(self, p: _Probe) -> float:
-        """When ``p``'s CMD_SYNC was issued (or its software timer last restarted)."""
-        return p.deadline - self.sync_timeout
 
     def _job_timer(self, now: float, unmap: int) -> list:
         job = self.jobs.get(unmap)
@@ -337,6 +340,7 @@ class QuarantineCore(Policy):
 
     def _sync_done_inner(self, now: float, ev: SyncDone) -> list:
         self.stuck[ev.queue].discard(ev.token)
+        self.cons_moved[ev.queue] = now
         if ev.token in self.failed_tokens:
             self.failed_tokens.discard(ev.token)  # the re-run after CERROR_ATC_INV_SYNC: not a success
             self.probes.pop(ev.token, None)
@@ -396,7 +400,16 @@ class QuarantineCore(Policy):
         if job is not None and job.spinning and self.irqs_off_wait:
             job.spinning = False
             actions.append(SpinEnd(job.cpu))  # the core stops spinning and sleeps until the flush is safe
-        if p.kind in ("inv", "search") and p.sids and not p.suspected and self._at_cons(p):
+        at_cons = p.kind in ("inv", "search") and p.sids and not p.suspected and self._at_cons(p)
+        if at_cons and self.cons_moved[p.queue] > p.armed:
+            # it waited behind a CMD_SYNC of ours that completed since: it has been at the head
+            # of its queue only since then. Give it the whole timeout from there, or a device
+            # that answers in microseconds, its answer in flight, would be named a culprit.
+            started = self.cons_moved[p.queue]
+            if started + self.sync_timeout > now:
+                self.stuck[p.queue].discard(token)
+                return actions + self._arm(started, p)
+        if at_cons:
             p.suspected = True
             if job is not None:
                 job.probes.discard(token)  # the search or the fence answers for it from now on
@@ -408,7 +421,7 @@ class QuarantineCore(Policy):
             self.probes.pop(token)
             return actions + self._clone(now, p, alt)
         if p.kind == "inv":
-            p.deadline = now + self.sync_timeout  # the unmap's timer picks it up again
+            p.armed, p.deadline = now, now + self.sync_timeout  # the unmap's timer picks it up again
             return actions
         return actions + self._arm(now, p)
 
@@ -425,7 +438,7 @@ class QuarantineCore(Policy):
             suspects = [s for s in suspects if s not in covered]
         actions: list = []
         groups: list[tuple[int, ...]] = []
-        issued = self._issued(p)
+        issued = p.armed  # when p's CMD_SYNC was issued, or reached the head of its queue
         if named_sid >= 0 and named_sid in suspects:
             actions += self._fence(now, named_sid, p.cpu, issued)
             rest = tuple(s for s in suspects if s != named_sid)
@@ -469,7 +482,7 @@ class QuarantineCore(Policy):
             actions += self._suspect(now, p, named)
         elif named >= 0:
             actions += self._fence(now, named, p.cpu if p is not None else 0,
-                                   self._issued(p) if p is not None else -1.0)
+                                   p.armed if p is not None else -1.0)
         if self.params.scrub_halted_queue:
             actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
