@@ -279,6 +279,7 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "unfences": (("unfence_count",), False),
     "translated_blocked": (("translated_blocked",), False),
     "fence_latency_max": (("fence_latency_s", "max"), True),
+    "fence_after_sync_max": (("fence_latency_s", "after_sync_max"), True),
     "recovery_time_max": (("recovery_s", "max"), True),
     "lockup_s": (("lockup_s",), True),
     "commands_per_unmap": (("commands_per_unmap",), False),

@@ -118,6 +118,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     fences = sorted((f for o in oracles for f in o["fences"]), key=lambda f: (f["at_s"], f["sid"]))
     unfences = sorted((f for o in oracles for f in o["unfences"]), key=lambda f: (f["at_s"], f["sid"]))
     fence_lat = [f["latency_s"] for f in fences if f["latency_s"] is not None]
+    after_sync = [f["after_sync_s"] for f in fences if f.get("after_sync_s") is not None]
     recovery = [f["recovery_s"] for f in unfences if f["recovery_s"] is not None]
     healthy_stats = latency_stats(healthy + open_h)
     first_uaf = [o["first_uaf_s"] for o in oracles if o["first_uaf_s"] is not None]
@@ -153,7 +154,9 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "fences": fences,
         "fence_count": len(fences),
         "fenced_healthy": _sum(oracles, "fenced_healthy"),
-        "fence_latency_s": {"max": max(fence_lat) if fence_lat else None, "mean": _mean(fence_lat)},
+        "fence_latency_s": {"max": max(fence_lat) if fence_lat else None, "mean": _mean(fence_lat),
+                            # from the start of the wait of the CMD_SYNC that named the device
+                            "after_sync_max": max(after_sync) if after_sync else None},
         "unfences": unfences,
         "unfence_count": len(unfences),
         "recovery_s": {"max": max(recovery) if recovery else None, "mean": _mean(recovery)},
