@@ -20,13 +20,15 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
   that messages pile up and leave as one bigger batch when a slot frees, so batches grow by
   themselves under load. Two ways to carry a batch (``runtime.transport``):
 
-  - ``stream`` (default): the driver has every actor listen on its node (``listen``, a random
-    port) and hands each actor its peers' addresses and a per-run token (``connect``); each actor
-    opens one TCP connection per peer and writes each batch as a length-prefixed frame; the
-    receiver answers with cumulative acknowledgements on the same connection. Ray still places,
-    starts, watches and kills the actors; only the batches leave Ray's call path, which costs a
-    task submission, a reply object and two thread hand-offs per call (~1 ms round trip, ~1,000
-    calls/s per channel here; a frame costs two socket writes). Window ``STREAM_WINDOW`` (8),
+  - ``stream`` (default): the driver has every actor listen (``listen``: TCP on a random port of
+    its node's address, and on Linux a Unix socket in the abstract namespace) and hands each actor
+    its peers' addresses and a per-run token (``connect``); each actor opens one connection per
+    peer (a Unix socket to a peer on its own node, TCP across nodes) and writes each batch as a
+    length-prefixed frame; the receiver answers with cumulative acknowledgements on the same
+    connection. Ray still places, starts, watches and kills the actors; only the batches leave
+    Ray's call path, which costs a task submission, a reply object and two thread hand-offs per
+    call (~1 ms round trip, ~1,000 calls/s per channel here; a frame costs two socket writes, and
+    on loopback TCP those were a third of the SMMU actor's time). Window ``STREAM_WINDOW`` (8),
     flush at the end of the event-loop iteration (``STREAM_FLUSH_DELAY`` 0).
   - ``ray``: one Ray actor call (``deliver``) per batch, acknowledged by its return. Ray does not
     promise submission order for an async actor's calls; the sequence numbers restore it. On a
@@ -46,7 +48,9 @@ Only this module, ``cluster/ray_runtime.py`` and the two ``actor.py`` shells kno
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import sys
 import time
 from collections import deque
 from heapq import heappop, heappush
@@ -74,6 +78,11 @@ FLUSH_DELAY = float(os.environ.get("ATS_LIVE_FLUSH_DELAY", "0.001"))
 STREAM_FLUSH_DELAY = float(os.environ.get("ATS_LIVE_STREAM_FLUSH_DELAY", "0"))
 #: most messages in one batch; the rest leaves in the next one
 BATCH_CAP = 1024
+#: the actor processes' cyclic garbage collector: young collections every 100,000 allocations
+#: (CPython: 700). The model allocates a command object per command; at the default, collections
+#: ran so often under load that their cost grew with every object alive (profiled: 20% of the SMMU
+#: actor under an overload, charged to whichever line allocated)
+GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("ATS_LIVE_GC", "100000,50,100").split(","))
 #: transport delay samples kept per actor (beyond it, every other one is dropped)
 MAX_SAMPLES = 20_000
 
@@ -219,6 +228,7 @@ class LiveShell:
     kind = "?"
 
     def __init__(self, index: int):
+        gc.set_threshold(*GC_THRESHOLDS)
         self.index = index
         self.model: Any = None
         self.peers: list = []
@@ -256,6 +266,8 @@ class LiveShell:
         self.flush_delay = FLUSH_DELAY
         self.token = b""
         self.server: asyncio.AbstractServer | None = None
+        self.unix_server: asyncio.AbstractServer | None = None
+        self.links = {"unix": 0, "tcp": 0}  # the streams this actor opened, by kind
         self.channels: dict[int, _Channel] = {}
         self._echo_waiters: dict[float, asyncio.Future] = {}
         self.in_flight: dict[int, int] = {}  # batches sent and not yet acknowledged, per destination
@@ -330,18 +342,27 @@ class LiveShell:
                 out.append(time.perf_counter() - t)
         return out
 
-    async def listen(self, token: bytes) -> str:
-        """Stream transport, step 1: accept this run's peers (``host:port`` to give them)."""
+    async def listen(self, token: bytes) -> dict:
+        """Stream transport, step 1: accept this run's peers, by TCP on the node's address and,
+        for peers on the same node, on a Unix socket (Linux abstract namespace: no file to clean
+        up; a frame costs no TCP stack). Returns where to reach this actor."""
         self.token = bytes(token)
         host = ray.util.get_node_ip_address()
-        self.server = await asyncio.get_running_loop().create_server(lambda: _Inbound(self), host=host, port=0)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Inbound(self), host=host, port=0)
         port = self.server.sockets[0].getsockname()[1]
-        return f"{host}:{port}"
+        where = {"tcp": f"{host}:{port}", "node": ray.get_runtime_context().get_node_id(), "unix": None}
+        if sys.platform.startswith("linux"):
+            path = f"\0ats-stress-{os.getpid()}-{token.hex()[:16]}"
+            self.unix_server = await loop.create_unix_server(lambda: _Inbound(self), path=path)
+            where["unix"] = path
+        return where
 
     async def connect(self, peers: list, addrs: list | None = None, token: bytes = b"") -> bool:
         """``peers``: the actor handles this one sends to (index = destination). With ``addrs``
-        (each peer's ``listen`` answer) batches go as frames on one TCP connection per peer,
-        opened here, instead of one Ray call each."""
+        (each peer's ``listen`` answer) batches go as frames on one connection per peer, opened
+        here (a Unix socket to a peer on this node, TCP to the others), instead of one Ray call
+        each."""
         self.peers = list(peers)
         if addrs is None:
             return True
@@ -349,11 +370,18 @@ class LiveShell:
         self.window = STREAM_WINDOW
         self.flush_delay = STREAM_FLUSH_DELAY
         loop = asyncio.get_running_loop()
-        for dest, addr in enumerate(addrs):
-            if addr is None:
+        node = ray.get_runtime_context().get_node_id()
+        for dest, where in enumerate(addrs):
+            if where is None:
                 continue
-            host, port = addr.rsplit(":", 1)
-            _, ch = await loop.create_connection(lambda d=dest: _Channel(self, d), host, int(port))
+            proto = (lambda d=dest: _Channel(self, d))
+            if where.get("unix") and where.get("node") == node:
+                _, ch = await loop.create_unix_connection(proto, path=where["unix"])
+                self.links["unix"] += 1
+            else:
+                host, port = where["tcp"].rsplit(":", 1)
+                _, ch = await loop.create_connection(proto, host, int(port))
+                self.links["tcp"] += 1
             ch.write_frame(pack((bytes(token), self.index)))
             self.channels[dest] = ch
         return True
@@ -750,6 +778,7 @@ class LiveShell:
             "timer_lateness": self.lateness.export(),
             "echo_rtt": self.echo_rtt.export(),
             "timers_fired": self.fired, "errors": list(self.errors), "reordered": self.reordered,
+            "links": dict(self.links),
         }
 
     def end_time(self) -> float:

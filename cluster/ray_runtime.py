@@ -815,6 +815,9 @@ class LiveRun:
                            f"({self.stall_budget:.3g} s scenario)")
         return {
             "kind": self.sc.runtime.transport,
+            # stream connections opened: Unix sockets between actors on one node, TCP across nodes
+            "links": {k: sum(t["transport"].get("links", {}).get(k, 0) for t in smmu_tr + dev_tr)
+                      for k in ("unix", "tcp")},
             "time_scale": self.scale,
             "downstream": {"messages": tot(smmu_tr, "messages_sent"), "bytes": tot(smmu_tr, "bytes_sent"),
                            "batches": tot(smmu_tr, "batches_sent")},

@@ -67,6 +67,8 @@ def test_hang_verdicts_match_sim_and_endpoints_spread(cluster, policy):
     assert len(dev_nodes) == 2 and head not in dev_nodes  # spread over both workers
     assert {a["node_id"] for a in placement["actors"] if a["kind"] == "smmu"} == {head}
     assert sum(n["endpoints"] for n in placement["nodes"].values()) == 32
+    # the SMMU actor (head) and the 4 device actors (workers) are on different nodes: TCP each way
+    assert live["transport"]["links"] == {"unix": 0, "tcp": 8}
 
 
 def test_kill_node_removes_a_worker_and_the_run_goes_on(cluster, tmp_path):

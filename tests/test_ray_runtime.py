@@ -85,7 +85,9 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
     assert verdict(live) == verdict(sim), (live["transport"]["saturation"], live.get("failure"))
     assert (tmp_path / "summary.json").exists()
     # the live-only sections
-    assert live["transport"]["kind"] == "stream"  # the default: one TCP connection per actor pair
+    assert live["transport"]["kind"] == "stream"  # the default: one connection per actor pair
+    # one node: every actor pair talks over Unix sockets (SMMU -> device and back: 2 x 1 x 2)
+    assert live["transport"]["links"] == {"unix": 4, "tcp": 0}
     assert live["transport"]["downstream"]["messages"] > 0 and live["transport"]["upstream"]["messages"] > 0
     assert live["transport"]["batch_round_trip_wall_s"]["p50"] > 0  # frames are acknowledged
     assert live["transport"]["round_trip_wall_s"]["p50"] > 0
@@ -165,14 +167,22 @@ def _device_actor():
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("link", ["tcp", "unix"])
 @pytest.mark.parametrize("token", [b"this-run-token!!", b"another-token!!!"])
-def test_stream_applies_frames_only_from_a_peer_with_the_run_token(local_ray, token):
+def test_stream_applies_frames_only_from_a_peer_with_the_run_token(local_ray, token, link):
     import socket
 
     actor = _device_actor()
     try:
-        host, port = ray.get(actor.listen.remote(b"this-run-token!!")).rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=60) as s:
+        where = ray.get(actor.listen.remote(b"this-run-token!!"))
+        if link == "tcp":
+            host, port = where["tcp"].rsplit(":", 1)
+            s = socket.create_connection((host, int(port)), timeout=60)
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(60)
+            s.connect(where["unix"])
+        with s:
             s.sendall(_stream_frame((token, 0)) + _stream_frame((0, 0, (), ())) + _stream_frame((0, 1, (), ())))
             try:
                 answer = s.recv(8)
