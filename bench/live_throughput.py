@@ -1,6 +1,6 @@
 """Live throughput bench (bench 3): commands/s one SMMU actor processes end to end on the live runtime.
 
-    python -m bench.live_throughput [--stream-scales 12,10,8] [--ray-scales 60,40,30] [--no-ray]
+    python -m bench.live_throughput [--stream-scales 12,10,9,8] [--ray-scales 60,40,30] [--no-ray]
 
 One SMMU actor and 256 endpoints in 2 device actors, quarantine policy with per-device batches
 (ATC_INV out to the devices, completions back, CMD_SYNCs retired), no DMA and no chaos, 256 CPUs
@@ -111,8 +111,8 @@ def best_run(runs: list[dict]) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=0.5, help="scenario seconds per run (default 0.5)")
-    ap.add_argument("--stream-scales", type=number_list(0.01, float), default=[12.0, 10.0, 8.0],
-                    help="time scales tried on the stream transport (default 12,10,8)")
+    ap.add_argument("--stream-scales", type=number_list(0.01, float), default=[12.0, 10.0, 9.0, 8.0],
+                    help="time scales tried on the stream transport (default 12,10,9,8)")
     ap.add_argument("--ray-scales", type=number_list(0.01, float), default=[60.0, 40.0, 30.0],
                     help="time scales tried on the ray-call transport (default 60,40,30)")
     ap.add_argument("--no-ray", action="store_true", help="leave out the ray-call transport")
