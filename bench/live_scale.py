@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="scenario seconds (default 60)")
     ap.add_argument("--no-kill", action="store_true", help="leave out the kill_actor step at 50 s")
     ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)
 
     import ray
 
