@@ -55,7 +55,7 @@ GIB, MIB = 2**30, 2**20
 
 
 def default_time_scale(endpoints: int) -> float:
-    from cluster.config import load_scenario
+    from ats_stress.cluster.scenario import load_scenario
 
     base = load_scenario(SCENARIO).runtime.time_scale
     return base * max(1.0, endpoints / 1000)
@@ -63,7 +63,7 @@ def default_time_scale(endpoints: int) -> float:
 
 def scenario(endpoints: int, duration: float, time_scale: float):
     """scale-1000-mixed.yaml at ``endpoints`` endpoints with the default scenario's per-endpoint workload."""
-    from cluster.config import load_scenario, scenario_from_dict
+    from ats_stress.cluster.scenario import load_scenario, scenario_from_dict
 
     data = load_scenario(SCENARIO).model_dump(mode="json")
     base = data["topology"]["endpoints"]
@@ -101,7 +101,7 @@ def measure(endpoints: int, duration: float, time_scale: float, idle: float) -> 
     import ray
 
     from bench.live_scale import RssSampler
-    from cluster.ray_runtime import connect, run_ray
+    from ats_stress.cluster.runtime.ray_runtime import connect, run_ray
 
     sc = scenario(endpoints, duration, time_scale)
     _settle_children()

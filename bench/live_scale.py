@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from cluster.config import load_scenario
-    from cluster.ray_runtime import connect, run_ray
+    from ats_stress.cluster.scenario import load_scenario
+    from ats_stress.cluster.runtime.ray_runtime import connect, run_ray
 
-    from cluster.config import scenario_from_dict
+    from ats_stress.cluster.scenario import scenario_from_dict
 
     data = load_scenario(SCENARIO).model_dump(mode="json")
     data["duration"] = args.duration

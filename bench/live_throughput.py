@@ -44,7 +44,7 @@ def scenario(duration: float, time_scale: float, unmaps_per_s: float, endpoints:
              domains: int | None = None):
     """The throughput workload; ``domains`` None keeps the scenario's 64 (topology.cpus and
     hardware.command_queues are per SMMU, unmaps_per_s is split among the SMMUs)."""
-    from cluster.config import load_scenario, scenario_from_dict
+    from ats_stress.cluster.scenario import load_scenario, scenario_from_dict
 
     data = load_scenario(SCENARIO).model_dump(mode="json")
     data["name"] = "live-throughput"
@@ -73,7 +73,7 @@ def run_once(time_scale: float, args, *, smmus: int = 1, transport: str = "strea
     connected to: (the figures, the run summary)."""
     import psutil
 
-    from cluster.ray_runtime import run_ray
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
 
     sc = scenario(args.duration, time_scale, args.unmaps_per_s * smmus, endpoints=ENDPOINTS_PER_SMMU * smmus,
                   per_actor=ENDPOINTS_PER_SMMU // DEVICE_ACTORS_PER_SMMU, smmus=smmus, cpus=args.cpus,
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from bench.live_scale import raw_ceiling
-    from cluster.ray_runtime import connect
+    from ats_stress.cluster.runtime.ray_runtime import connect
 
     plan = [("stream", ts) for ts in args.stream_scales]
     if not args.no_ray:

@@ -28,8 +28,8 @@ REFERENCE = ROOT / "configs" / "scenarios" / "scale-1000-mixed.yaml"
 CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, {root!r})
-from cluster.config import load_scenario
-from cluster.sim import run_sim
+from ats_stress.cluster.scenario import load_scenario
+from ats_stress.cluster.runtime.sim import run_sim
 s = run_sim(load_scenario({path!r}, {sets!r}))
 print(json.dumps({{"wall": s["wall"], "events": s["events"], "sim_time_s": s["sim_time_s"], "ok": s["ok"],
                   "uaf": s["uaf_exposures"], "fences": s["fence_count"],

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, write_result  # noqa: E402
-from cluster.sim import EventLoop  # noqa: E402
+from ats_stress.cluster.runtime.sim import EventLoop  # noqa: E402
 
 N_ENDPOINTS = 1000
 CPUS = 8

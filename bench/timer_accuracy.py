@@ -44,7 +44,7 @@ HUNG = [3 + 21 * i for i in range(12)]
 
 def scenario(duration: float, time_scale: float, unmaps_per_s: float = 3000.0, dma_per_s: float = 20.0,
              cpus: int = 64, queues: int = 97):
-    from cluster.config import load_scenario, scenario_from_dict
+    from ats_stress.cluster.scenario import load_scenario, scenario_from_dict
 
     data = load_scenario(SCENARIO).model_dump(mode="json")
     data["name"] = "timer-accuracy"
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from cluster.ray_runtime import connect, policy_timeout, run_ray
-    from cluster.sim import run_sim
+    from ats_stress.cluster.runtime.ray_runtime import connect, policy_timeout, run_ray
+    from ats_stress.cluster.runtime.sim import run_sim
 
     sc = scenario(args.duration, args.time_scale, args.unmaps_per_s, args.dma_per_s, args.cpus, args.queues)
     timeout = policy_timeout(sc)

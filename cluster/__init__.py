@@ -1,1 +1,1 @@
-"""Scenarios, runtimes (sim and ray), the safety oracle, summaries and the CLI."""
+"""Everything around the model: scenarios, the two runtimes, results, experiments and the CLI."""

@@ -17,10 +17,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from iommu_actor.policy import PolicyError, get_policy, policy_names
+from ats_stress.iommu_actor.policy import PolicyError, get_policy, policy_names
 
-from .config import ScenarioError, load_scenario
-from .summary import write_json
+from .scenario import ScenarioError, load_scenario
+from ats_stress.cluster.results.summary import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed fault-injection testbed for IOMMU ATC-invalidation recovery.")
@@ -79,19 +79,19 @@ def run(
     summary = sampler = None
     try:
         if runtime == "sim":
-            from .reports import SAMPLE_EVERY, RunSampler
-            from .sim import run_sim
+            from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler
+            from ats_stress.cluster.runtime.sim import run_sim
 
             sampler = RunSampler(sc)  # metrics.om and the report's time series, on scenario time
             summary = run_sim(sc, progress=None if quiet else _sim_progress(sc), progress_every=SAMPLE_EVERY,
                               sample=sampler)
         else:
-            from .ray_runtime import RuntimeInputError, run_ray
+            from ats_stress.cluster.runtime.ray_runtime import RuntimeInputError, run_ray
 
             try:
                 bind = {"off": None, "auto": "127.0.0.1" if address is None else "0.0.0.0"}.get(metrics_bind, metrics_bind)
                 if bind is not None:
-                    from .metrics import MetricsError, parse_bind
+                    from ats_stress.cluster.results.metrics import MetricsError, parse_bind
 
                     try:
                         parse_bind(bind)
@@ -103,10 +103,10 @@ def run(
     except ScenarioError as exc:
         _fail_input(str(exc))
     write_json(out_dir / "summary.json", summary)
-    from .reports import write_run_outputs
+    from ats_stress.cluster.results.report import write_run_outputs
 
     write_run_outputs(sc, summary, sampler, out_dir, out_console, err_console)
-    from .report import print_summary
+    from ats_stress.cluster.results.text import print_summary
 
     print_summary(summary, out_console)
     out_console.print(f"summary: {out_dir / 'summary.json'}")
@@ -177,8 +177,8 @@ def compare(
             _fail_input(f"--policies: {exc}")
     sc = _load(scenario, set_)
     out_dir = out or Path("runs") / f"compare-{sc.name}".replace(" ", "_")
-    from .compare import run_compare
-    from .report import print_compare
+    from ats_stress.cluster.experiments.compare import run_compare
+    from ats_stress.cluster.results.text import print_compare
 
     report = run_compare(sc, names, seeds, out_dir)
     print_compare(report["rows"], out_console, title=f"{sc.name} · {seeds} seed(s) per policy · sim runtime")
@@ -200,13 +200,13 @@ def sweep(
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sc = _load(scenario, set_)
     out_dir = out or Path("runs") / f"sweep-{sc.name}".replace(" ", "_")
-    from .report import print_compare
-    from .sweep import run_sweep
+    from ats_stress.cluster.results.text import print_compare
+    from ats_stress.cluster.experiments.sweep import run_sweep
 
     _sigterm_as_interrupt()
     try:
         if runtime == "ray":
-            from .ray_runtime import RuntimeInputError
+            from ats_stress.cluster.runtime.ray_runtime import RuntimeInputError
 
             try:
                 report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime="ray", address=address)
@@ -227,7 +227,7 @@ def observe(
     host: str = typer.Option("127.0.0.1", "--host", help="Prometheus listen address"),
 ) -> None:
     """Start a local Prometheus on a run's metrics (live targets or a sim run's metrics.om) for Grafana."""
-    from .observe import ObserveError, instructions, plan, run as run_prometheus
+    from ats_stress.cluster.results.observe import ObserveError, instructions, plan, run as run_prometheus
 
     try:
         p = plan(run_dir, port, host)

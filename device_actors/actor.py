@@ -1,10 +1,10 @@
-"""The device actor: a thin Ray shell around one EndpointGroup (``topology.endpoints_per_actor``
-endpoints; an endpoint is never a process).
+"""The device actor: a thin Ray shell around one EndpointGroup of many endpoints.
 
-The live event loop (clock, timer heap, batched msgpack transport) is ``cluster.live.LiveShell``;
-this class builds the group, routes upstream messages to the SMMU actor owning each StreamID, and
-applies the endpoint chaos steps (``EndpointGroup.apply_fault`` / ``end_fault``) at their times.
-The runtime applies ``ray.remote`` to it (cluster/ray_runtime.py).
+A group holds ``topology.endpoints_per_actor`` endpoints; an endpoint is never a process. The live
+event loop (clock, timer heap, batched msgpack transport) is ``LiveShell``
+(``cluster/runtime/live.py``); this class builds the group, routes upstream messages to the SMMU
+actor owning each StreamID, and applies the endpoint chaos steps (``EndpointGroup.apply_fault`` /
+``end_fault``) at their times. The runtime applies ``ray.remote`` to it (cluster/runtime/startup.py).
 
 This file and iommu_actor/actor.py are the only modules of the two model packages that may import
 Ray, asyncio or time.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.live import LiveShell, bucket_by_sid, node_location
-from cluster.summary import group_stats
+from ats_stress.cluster.runtime.live import LiveShell, bucket_by_sid, node_location
+from ats_stress.cluster.results.summary import group_stats
 
 from .endpoint import EndpointGroup
 
@@ -34,14 +34,8 @@ class DeviceActor(LiveShell):
         self.only = next(iter(sid_node.values())) if self.single else 0
         self.labels = dict(labels or {})
         self.target: str | None = None
-        # ---- METRICS HOOK: where a Prometheus exporter starts (off unless metrics_bind is set) ----
-        if metrics_bind:
-            from cluster.metrics import DeviceExporter  # lazy: only when metrics are wanted
-
-            self.exporter = DeviceExporter(self.group, self.labels, metrics_bind)
-            host, port = self.exporter.start()
-            self.target = f"{host}:{port}"
-        # ------------------------------------------------------------------------------------------
+        if metrics_bind:  # a Prometheus exporter of this actor's model (off unless asked for)
+            self.start_exporter("device", metrics_bind, self.group, self.labels)
 
     def ready(self) -> dict[str, Any]:
         return {**node_location(), "target": self.target}

@@ -2,9 +2,9 @@
 
 One per SMMU (``topology.smmus``). It owns the node (stream table, command queues, host software,
 policy) and the Oracle for that SMMU's streams. The live event loop (clock, timer heap, batched
-msgpack transport) is ``cluster.live.LiveShell``; this class only builds the model, routes the
-downstream messages to the device actor hosting each StreamID, and answers for the root complex
-when a device actor is gone. The runtime applies ``ray.remote`` to it (cluster/ray_runtime.py).
+msgpack transport) is ``LiveShell`` (``cluster/runtime/live.py``); this class only builds the
+model, routes the downstream messages to the device actor hosting each StreamID, and answers for
+the root complex when a device actor is gone. The runtime applies ``ray.remote`` to it (cluster/runtime/startup.py).
 
 This file and device_actors/actor.py are the only modules of the two model packages that may
 import Ray, asyncio or time.
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.live import LOCAL, LiveShell, bucket_by_sid, node_location
-from cluster.oracle import Oracle
-from cluster.summary import node_stats, oracle_stats
-from device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
+from ats_stress.cluster.results.summary import node_stats, oracle_stats
+from ats_stress.cluster.runtime.live import LOCAL, LiveShell, bucket_by_sid, node_location
+from ats_stress.device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
 
 from .node import NodeSpec, SmmuNode
+from .oracle import Oracle
 from .policy import HwInfo, make_policy
 
 
@@ -33,7 +33,7 @@ class SmmuActor(LiveShell):
         self.oracle = Oracle(fault_starts)
         self.node = SmmuNode(spec, make_policy(policy_name, policy_params, HwInfo(**hw)), self.oracle)
         self.model = self.node
-        self.probe_echoes = True  # measure the live device round trip (cluster/live.py)
+        self.probe_echoes = True  # measure the live device round trip (cluster/runtime/transport.py)
         self.sid_group = sid_group
         self.group_sids = group_sids  # group -> its sids that belong to this SMMU
         self.flr_time = flr_time
@@ -45,14 +45,8 @@ class SmmuActor(LiveShell):
         self.labels = dict(labels or {})
         self.metrics_bind = metrics_bind
         self.target: str | None = None
-        # ---- METRICS HOOK: where a Prometheus exporter starts (off unless metrics_bind is set) ----
-        if metrics_bind:
-            from cluster.metrics import SmmuExporter  # lazy: only when metrics are wanted
-
-            self.exporter = SmmuExporter(self.node, self.oracle, self.labels, metrics_bind)
-            host, port = self.exporter.start()
-            self.target = f"{host}:{port}"
-        # ------------------------------------------------------------------------------------------
+        if metrics_bind:  # a Prometheus exporter of this actor's model (off unless asked for)
+            self.start_exporter("smmu", metrics_bind, self.node, self.oracle, self.labels)
 
     def ready(self) -> dict[str, Any]:
         return {**node_location(), "target": self.target}

@@ -1,5 +1,7 @@
-"""One SMMU with the host software above it: domains, page tables, the page allocator, the
-submitting CPUs, the unmap workload, and the recovery policy that drives the command queues.
+"""One SMMU with the host software above it, and the recovery policy that drives its queues.
+
+The host software: domains, page tables, the page allocator, the submitting CPUs, the unmap
+workload.
 
 Sans-IO, like everything in this package: the runtime calls ``start``, ``on_messages`` and
 ``on_timer`` with the scenario time, then ``drain()`` for the PCIe messages to deliver and the
@@ -13,7 +15,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from device_actors.pcie import (
+from ats_stress.device_actors.pcie import (
     MSG_FLR,
     MSG_FLR_DONE,
     MSG_INV_CPL,
@@ -67,7 +69,7 @@ class DomainSpec:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """Everything one SMMU node needs, in plain values (built by cluster.config)."""
+    """Everything one SMMU node needs, in plain values (built by cluster/scenario/plan.py)."""
 
     index: int
     domains: tuple[DomainSpec, ...]

@@ -5,7 +5,7 @@ that driver sees: the unmaps it is asked to flush, completions of its own CMD_SY
 timers, GERROR with CMDQ_CONS.ERR (and, on VT-d, the ITE source id the hardware records), event
 queue records, the outcome of the resets it or the PCI core performed, and config-space presence.
 Nothing here says which device is really broken or which page is really free: that ground truth
-belongs to the safety oracle in ``cluster/oracle.py``.
+belongs to the safety oracle in ``iommu_actor/oracle.py``.
 
 Events and actions are frozen, slotted dataclasses (h11's style); a policy returns a list of
 actions from ``handle(now, event)`` and keeps whatever state it needs.

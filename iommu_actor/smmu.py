@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from device_actors.pcie import MSG_INV_REQ, MSG_TRANS_CPL
+from ats_stress.device_actors.pcie import MSG_INV_REQ, MSG_TRANS_CPL
 
 from .commands import Cmd
 from .spec import (

@@ -1,7 +1,7 @@
 """Fixed-bucket histograms, counted as observations happen (plain Python, no I/O).
 
 The model records durations here (CMD_SYNC submission to retirement, unmap arrival to completion);
-the exporters in ``cluster.metrics`` read the counts at scrape time. Bucket bounds are upper
+the exporters in ``cluster/results/metrics.py`` read the counts at scrape time. Bucket bounds are upper
 bounds in seconds, inclusive, as in Prometheus (``le``); the last bucket is +Inf.
 """
 

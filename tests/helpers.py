@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.config import scenario_from_dict
-from cluster.sim import run_sim
+from ats_stress.cluster.scenario import scenario_from_dict
+from ats_stress.cluster.runtime.sim import run_sim
 
 BASE: dict[str, Any] = {
     "name": "t",

@@ -6,20 +6,12 @@ timeout (and sixty times AMD's 100 ms), far shorter than the 60 s hardware timeo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from helpers import scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]
-
-
-def with_root_on_pythonpath() -> None:
-    """Ray workers (and Cluster nodes) inherit the environment: make the project importable there."""
-    cur = os.environ.get("PYTHONPATH", "")
-    if str(ROOT) not in cur.split(os.pathsep):
-        os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + cur if cur else "")
 
 
 def hang_scenario(policy: str, *, time_scale: float = 0.4, endpoints: int = 16, per_actor: int = 8,

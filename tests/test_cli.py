@@ -5,7 +5,7 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from cluster.cli import app
+from ats_stress.cluster.cli import app
 from helpers import BASE
 
 runner = CliRunner()

@@ -1,7 +1,7 @@
 """ATS endpoint behaviours, driven directly."""
 
-from device_actors.endpoint import DEAD, HEALTHY, EndpointGroup
-from device_actors.pcie import (
+from ats_stress.device_actors.endpoint import DEAD, HEALTHY, EndpointGroup
+from ats_stress.device_actors.pcie import (
     MSG_FLR, MSG_FLR_DONE, MSG_INV_CPL, MSG_INV_REQ, MSG_PRESENCE, MSG_PRESENCE_QUERY, MSG_TRANS_CPL,
     MSG_TRANS_REQ, MSG_TRANSLATED,
 )

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.exposition import generate_latest
 
-from cluster.metrics import DeviceExporter, SmmuExporter, run_labels
-from cluster.sim import run_sim
+from ats_stress.cluster.results.metrics import DeviceExporter, SmmuExporter, run_labels
+from ats_stress.cluster.runtime.sim import run_sim
 from helpers import scenario
 
 ROOT = Path(__file__).resolve().parent.parent

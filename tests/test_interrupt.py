@@ -18,8 +18,8 @@ def test_sigterm_mid_run_writes_the_summary_so_far_marked_interrupted(tmp_path):
     sc = tmp_path / "long.yaml"
     sc.write_text(yaml.safe_dump({**BASE, "duration": 3600}))
     out = tmp_path / "out"
-    env = {**os.environ, "ATS_STRESS_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", str(sc), "--out", str(out)],
+    env = {**os.environ, "ATS_STRESS_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ats_stress.cluster.cli", "run", str(sc), "--out", str(out)],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()  # the first progress line: the run is under way

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.exposition import generate_latest
 
-from cluster.metrics import (
+from ats_stress.cluster.results.metrics import (
     ALL_METRICS,
     DeviceExporter,
     MetricsError,
@@ -20,12 +20,12 @@ from cluster.metrics import (
     run_labels,
     write_file_sd,
 )
-from cluster.reports import RunSampler
-from cluster.sim import run_sim
+from ats_stress.cluster.results.sampler import RunSampler
+from ats_stress.cluster.runtime.sim import run_sim
 from helpers import HANG_5, Recorder, scenario
-from iommu_actor.commands import cmd_atc_inv, cmd_sync
-from iommu_actor.smmu import Smmu
-from iommu_actor.stats import DURATION_BUCKETS, Histogram
+from ats_stress.iommu_actor.commands import cmd_atc_inv, cmd_sync
+from ats_stress.iommu_actor.smmu import Smmu
+from ats_stress.iommu_actor.stats import DURATION_BUCKETS, Histogram
 
 
 def fence_run(**over):
@@ -236,10 +236,10 @@ def test_openmetrics_recording_is_on_scenario_time_with_each_series_contiguous()
 
 
 def test_cli_ray_runs_serve_metrics_by_default_and_a_bad_bind_is_exit_2(tmp_path, monkeypatch):
-    import cluster.ray_runtime as rr
+    import ats_stress.cluster.runtime.ray_runtime as rr
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from ats_stress.cluster.cli import app
 
     seen = {}
 

@@ -6,11 +6,11 @@ decisions read CMDQ_CONS, run on the sim runtime with small scenarios.
 
 import pytest
 
-from iommu_actor.policy import (
+from ats_stress.iommu_actor.policy import (
     AckCmdqError, CmdqError, CompleteUnmap, HwInfo, Note, PresenceReply, QueryPresence, SetTimer, Submit,
     SyncDone, TimerFired, UnmapStart, WriteSte, make_policy,
 )
-from iommu_actor.spec import (
+from ats_stress.iommu_actor.spec import (
     ATC_INV_SIZE_ALL, CMDQ_ERR_CERROR_ATC_INV_IDX, CMDQ_OP_ATC_INV, CMDQ_OP_CMD_SYNC, CMDQ_OP_TLBI_NH_VA, EIO,
     ETIMEDOUT, STRTAB_STE_0_CFG_ABORT,
 )

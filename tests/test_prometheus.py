@@ -26,10 +26,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
 
-from cluster.metrics import DeviceExporter, SmmuExporter, run_labels, step_faults, write_file_sd  # noqa: E402
-from cluster.plan import build_plan  # noqa: E402
-from cluster.reports import RunSampler  # noqa: E402
-from cluster.sim import SimWorld, run_sim  # noqa: E402
+from ats_stress.cluster.results.metrics import DeviceExporter, SmmuExporter, run_labels, step_faults, write_file_sd  # noqa: E402
+from ats_stress.cluster.scenario.plan import build_plan  # noqa: E402
+from ats_stress.cluster.results.sampler import RunSampler  # noqa: E402
+from ats_stress.cluster.runtime.sim import SimWorld, run_sim  # noqa: E402
 from helpers import scenario  # noqa: E402
 
 pytestmark = pytest.mark.prometheus
@@ -318,10 +318,8 @@ def test_live_ray_run_scraped_through_the_drivers_file_sd_answers_every_dashboar
     file, Prometheus discovers and scrapes them during a run with a hang and a fence."""
     need(PROMETHEUS, "prometheus")
     pytest.importorskip("ray")
-    from cluster.ray_runtime import run_ray
-    from live_helpers import with_root_on_pythonpath
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
 
-    with_root_on_pythonpath()
     sc = scenario(duration=12, topology={"smmus": 1, "endpoints": 16, "domains": 4, "cpus": 2,
                                          "endpoints_per_actor": 8, "pages_per_domain": 16, "spare_pages": 32,
                                          "atc_entries": 64},
@@ -357,8 +355,8 @@ def test_live_ray_run_scraped_through_the_drivers_file_sd_answers_every_dashboar
 def test_observe_without_prometheus_is_a_clear_exit_2(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from cluster import observe
-    from cluster.cli import app
+    from ats_stress.cluster.results import observe
+    from ats_stress.cluster.cli import app
 
     monkeypatch.setattr(observe.shutil, "which", lambda name: None)
     r = CliRunner().invoke(app, ["observe", str(tmp_path)])
@@ -371,7 +369,7 @@ def test_observe_port_in_use_is_a_clear_exit_2(tmp_path):
     need(PROMETHEUS, "prometheus")
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from ats_stress.cluster.cli import app
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -385,7 +383,7 @@ def test_observe_port_in_use_is_a_clear_exit_2(tmp_path):
 def test_observe_serves_a_sim_run_and_watches_a_live_runs_targets(tmp_path):
     need(PROMETHEUS, "prometheus")
     need(PROMTOOL, "promtool")
-    from cluster import observe
+    from ats_stress.cluster.results import observe
 
     # a sim run directory: metrics.om is imported and served
     sc = small_fence_scenario(duration=5)
@@ -405,7 +403,7 @@ def test_observe_serves_a_sim_run_and_watches_a_live_runs_targets(tmp_path):
         lines = observe.instructions(p, run_dir)
         assert any("Grafana" in line for line in lines)
         log = (tmp_path / f"{mode}.log").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "observe", str(run_dir), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "ats_stress.cluster.cli", "observe", str(run_dir), "--port", str(port)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             prom = Prom(f"http://127.0.0.1:{port}", proc, tmp_path / f"{mode}.log")

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from cluster.sim import run_sim
-from live_helpers import POLICIES, hang_scenario, verdict, with_root_on_pythonpath
+from ats_stress.cluster.runtime.sim import run_sim
+from live_helpers import POLICIES, hang_scenario, verdict
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -21,7 +21,6 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def cluster():
-    with_root_on_pythonpath()
     c = cluster_utils.Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 1024 * 1024,
         # a removed node is noticed within a second or two, not the default 15 s
@@ -53,7 +52,7 @@ def _killer(c):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_hang_verdicts_match_sim_and_endpoints_spread(cluster, policy):
-    from cluster.ray_runtime import run_ray
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
 
     # 4 device actors of 8 endpoints on 3 Ray nodes sharing 2 cores: real time (time_scale 1), so a
     # device round trip stays far below the 1 s software timeout even when the machine is busy
@@ -72,7 +71,7 @@ def test_hang_verdicts_match_sim_and_endpoints_spread(cluster, policy):
 
 
 def test_kill_node_removes_a_worker_and_the_run_goes_on(cluster, tmp_path):
-    from cluster.ray_runtime import run_ray
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
 
     kill, killed = _killer(cluster)
     chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
@@ -94,7 +93,7 @@ def test_kill_node_removes_a_worker_and_the_run_goes_on(cluster, tmp_path):
 
 def test_interrupted_run_still_has_a_summary(cluster, tmp_path):
     """A Ctrl-C in the middle of the run (raised here by the node killer, in the driver's loop)."""
-    from cluster.ray_runtime import run_ray
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
 
     def interrupt(node_id: str) -> None:
         raise KeyboardInterrupt
@@ -127,7 +126,7 @@ def test_cli_joins_the_cluster_like_a_ray_job(cluster, tmp_path):
         "expect": {"uaf_exposures": {"max": 0}}}))
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "run", str(sc), "--runtime", "ray", "-q",
+    r = subprocess.run([sys.executable, "-m", "ats_stress.cluster.cli", "run", str(sc), "--runtime", "ray", "-q",
                         "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((out / "summary.json").read_text())

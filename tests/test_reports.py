@@ -8,10 +8,11 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from cluster.cli import app
-from cluster.compare import run_compare
-from cluster.reports import SAMPLE_EVERY, RunSampler, compact_series, write_report
-from cluster.sim import run_sim
+from ats_stress.cluster.cli import app
+from ats_stress.cluster.experiments.compare import run_compare
+from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
+from ats_stress.cluster.results.report import write_report
+from ats_stress.cluster.runtime.sim import run_sim
 from helpers import BASE, HANG_5, scenario
 
 PNG = b"\x89PNG\r\n\x1a\n"

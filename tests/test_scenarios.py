@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import load_scenario
-from cluster.sim import run_sim
+from ats_stress.cluster.scenario import load_scenario
+from ats_stress.cluster.runtime.sim import run_sim
 
 LIBRARY = sorted((Path(__file__).resolve().parent.parent / "configs" / "scenarios").glob("*.yaml"))
 WANTED = {"single-hang", "short-hang-no-fence", "slow-tail", "flapping-device", "lost-completions",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cluster.summary import deterministic_view
+from ats_stress.cluster.results.summary import deterministic_view
 from helpers import HANG_5, run
 
 POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from device_actors.pcie import MSG_INV_REQ, MSG_TRANS_CPL
-from iommu_actor.commands import CommandError, atc_inv_span, build_cmd, cmd_atc_inv, cmd_cfgi_ste, cmd_sync, cmd_tlbi_nh_va
-from iommu_actor.smmu import Smmu
-from iommu_actor.spec import (
+from ats_stress.device_actors.pcie import MSG_INV_REQ, MSG_TRANS_CPL
+from ats_stress.iommu_actor.commands import CommandError, atc_inv_span, build_cmd, cmd_atc_inv, cmd_cfgi_ste, cmd_sync, cmd_tlbi_nh_va
+from ats_stress.iommu_actor.smmu import Smmu
+from ats_stress.iommu_actor.spec import (
     ATC_INV_SIZE_ALL,
     CMDQ_ERR_CERROR_ATC_INV_IDX,
     EVT_ID_BAD_ATS_TREQ,

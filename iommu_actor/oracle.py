@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 
-from iommu_actor.spec import STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+from .spec import STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
 
 
 class Oracle:

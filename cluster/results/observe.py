@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the ats_stress package: configs/ and grafana/ are in it
 ALERTS = ROOT / "configs" / "alerts.yml"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "ats-stress.json"

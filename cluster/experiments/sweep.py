@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from .compare import aggregate, run_matrix
-from .config import Scenario, ScenarioError, apply_sets, scenario_from_dict
-from .summary import write_json
+from ats_stress.cluster.scenario import Scenario, ScenarioError, apply_sets, scenario_from_dict
+from ats_stress.cluster.results.summary import write_json
 
 MAX_RUNS = 2000
 
@@ -64,7 +64,7 @@ def run_points_live(scenarios: list[Scenario], address: str | None) -> list[dict
     whole live cluster run; running two at once would share the transport and skew both)."""
     import ray
 
-    from .ray_runtime import connect, run_ray
+    from ats_stress.cluster.runtime.ray_runtime import connect, run_ray
 
     owned = connect(address)
     try:

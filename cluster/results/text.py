@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iommu_actor.units import format_duration
+from ats_stress.iommu_actor.units import format_duration
 
 from rich.console import Console
 from rich.table import Table

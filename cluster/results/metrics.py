@@ -34,9 +34,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from device_actors.endpoint import MODE_NAMES
-from iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
-from iommu_actor.stats import DURATION_BUCKETS, Histogram
+from ats_stress.device_actors.endpoint import MODE_NAMES
+from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
+from ats_stress.iommu_actor.stats import DURATION_BUCKETS, Histogram
 
 #: every metric family the exporters produce: name -> (type, help). Names as exposed in the
 #: text format (counters with ``_total``, histograms with ``_bucket``/``_sum``/``_count``).

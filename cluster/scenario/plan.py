@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from device_actors.endpoint import ENDPOINT_FAULTS
-from iommu_actor.node import DomainSpec, NodeSpec
+from ats_stress.device_actors.endpoint import ENDPOINT_FAULTS
+from ats_stress.iommu_actor.node import DomainSpec, NodeSpec
 
 from .config import Scenario
 

@@ -12,14 +12,14 @@ import time
 from heapq import heappop, heappush
 from typing import Any, Callable
 
-from device_actors.endpoint import EndpointGroup
-from iommu_actor.node import SmmuNode
-from iommu_actor.policy import HwInfo, make_policy
+from ats_stress.device_actors.endpoint import EndpointGroup
+from ats_stress.iommu_actor.node import SmmuNode
+from ats_stress.iommu_actor.policy import HwInfo, make_policy
 
-from .config import Scenario, ScenarioError
-from .oracle import Oracle
-from .plan import ChaosAction, Plan, build_plan
-from .summary import build_summary, check_expectations, checkpoints, group_stats, node_stats, oracle_stats
+from ats_stress.cluster.scenario import Scenario, ScenarioError
+from ats_stress.iommu_actor.oracle import Oracle
+from ats_stress.cluster.scenario.plan import ChaosAction, Plan, build_plan
+from ats_stress.cluster.results.summary import build_summary, check_expectations, checkpoints, group_stats, node_stats, oracle_stats
 
 
 class EventLoop:

@@ -12,17 +12,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Scenario
-from .summary import deterministic_view, write_json
+from ats_stress.cluster.scenario import Scenario
+from ats_stress.cluster.results.summary import deterministic_view, write_json
 
 
 def _run_one(args: tuple) -> dict:
     data, runtime, *opts = args
-    from .sim import run_sim  # in the worker process
+    from ats_stress.cluster.runtime.sim import run_sim  # in the worker process
 
     sc = Scenario.model_validate(data)
     if opts and opts[0]:  # compare: also the time series for the per-figure charts
-        from .reports import SAMPLE_EVERY, RunSampler, compact_series
+        from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
 
         sampler = RunSampler(sc, om_every=None)
         summary = run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler)
@@ -44,7 +44,7 @@ def variants(sc: Scenario, policies: list[str], seeds: int) -> list[Scenario]:
 
 
 def policy_params_for(name: str, sc: Scenario) -> dict[str, Any]:
-    from iommu_actor.policy import get_policy
+    from ats_stress.iommu_actor.policy import get_policy
 
     if name != sc.policy.name:
         return {}
@@ -122,7 +122,7 @@ def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
     if out is not None:
         write_json(out / "compare.json", report)
         plot_compare(rows, out / "compare.png", title=f"{sc.name}: {seeds} seed(s) per policy")
-        from .reports import plot_compare_series
+        from ats_stress.cluster.results.plots import plot_compare_series
 
         plot_compare_series(sc, results, series, out)  # compare-latency/cmdq/endpoints.png
     return report

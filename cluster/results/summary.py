@@ -12,11 +12,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from device_actors.endpoint import MODE_NAMES
-from iommu_actor.policy import validate_params
-from iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
+from ats_stress.iommu_actor.policy import validate_params
+from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
 
-from .config import EXPECTABLE, Scenario
+from ats_stress.cluster.scenario import EXPECTABLE, Scenario
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

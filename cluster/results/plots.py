@@ -1,0 +1,292 @@
+"""The run plots (latency.png, cmdq.png, endpoints.png) and the compare charts over time.
+
+Every plot opens with the chaos timeline (one bar per step) and marks fences and unfences; the
+data are the sampler's time series (``sampler.py``), never a wall clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ats_stress.device_actors.endpoint import MODE_NAMES
+from ats_stress.iommu_actor.units import format_duration
+
+#: at most this many unmap-latency points per plot (evenly thinned, extremes kept)
+MAX_TRACE_POINTS = 40000
+
+STATE_COLORS = {"slow": "#dd8452", "hang": "#c44e52", "flap": "#8172b3", "drop": "#937860",
+                "lie": "#da8bc3", "itag_leak": "#8c8c8c", "removed": "#55a868", "resetting": "#ccb974",
+                "dead": "#000000", "healthy": "#4c72b0"}
+
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _step_spans(sc, end: float) -> list[tuple[int, str, float, float]]:
+    """(step, fault, start, stop) for every occurrence of every chaos step (repeats and ramps from the
+    plan); a step with no end lasts to the end of the run, a reset is an instant."""
+    from ats_stress.cluster.scenario.plan import build_plan
+
+    try:
+        actions = build_plan(sc).actions
+    except Exception:  # noqa: BLE001 - the plot falls back to the scenario's own step list
+        actions = []
+    starts: dict[int, list[float]] = {}
+    ends: dict[int, list[float]] = {}
+    faults: dict[int, str] = {}
+    for a in actions:
+        (starts if a.phase == "start" else ends).setdefault(a.step, []).append(float(a.at))
+        faults[a.step] = str(a.fault)
+    out = []
+    for i, step in enumerate(sc.chaos):
+        fault = faults.get(i, str(step.fault))
+        occ = sorted(starts.get(i, [])) or [float(step.at)]
+        stops = sorted(ends.get(i, []))
+        spans: list[list[float]] = []
+        for a in occ:
+            stop = next((e for e in stops if e >= a), None)
+            if stop is None:
+                stop = a if fault == "reset" else end
+            if spans and a <= spans[-1][1] and stop >= spans[-1][0]:
+                spans[-1][1] = max(spans[-1][1], stop)
+            else:
+                spans.append([a, stop])
+        out += [(i, fault, a, min(b, end)) for a, b in spans]
+    return out
+
+
+def _targets(sc, samples: dict | None, i: int) -> str:
+    step = sc.chaos[i]
+    targets = (samples or {}).get("step_targets") or []
+    if i < len(targets) and targets[i]:
+        sids = targets[i]
+        return ", ".join(map(str, sids[:6])) + (f" (+{len(sids) - 6})" if len(sids) > 6 else "")
+    if getattr(step, "endpoints", None):
+        return ", ".join(map(str, step.endpoints))
+    sel = []
+    for key in ("count", "fraction", "domain", "smmu"):
+        v = getattr(step, key, None)
+        if v is not None:
+            sel.append(f"{key} {v}")
+    return ", ".join(sel) or "-"
+
+
+FAULT_COLORS = {"hang": "#c44e52", "slow": "#dd8452", "flap": "#8172b3", "drop": "#937860", "lie": "#da8bc3",
+                "itag_leak": "#8c8c8c", "removed": "#55a868", "reset": "#ccb974", "kill_actor": "#000000",
+                "kill_node": "#000000"}
+
+
+def _figure(sc, rows: int, ratios: list[float], height: float):
+    """A figure whose top strip is the chaos timeline (one bar per step), then ``rows`` data axes."""
+    plt = _plt()
+    n = len(sc.chaos)
+    strip = 0.35 + 0.22 * max(n, 1)
+    fig, axes = plt.subplots(rows + 1, 1, figsize=(12, height + strip), sharex=True,
+                             gridspec_kw={"height_ratios": [strip] + ratios})
+    return plt, fig, axes[0], list(axes[1:])
+
+
+def _timeline(ax, sc, samples: dict | None, end: float) -> None:
+    spans = _step_spans(sc, end)
+    last_stop = {i: stop for i, _, _, stop in spans}
+    labelled = set()
+    for i, fault, start, stop in spans:
+        c = FAULT_COLORS.get(fault, "#999999")
+        width = max(stop - start, end / 400)
+        ax.barh(i, width, left=start, height=0.7, color=c, alpha=0.8)
+        if i not in labelled:
+            labelled.add(i)
+            after = max(last_stop[i], start + width) + end / 200
+            x = after if after < end * 0.8 else start + end / 200  # after the bar, or inside it
+            ax.text(x, i, f"{i}: {fault} [{_targets(sc, samples, i)}]", va="center", fontsize=7,
+                    color="black" if after < end * 0.8 else "white", fontweight="bold")
+    ax.set_ylim(len(sc.chaos) - 0.4, -0.6)
+    ax.set_yticks([])
+    ax.set_ylabel("chaos", fontsize=8)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _decorate(ax, sc, summary: dict, end: float) -> None:
+    """Chaos steps lightly shaded, fences (red) and unfences (green dashed) marked."""
+    for i, fault, start, stop in _step_spans(sc, end):
+        if stop > start:
+            ax.axvspan(start, stop, color=FAULT_COLORS.get(fault, "#999999"), alpha=0.06, lw=0)
+    for k, f in enumerate(summary.get("fences") or []):
+        ax.axvline(f["at_s"], color="red", lw=1.0, alpha=0.8, label="fence" if k == 0 else None)
+    for k, f in enumerate(summary.get("unfences") or []):
+        ax.axvline(f["at_s"], color="green", lw=1.0, ls="--", alpha=0.8, label="unfence" if k == 0 else None)
+    ax.set_xlim(0, end)
+    ax.grid(True, alpha=0.3)
+
+
+def _legend(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
+
+
+def _thin(points: list, limit: int) -> list:
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    keep = {int(i * step) for i in range(limit)}
+    # keep the slowest unmaps: the stall must not vanish in the thinning
+    worst = sorted(range(len(points)), key=lambda i: points[i][1])[-limit // 20:]
+    keep.update(worst)
+    return [points[i] for i in sorted(keep)]
+
+
+def _software_timeout(summary: dict) -> float | None:
+    """The policy's software CMD_SYNC timeout (its parameters, else its default), if it has one."""
+    from ats_stress.iommu_actor.policy import PolicyError, validate_params
+
+    try:
+        params = validate_params(summary["policy"], dict(summary.get("policy_params") or {})).model_dump()
+    except (PolicyError, KeyError):
+        return None
+    for key in ("sync_timeout", "loop_timeout"):
+        if isinstance(params.get(key), (int, float)):
+            return float(params[key])
+    return None
+
+
+def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
+    end = float(summary.get("sim_time_s") or sc.duration)
+    plt, fig, strip, (ax,) = _figure(sc, 1, [4.0], 4.2)
+    _timeline(strip, sc, samples, end)
+    strip.set_title(f"{sc.name} · {summary['policy']}: unmap latency (arrival to reported complete)")
+    pts = _thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
+    for affected, color, name in ((False, "#4c72b0", "healthy"), (True, "#c44e52", "affected")):
+        fast = [p for p in pts if bool(p[2]) == affected and p[1] < 1e-2]
+        slow = [p for p in pts if bool(p[2]) == affected and p[1] >= 1e-2]
+        ax.scatter([p[0] for p in fast], [max(p[1], 1e-7) for p in fast], s=2, color=color, alpha=0.3,
+                   label=f"unmap done, {name} domain", rasterized=True)
+        if slow:
+            ax.scatter([p[0] for p in slow], [p[1] for p in slow], s=9, color=color, alpha=0.8,
+                       edgecolors="none", rasterized=True)
+    t = samples.get("t") or []
+    if t:
+        oldest = [max(vals) for vals in zip(*(s["oldest_open_s"] for s in samples["smmus"]))]
+        ax.plot(t, [v if v >= 1e-3 else float("nan") for v in oldest], color="black", lw=1.2,
+                label="oldest unmap still open\n(a stall, as it grows)")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-6, max(2.0, max((p[1] for p in pts), default=1.0) * 2))
+    timeout = _software_timeout(summary)
+    if isinstance(timeout, (int, float)):
+        ax.axhline(timeout, color="gray", ls="-.", lw=0.8, label=f"software sync timeout ({format_duration(timeout)})")
+    _decorate(ax, sc, summary, end)
+    ax.set_xlabel("scenario time (s)")
+    ax.set_ylabel("unmap latency (s, log)")
+    _legend(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_cmdq(sc, summary: dict, samples: dict, path: Path) -> None:
+    end = float(summary.get("sim_time_s") or sc.duration)
+    plt, fig, strip, (ax1, ax2) = _figure(sc, 2, [2.5, 2.5], 5.5)
+    _timeline(strip, sc, samples, end)
+    strip.set_title(f"{sc.name} · {summary['policy']}: command queues")
+    t = samples["t"]
+    for s in samples["smmus"]:
+        ax1.step(t, s["cmdq_depth"], where="post", lw=1.2, label=f"smmu {s['index']}")
+        ax2.step(t, s["oldest_sync_s"], where="post", lw=1.2, label=f"smmu {s['index']}")
+    _decorate(ax1, sc, summary, end)
+    _decorate(ax2, sc, summary, end)
+    ax1.set_ylabel("commands queued\n(PROD - CONS)")
+    ax2.set_ylabel("oldest pending\nCMD_SYNC age (s)")
+    ax2.set_xlabel("scenario time (s)")
+    _legend(ax1)
+    _legend(ax2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_endpoints(sc, summary: dict, samples: dict, path: Path) -> None:
+    end = float(summary.get("sim_time_s") or sc.duration)
+    plt, fig, strip, (ax1, ax2) = _figure(sc, 2, [3.0, 1.2], 5.0)
+    _timeline(strip, sc, samples, end)
+    strip.set_title(f"{sc.name} · {summary['policy']}: endpoints not healthy, by state; fenced streams; UAF "
+                    f"({summary.get('endpoints', '?')} endpoints in all)")
+    t = samples["t"]
+    eps = samples["endpoints"]
+    states = [m for m in MODE_NAMES if m != "healthy" and any(eps.get(m, []))]
+    if states:
+        ax1.stackplot(t, *[eps[m] for m in states], labels=states, step="post",
+                      colors=[STATE_COLORS.get(m, "#999999") for m in states], alpha=0.85)
+    fenced = [sum(v) for v in zip(*(s["fenced"] for s in samples["smmus"]))]
+    ax1.step(t, fenced, where="post", color="black", lw=1.5, label="streams fenced")
+    _decorate(ax1, sc, summary, end)
+    ax1.set_ylabel("endpoints")
+    _legend(ax1)
+    uaf = [sum(v) for v in zip(*(s["uaf"] for s in samples["smmus"]))]
+    ax2.step(t, uaf, where="post", color="black", lw=1.2, label="UAF exposures\n(cumulative)")
+    ax2.set_ylim(0, max(1, max(uaf, default=0)) * 1.1)
+    _decorate(ax2, sc, summary, end)
+    ax2.set_ylabel("UAF")
+    ax2.set_xlabel("scenario time (s)")
+    _legend(ax2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+
+# --- compare: one chart per figure across policies ---------------------------------------------------
+
+
+COMPARE_SERIES_FIGURES = [
+    ("compare-latency.png", "unmap latency", [("worst_healthy_s", "worst healthy unmap (s, log)", True),
+                                              ("worst_s", "worst unmap, done or open (s, log)", True)]),
+    ("compare-cmdq.png", "command queues", [("cmdq_depth", "commands queued", False),
+                                            ("oldest_sync_s", "oldest pending CMD_SYNC (s)", False)]),
+    ("compare-endpoints.png", "endpoints, fences and UAF", [("not_healthy", "endpoints not healthy", False),
+                                                            ("fenced", "streams fenced", False),
+                                                            ("uaf", "UAF exposures (cumulative)", False)]),
+]
+
+
+def plot_compare_series(sc, runs: list[dict], series: list[dict | None], out_dir) -> list[Path]:
+    """One chart per report figure with one line per policy (the scenario's own seed), chaos shaded."""
+    out = Path(out_dir)
+    first: dict[str, tuple[dict, dict]] = {}
+    for r, s in zip(runs, series):
+        if s and r["policy"] not in first and r["seed"] == sc.seed:
+            first[r["policy"]] = (r, s)
+    if not first:
+        return []
+    end = max(float(r["sim_time_s"]) for r, _ in first.values())
+    written = []
+    for fname, title, rows in COMPARE_SERIES_FIGURES:
+        plt, fig, strip, axes = _figure(sc, len(rows), [2.2] * len(rows), 2.4 * len(rows))
+        _timeline(strip, sc, None, end)
+        strip.set_title(f"{sc.name}: {title} by policy (seed {sc.seed})")
+        for ax, (key, label, log) in zip(axes, rows):
+            for k, (policy, (r, s)) in enumerate(first.items()):
+                ys = s[key]
+                if log:
+                    ys = [v if v > 0 else float("nan") for v in ys]
+                ax.step(s["t"], ys, where="post", lw=1.6 - 0.2 * (k % 4), ls=("-", "--", ":", "-.")[k % 4],
+                        label=policy)
+            if log:
+                ax.set_yscale("log")
+            _decorate(ax, sc, {}, end)
+            ax.set_ylabel(label, fontsize=8)
+            _legend(ax)
+        axes[-1].set_xlabel("scenario time (s)")
+        fig.tight_layout()
+        out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / fname, dpi=90)
+        plt.close(fig)
+        written.append(out / fname)
+    return written

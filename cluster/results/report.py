@@ -1,0 +1,200 @@
+"""The run report: DIR/report.md that tells the run's story, with its plots beside it.
+
+``write_report(sc, summary, samples, out_dir)`` writes ``report.md`` and ``latency.png``,
+``cmdq.png`` and ``endpoints.png`` beside ``summary.json``; without samples (a runtime that
+gives none) the report has the text and no time plots. ``write_run_outputs`` is what ``run``
+calls after summary.json: metrics.om (sim runs), the report and its plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ats_stress.iommu_actor.units import format_duration
+
+from .plots import _targets, plot_cmdq, plot_endpoints, plot_latency
+from .sampler import RunSampler
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def _d(v) -> str:
+    return "-" if v is None else format_duration(v)
+
+
+def _bound(b: dict) -> str:
+    return ", ".join(f"{'<=' if k == 'max' else '>='} {v:g}" for k, v in b.items())
+
+
+def _obs(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _queue_story(samples: dict | None) -> str | None:
+    """How long command queues stayed wedged, from the sampled oldest pending CMD_SYNC."""
+    if not samples or not samples.get("t"):
+        return None
+    t = samples["t"]
+    parts = []
+    for sm in samples["smmus"]:
+        ages = sm["oldest_sync_s"]
+        worst = max(ages, default=0.0)
+        if worst < 1.0:
+            continue
+        at = t[ages.index(worst)]
+        tail = " and was still pending at the end" if ages[-1] >= 1.0 else ""
+        parts.append(f"smmu {sm['index']}: a CMD_SYNC waited up to {_d(worst)} (at {_d(at)}){tail}")
+    if not parts:
+        return "No command queue was wedged for a second or more."
+    return ("Command queue wedged by an unanswered ATC_INV: " + "; ".join(parts) +
+            ". Work queued behind it waits (or, with spare queues, the driver moves off it).")
+
+
+def _verdict(s: dict, samples: dict | None = None) -> list[str]:
+    lines = []
+    if s["uaf_exposures"]:
+        by = ", ".join(f"stream {sid} ({n})" for sid, n in sorted(s["uaf_by_sid"].items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"**UNSAFE: {s['uaf_exposures']} UAF exposure(s)**, {s['uaf_reallocated']} of them to a page "
+                     f"already given to another mapping; the first at {_d(s['first_uaf_s'])}; by {by}. A device "
+                     "wrote through a stale ATC entry after its unmap was reported complete.")
+    else:
+        lines.append("**SAFE: no UAF exposure.** No translated request reached memory after its unmap was "
+                     "reported complete.")
+    if s["fence_count"]:
+        lines.append(f"{s['fence_count']} fence(s), {s['fenced_healthy']} of a healthy device; fence latency max "
+                     f"{_d(s['fence_latency_s']['max'])}; {s['unfence_count']} unfence(s) after reset, recovery max "
+                     f"{_d(s['recovery_s']['max'])}; still fenced at the end: "
+                     f"{', '.join(map(str, s['fenced_at_end'])) or 'none'}.")
+    else:
+        lines.append("No stream was fenced.")
+    h = s["healthy_unmap_latency_s"]
+    lines.append(f"Healthy unmaps: p50 {_d(h['p50'])}, p99 {_d(h['p99'])}, worst stall {_d(s['worst_stall_s'])}; "
+                 f"{s['sync_timeouts']} software CMD_SYNC timeout(s), {s['hw_atc_timeouts']} hardware ATC_INV "
+                 f"timeout(s) ({s['cmdq_errors']} CERROR_ATC_INV_SYNC); CPU lockup {_d(s['lockup_s'])}.")
+    story = _queue_story(samples)
+    if story:
+        lines.append(story)
+    return lines
+
+
+def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
+    """Write ``out_dir/report.md`` (and the PNG plots when there are samples); return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s = summary
+    md: list[str] = [f"# {s['scenario']} · policy {s['policy']} · {s['runtime']} runtime · seed {s['seed']}", ""]
+    status = s["status"]
+    md.append(f"Status: **{status}**; {_d(s['sim_time_s'])} of scenario time; expectations "
+              f"{'all held' if s['ok'] else 'NOT all held'}.")
+    md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples)]
+    top = sc.topology
+    md += ["", "## What the scenario did", "",
+           f"{top.endpoints} ATS endpoints behind {top.smmus} SMMU(s) with {sc.hardware.command_queues} command "
+           f"queue(s) each, {top.domains} domains, {top.cpus} CPUs; {sc.workload.unmaps_per_s:g} unmaps/s, "
+           f"{sc.workload.dma_per_endpoint_per_s:g} DMA/s per endpoint; hardware ATC_INV completion timeout "
+           f"{_d(sc.hardware.atc_inv_completion_timeout)}; policy `{s['policy']}` "
+           f"{s['policy_params'] or ''}.", ""]
+    if sc.chaos:
+        md += ["| step | at | fault | endpoints | until |", "|---|---|---|---|---|"]
+        for i, step in enumerate(sc.chaos):
+            duration = getattr(step, "duration", None)
+            until = _d(float(step.at) + float(duration)) if duration else (
+                "-" if step.fault == "reset" else "end of run")
+            if getattr(step, "repeat", None) is not None or getattr(step, "ramp", None) is not None:
+                until += " (repeated: see the plots)"
+            md.append(f"| {i} | {_d(float(step.at))} | {step.fault} | {_targets(sc, samples, i)} | {until} |")
+    else:
+        md.append("No chaos steps.")
+    md += ["", "## Fences, resets and recovery", ""]
+    if s["fences"]:
+        md += ["| stream | fenced at | fault began | fence latency | verdict |", "|---|---|---|---|---|"]
+        for f in s["fences"]:
+            md.append(f"| {f['sid']} | {_d(f['at_s'])} | {_d(f['fault_start_s'])} | {_d(f['latency_s'])} | "
+                      f"{'culprit' if f['fault_start_s'] is not None else '**healthy device fenced**'} |")
+    else:
+        md.append("No stream was fenced.")
+    if s["unfences"]:
+        md += ["", "| stream | unfenced at | was fenced for | recovery (reset to unfence) |", "|---|---|---|---|"]
+        for f in s["unfences"]:
+            md.append(f"| {f['sid']} | {_d(f['at_s'])} | {_d(f['fenced_s'])} | {_d(f['recovery_s'])} |")
+    if s["resets"]:
+        md += ["", "Resets (FLR): " + "; ".join(
+            f"stream {r['sid']} {'ok' if r['ok'] else 'FAILED'} ({_d(r['started_s'])} to {_d(r['done_s'])})"
+            for r in s["resets"][:20]) + ("; ..." if len(s["resets"]) > 20 else "") + "."]
+    un = s["unmaps"]
+    a = s["affected_unmap_latency_s"]
+    md += ["", "## Stall and cost", "",
+           f"- unmaps completed {un['count']} of {un['arrived']} arrived ({un['incomplete']} still open at the end)",
+           f"- healthy domains: p50 {_d(s['healthy_unmap_latency_s']['p50'])}, p99 "
+           f"{_d(s['healthy_unmap_latency_s']['p99'])}, max {_d(s['healthy_unmap_latency_s']['max'])}",
+           f"- affected domains: p50 {_d(a['p50'])}, p99 {_d(a['p99'])}, max {_d(a['max'])}",
+           f"- translated requests: {s['translated_allowed']} reached memory, {s['translated_blocked']} blocked by a fence",
+           f"- commands per unmap {s['commands_per_unmap'] or 0:.3g}, CMD_SYNCs per unmap {s['syncs_per_unmap'] or 0:.3g}"]
+    if s.get("runtime") == "ray":
+        lost = s.get("lost") or {}
+        sat = (s.get("transport") or {}).get("saturation") or []
+        md += ["", "## Live runtime", "",
+               f"- actors lost: {len(lost.get('actors') or [])}, endpoints lost with them: "
+               f"{len(lost.get('endpoints') or [])}, nodes lost: {len(lost.get('nodes') or [])}",
+               "- transport: " + ("; ".join(map(str, sat)) if sat else "kept up with the scenario (no saturation)")]
+    md += ["", "## Expectations", ""]
+    if s["expectations"]:
+        md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]
+        for e in s["expectations"]:
+            md.append(f"| {e['name']} | {_bound(e['bound'])} | {_obs(e['observed'])} | "
+                      f"{'ok' if e['ok'] else '**VIOLATED**'} |")
+    else:
+        md.append("The scenario sets none.")
+    md += ["", "## Plots", ""]
+    if samples and samples.get("t"):
+        plot_latency(sc, s, samples, out / "latency.png")
+        plot_cmdq(sc, s, samples, out / "cmdq.png")
+        plot_endpoints(sc, s, samples, out / "endpoints.png")
+        md += ["Shaded: chaos steps; red lines: a fence took effect; green dashed: an unfence.", "",
+               "Unmap latency over time (each dot one completed unmap; the black line is the oldest unmap still "
+               "waiting, so a stall shows while it grows):", "", "![unmap latency](latency.png)", "",
+               "Command queues: commands queued, and how long the oldest CMD_SYNC has waited (a wedged queue "
+               "climbs until the device answers, is fenced, or the hardware gives up):", "", "![command queues](cmdq.png)", "",
+               "Endpoints by state, streams fenced, and UAF exposures:", "", "![endpoints](endpoints.png)"]
+    else:
+        md.append("This runtime gave no time series, so there are no time plots.")
+    if s.get("log"):
+        md += ["", "## Driver log (first lines)", "", "```"] + s["log"][:12] + ["```"]
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_samples(out_dir) -> dict | None:
+    """Time series a runtime left in ``out_dir/samples.json`` (the sim runtime passes its sampler instead)."""
+    import json
+
+    path = Path(out_dir) / "samples.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_run_outputs(sc, summary: dict, sampler: RunSampler | None, out_dir, console=None, err_console=None) -> list[Path]:
+    """After summary.json: metrics.om (sim runs), report.md and its plots. A failure here is reported
+    in one line and never changes the run's result."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    try:
+        if sampler is not None:
+            om = sampler.write_openmetrics(out / "metrics.om")
+            if om is not None:
+                written.append(om)
+        samples = sampler.samples() if sampler is not None else load_samples(out)
+        written.append(write_report(sc, summary, samples, out))
+    except Exception as exc:  # noqa: BLE001 - a report must never take the run's result down
+        if err_console is not None:
+            err_console.print(f"warning: the run report was not written: {type(exc).__name__}: {exc}",
+                              highlight=False, soft_wrap=True)
+        return written
+    if console is not None:
+        console.print("report: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    return written

@@ -1,0 +1,198 @@
+"""Scenario format v1: the typed scenario (topology, hardware, policy, workload, chaos, expect).
+
+``Scenario`` validates a whole scenario; a mistake becomes one paragraph through
+``loading.format_validation_error``. Loading files (``extends:``, ``--set``) is ``loading.py``;
+the chaos step models are ``chaos.py``. Nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ats_stress.iommu_actor.policy import PolicyError, validate_params
+from ats_stress.iommu_actor.units import Duration, parse_duration
+
+from .chaos import ChaosStep
+from .fields import MAX_COUNT, Latency, ScenarioError, Strict
+
+__all__ = ["Scenario", "ScenarioError", "EXPECTABLE", "Bound", "Topology", "Hardware", "Workload",
+           "PolicySpec", "Runtime", "Latency", "MAX_COUNT"]
+
+
+class Topology(Strict):
+    smmus: int = Field(1, ge=1, le=256)
+    endpoints: int = Field(256, ge=1, le=1_000_000)
+    domains: int = Field(16, ge=1, le=1_000_000)
+    cpus: int = Field(8, ge=1, le=4096)
+    invalidate_queue_depth: int = Field(32, ge=1, le=32, description="ATS Invalidate Queue Depth (0 encodes 32)")
+    atc_entries: int = Field(512, ge=1, le=MAX_COUNT)
+    endpoints_per_actor: int = Field(64, ge=1, le=100_000)
+    pages_per_domain: int = Field(64, ge=1, le=1 << 20)
+    spare_pages: int = Field(256, ge=0, le=MAX_COUNT, description="free pages beyond the mapped ones")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.domains > self.endpoints:
+            raise ValueError(f"domains ({self.domains}) cannot exceed endpoints ({self.endpoints}): "
+                             "every domain needs at least one endpoint")
+        if self.smmus > self.domains:
+            raise ValueError(f"smmus ({self.smmus}) cannot exceed domains ({self.domains}): "
+                             "every SMMU needs at least one domain")
+        for s in range(self.smmus):
+            eps = (s + 1) * self.endpoints // self.smmus - s * self.endpoints // self.smmus
+            doms = (s + 1) * self.domains // self.smmus - s * self.domains // self.smmus
+            if doms > eps:
+                raise ValueError(f"SMMU {s} would get {doms} domains but only {eps} endpoints; "
+                                 "use fewer domains or more endpoints")
+        return self
+
+
+class Hardware(Strict):
+    atc_inv_completion_timeout: Duration = Field(60.0, gt=0, description="hardware ATC invalidation completion timeout")
+    command_queues: int = Field(1, ge=1, le=4096, description="1: classic CMDQ; more: ECMDQ/CMDQV, one per CPU")
+    link_latency: Duration = Field(1e-6, ge=0, le=1.0, description="one-way PCIe latency (sim runtime)")
+    flr_time: Duration = Field(0.1, gt=0, description="function-level reset duration")
+
+
+class Workload(Strict):
+    unmaps_per_s: float = Field(2000.0, ge=0, le=MAX_COUNT)
+    dma_per_endpoint_per_s: float = Field(50.0, ge=0, le=MAX_COUNT)
+    inv_latency: Latency = Field(default_factory=lambda: Latency(median=5e-6, p99=50e-6))
+
+    @field_validator("unmaps_per_s", "dma_per_endpoint_per_s")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class PolicySpec(BaseModel):
+    """``name`` plus that policy's own parameters (checked against the policy's schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "arm-smmu-v3"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Runtime(Strict):
+    time_scale: float = Field(1.0, gt=0, le=1000, description="ray runtime: wall seconds per scenario second")
+    transport: Literal["stream", "ray"] = Field(
+        "stream", description="ray runtime: how batches travel between actors: 'stream', one TCP connection per "
+        "actor pair set up through Ray, or 'ray', one Ray actor call per batch")
+
+
+# --- expectations ------------------------------------------------------------------------------
+
+#: figure name -> (summary path, is a duration)
+EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
+    "uaf_exposures": (("uaf_exposures",), False),
+    "uaf_reallocated": (("uaf_reallocated",), False),
+    "healthy_unmap_latency_p50": (("healthy_unmap_latency_s", "p50"), True),
+    "healthy_unmap_latency_p99": (("healthy_unmap_latency_s", "p99"), True),
+    "healthy_unmap_latency_max": (("healthy_unmap_latency_s", "max"), True),
+    "unmap_latency_p99": (("unmaps", "latency_s", "p99"), True),
+    "unmap_latency_max": (("unmaps", "latency_s", "max"), True),
+    "unmaps_completed": (("unmaps", "count"), False),
+    "unmaps_incomplete": (("unmaps", "incomplete"), False),
+    "sync_timeouts": (("sync_timeouts",), False),
+    "hw_atc_timeouts": (("hw_atc_timeouts",), False),
+    "fences": (("fence_count",), False),
+    "fenced_healthy": (("fenced_healthy",), False),
+    "unfences": (("unfence_count",), False),
+    "translated_blocked": (("translated_blocked",), False),
+    "fence_latency_max": (("fence_latency_s", "max"), True),
+    "fence_after_sync_max": (("fence_latency_s", "after_sync_max"), True),
+    "recovery_time_max": (("recovery_s", "max"), True),
+    "lockup_s": (("lockup_s",), True),
+    "commands_per_unmap": (("commands_per_unmap",), False),
+    "syncs_per_unmap": (("syncs_per_unmap",), False),
+}
+
+
+def _bound_value(v: Any) -> float:
+    if isinstance(v, str):
+        return parse_duration(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError("a bound is a finite number or a duration such as '50ms'")
+    return float(v)
+
+
+class Bound(Strict):
+    min: Optional[float] = None
+    max: Optional[float] = None
+    at: list[Duration] = Field(default_factory=list, description="also check at these scenario times")
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _value(cls, v):
+        return None if v is None else _bound_value(v)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.min is None and self.max is None:
+            raise ValueError("a bound needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    duration: Duration = Field(gt=0)
+    topology: Topology = Field(default_factory=Topology)
+    hardware: Hardware = Field(default_factory=Hardware)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    workload: Workload = Field(default_factory=Workload)
+    runtime: Runtime = Field(default_factory=Runtime)
+    chaos: list[ChaosStep] = Field(default_factory=list)
+    expect: dict[str, Bound] = Field(default_factory=dict)
+
+    @field_validator("expect")
+    @classmethod
+    def _known_figures(cls, v: dict[str, Bound]) -> dict[str, Bound]:
+        unknown = sorted(set(v) - set(EXPECTABLE))
+        if unknown:
+            raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
+                             f"{', '.join(sorted(EXPECTABLE))}")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_fit(self):
+        top = self.topology
+        for name, bound in self.expect.items():
+            late = [t for t in bound.at if t <= 0 or t >= self.duration]
+            if late:
+                raise ValueError(f"expect.{name}.at: {late[0]:g} s is not inside the run (0 to {self.duration:g} s, exclusive)")
+        for i, step in enumerate(self.chaos):
+            where = f"chaos.{i}"
+            if step.at >= self.duration:
+                raise ValueError(f"{where}.at: {step.at:g} s is not before the end of the run "
+                                 f"(duration {self.duration:g} s)")
+            if step.fault == "storm":
+                if step.smmu is not None and step.smmu >= top.smmus:
+                    raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
+                continue
+            if step.endpoints:
+                bad = [e for e in step.endpoints if e >= top.endpoints]
+                if bad:
+                    raise ValueError(f"{where}.endpoints: no endpoint {bad[0]} (ids are 0..{top.endpoints - 1})")
+            if step.domain is not None and step.domain >= top.domains:
+                raise ValueError(f"{where}.domain: no domain {step.domain} (ids are 0..{top.domains - 1})")
+            if step.smmu is not None and step.smmu >= top.smmus:
+                raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
+            if step.count is not None and step.count > top.endpoints:
+                raise ValueError(f"{where}.count: {step.count} is more than the {top.endpoints} endpoints")
+        try:
+            validate_params(self.policy.name, self.policy.params())
+        except PolicyError as exc:
+            msg = str(exc)
+            raise ValueError(f"policy.name: {msg}" if msg.startswith("unknown policy") else msg) from None
+        return self

@@ -1,0 +1,113 @@
+"""Fencing, the halted queue and recovery for the fence-then-continue state machine (``fence_core``).
+
+A culprit is isolated by an abort STE made effective by CFGI_STE + CMD_SYNC; CERROR_ATC_INV_SYNC
+makes the probe at CONS suspect (and, while the queue is halted, queued ATC_INVs for streams being
+fenced or searched are rewritten into CMD_SYNCs); a successful reset restores the STE.
+"""
+
+from __future__ import annotations
+
+
+
+from ..policy import (
+    AckCmdqError,
+    CmdqError,
+    Note,
+    ResetDevice,
+    ResetDone,
+    ScrubQueuedAtcInv,
+    WriteSte,
+)
+from ..spec import (
+    CERROR_TEXT,
+    STRTAB_STE_0_CFG_ABORT,
+    STRTAB_STE_0_CFG_S1_TRANS,
+    STRTAB_STE_1_EATS_ABT,
+    STRTAB_STE_1_EATS_TRANS,
+)
+from .fence_state import DEAD, FENCED, FENCING, NORMAL, STATE_NAMES, UNFENCING, _Probe
+
+
+class Fencing:
+    """Mixed into ``QuarantineCore``: what happens once a stream is suspected or reset."""
+
+    def _waited_on(self, sid: int) -> bool:
+        """Whether a CMD_SYNC of ours still waits on an ATC_INV for ``sid``: an FLR now would drop
+        that invalidation, and its queue would stay wedged until the hardware timeout."""
+        return any(sid in p.sids for p in self.probes.values() if p.kind in ("inv", "search"))
+
+    def _resets_due(self) -> list:
+        due = [sid for sid in sorted(self.reset_waiting)
+               if self.state.get(sid) != FENCED or not self._waited_on(sid)]
+        for sid in due:
+            self.reset_waiting.discard(sid)
+        return [ResetDevice(sid) for sid in due if self.state.get(sid) == FENCED]
+
+    def _fence(self, now: float, sid: int, cpu: int, issued: float = -1.0) -> list:
+        """Isolate ``sid``; ``issued``: when the CMD_SYNC whose failure named it was issued."""
+        if self.state.get(sid, NORMAL) in (FENCING, FENCED, DEAD):
+            return []
+        self.state[sid] = FENCING
+        actions: list = [Note("culprit", sid, f"ATC invalidation for SID {sid} did not complete: isolating it",
+                              since=issued),
+                         WriteSte(sid, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT)]
+        return actions + self._submit(now, _Probe("fence", -1, cpu, (sid,), False), self._recovery_queue(cpu))
+
+    def _cmdq_error(self, now: float, ev: CmdqError) -> list:
+        actions: list = [Note("log", sid=ev.ite_sid,
+                              text=f"CMDQ error (cons token {ev.token}): {CERROR_TEXT.get(ev.cerror, ev.cerror)}")]
+        self.failed_tokens.add(ev.token)
+        p = self.probes.get(ev.token)
+        named = ev.ite_sid if self.hw_reports_ite_sid else -1
+        if p is not None and p.kind in ("inv", "search") and not p.suspected:
+            p.suspected = True
+            actions += self._suspect(now, p, named)
+        elif named >= 0:
+            actions += self._fence(now, named, p.cpu if p is not None else 0,
+                                   p.armed if p is not None else -1.0)
+        if self.params.scrub_halted_queue:
+            actions += self._scrub(ev.queue)
+        actions.append(AckCmdqError(ev.queue))
+        return actions
+
+    def _scrub(self, queue: int) -> list:
+        """While the queue is halted, neuter the queued ATC_INVs that would only hit the same broken
+        device again, each costing another hardware timeout before the fence or the search gets
+        its turn: those for streams being fenced (the fence answers for every unmap), and those
+        for streams a whole-ATC search submitted after that unmap began is probing (the search, or
+        the fence it ends in, answers for the unmap)."""
+        fencing = {s for s, st in self.state.items() if st in (FENCING, FENCED, DEAD)}
+        searches = [q for q in self.probes.values() if q.kind == "search"]
+        targets: dict[int, frozenset] = {}
+        for p in self.probes.values():
+            if p.queue != queue or p.kind != "inv" or not p.sids:
+                continue
+            job = self.jobs.get(p.job)
+            if job is None:
+                continue
+            covered = set(fencing)
+            for q in searches:
+                if q.seq > job.seq:
+                    covered.update(q.sids)
+            hit = covered.intersection(p.sids)
+            if hit:
+                p.sids = tuple(s for s in p.sids if s not in hit)
+                targets[p.token] = frozenset(hit)
+        return [ScrubQueuedAtcInv(queue, targets)] if targets else []
+
+    def _reset_done(self, now: float, ev: ResetDone) -> list:
+        st = self.state.get(ev.sid, NORMAL)
+        if st not in (FENCED, DEAD):
+            return []
+        if not ev.ok:
+            self.state[ev.sid] = DEAD
+            return [Note("reset_failed", ev.sid, f"SID {ev.sid}: reset failed, stays fenced")]
+        self.state[ev.sid] = UNFENCING
+        actions: list = [WriteSte(ev.sid, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS)]
+        return actions + self._submit(now, _Probe("unfence", -1, 0, (ev.sid,), False), self._recovery_queue(0))
+
+    def stream_states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for st in self.state.values():
+            counts[STATE_NAMES[st]] = counts.get(STATE_NAMES[st], 0) + 1
+        return counts
