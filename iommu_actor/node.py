@@ -175,6 +175,7 @@ class SmmuNode:
         self.latencies_affected: list[float] = []
         self.completion_errors: dict[int, int] = {}
         self.lockup_s = 0.0
+        self.lockup_max_s = 0.0  # the longest one irqs-off spin (one unmap's flush)
         self.notes: dict[str, int] = {}
         self.log: list[str] = []
         self.resets_requested = 0
@@ -345,6 +346,7 @@ class SmmuNode:
         if self.policy.irqs_off_wait:
             end = u.spin_end if u.spin_end >= 0 else now
             self.lockup_s += end - u.started
+            self.lockup_max_s = max(self.lockup_max_s, end - u.started)
         self.oracle.on_unmap_complete(u.tag, u.pa)
         self.free_pages.append(u.pa)  # freed: FIFO reuse, so it goes to whoever maps next
         self._map(d, u.slot)  # the IOVA is mapped again, to a page from the allocator
@@ -409,15 +411,15 @@ class SmmuNode:
                 (affected if self.domains[u.dom].spec.affected else healthy).append(now - u.arrived)
         return healthy, affected
 
+    def open_spins(self, now: float) -> list[float]:
+        """How long each unmap still spinning with interrupts off at ``now`` has spun so far."""
+        if not self.policy.irqs_off_wait:
+            return []
+        return [(u.spin_end if u.spin_end >= 0 else now) - u.started for u in self.cpu_current if u is not None]
+
     def open_spin_s(self, now: float) -> float:
         """Lockup time of the unmaps still spinning at ``now``."""
-        if not self.policy.irqs_off_wait:
-            return 0.0
-        total = 0.0
-        for u in self.cpu_current:
-            if u is not None:
-                total += (u.spin_end if u.spin_end >= 0 else now) - u.started
-        return total
+        return sum(self.open_spins(now))
 
     def sync_count(self) -> int:
         return self.smmu.cmd_counts.get(CMDQ_OP_CMD_SYNC, 0)

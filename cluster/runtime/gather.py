@@ -175,7 +175,8 @@ class Gathering:
 def _empty_node(index: int) -> dict[str, Any]:
     return {"smmu": index, "unmaps_arrived": 0, "unmaps_skipped": 0, "latencies_healthy": [],
             "latencies_affected": [], "open_healthy": [], "open_affected": [], "completion_errors": {},
-            "lockup_s": 0.0, "notes": {}, "log": [], "commands": {}, "events": {}, "hw_atc_timeouts": 0,
+            "lockup_s": 0.0, "lockup_max_s": 0.0, "notes": {}, "log": [], "commands": {}, "events": {},
+            "hw_atc_timeouts": 0,
             "cmdq_errors": 0, "stale_completions": 0, "queue_depths": [], "resets_requested": 0, "messages_in": 0}
 
 

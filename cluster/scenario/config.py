@@ -110,6 +110,7 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "fence_after_sync_max": (("fence_latency_s", "after_sync_max"), True),
     "recovery_time_max": (("recovery_s", "max"), True),
     "lockup_s": (("lockup_s",), True),
+    "lockup_max": (("lockup_max_s",), True),
     "commands_per_unmap": (("commands_per_unmap",), False),
     "syncs_per_unmap": (("syncs_per_unmap",), False),
 }
