@@ -25,6 +25,7 @@ from .app import (
     err_console,
     out_console,
 )
+from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
 
 
 @app.command()
@@ -40,11 +41,15 @@ def run(
     metrics_bind: str = typer.Option("auto", "--metrics-bind", help="ray runtime: where each actor serves /metrics "
                                      "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
                                      "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
     """Run one scenario and write DIR/summary.json."""
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+    _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
+    if runtime == "ray":
+        _refuse_live_plugin(sc.policy.name)
     out_dir = out or _default_out(sc.name, sc.policy.name)
     _sigterm_as_interrupt()
     summary = sampler = None
@@ -116,8 +121,10 @@ def _sim_progress(sc):
 def validate(
     scenario: Path = typer.Argument(..., help="scenario YAML file"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
     """Check a scenario without running it (exit 0 valid, 2 invalid)."""
+    _plugins(policy_file)
     sc = _load(scenario, set_)
     out_console.print(f"{scenario}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
                       f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s", highlight=False)
