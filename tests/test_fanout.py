@@ -51,3 +51,24 @@ def test_a_worker_killed_mid_run_has_its_run_requeued_once(local_ray, tmp_path):
     here = run_compare(sc, names, 2, None, workers=1)  # the marker exists: nobody dies now
     assert len(sharded["runs"]) == 4 and [r["runs"] for r in sharded["rows"]] == [2, 2]
     assert _runs(sharded) == _runs(here)
+
+
+def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_does(local_ray):
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.explore_report import violation_record
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.scenario import scenario_from_dict
+    from test_explore import SMALL
+
+    sc = scenario_from_dict({**SMALL, "explore": {**SMALL["explore"], "faults": ["hang", "slow", "drop"]}})
+    checks = select(sc, ["uaf", "incomplete"])
+    found = []
+    for pool in (Pool(use_ray=True), Pool(1)):
+        with pool:
+            s = run_explore(sc, pool, checks, seed=2, budget=6, shrink_max=1, shrink_runs=40)
+        found.append(([violation_record(v) for v in s.violations], s.explored, pool.use_ray, pool.capacity))
+    (sharded, n1, ray_used, capacity), (serial, n2, _, _) = found
+    assert ray_used and capacity == 2 and n1 == n2 == 6
+    assert {v["property"] for v in serial} == {"uaf", "incomplete"} and any(v["shrunk"] for v in serial)
+    assert sharded == serial

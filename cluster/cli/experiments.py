@@ -122,3 +122,99 @@ def sweep(
                                workers=workers, sources=sources, on_result=lambda r: bar.advance())
     print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point · {runtime} runtime")
     finish(report, "sweep.json")
+
+
+@app.command()
+def explore(
+    scenario: Path = typer.Argument(..., help="scenario YAML file (its topology and workload are kept; the fault "
+                                    "grammar is its explore: section)"),
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, max=1_000_000,
+                                         help="variants to run (default 100, or unbounded with --time)"),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="stop searching and shrinking after this long "
+                                             "(e.g. 10m)"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="explore seed (default: the scenario's seed)"),
+    check: Optional[str] = typer.Option(None, "--check", help="comma-separated properties: uaf, healthy-fenced, "
+                                        "incomplete, lockup, expect, expect.FIGURE (default: all)"),
+    lockup_bound: str = typer.Option("10s", "--lockup-bound", help="lockup: the longest allowed irqs-off spin of "
+                                     "one flush (default 10 s, the hard-lockup detector's watchdog_thresh)"),
+    shrink_runs: int = typer.Option(200, "--shrink-runs", min=1, help="runs allowed to shrink one violation"),
+    shrink_max: int = typer.Option(3, "--shrink-max", min=0, help="violations shrunk per property (the first ones)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for explore.json, minimal-*.yaml and "
+                                       "report.md (default runs/explore-NAME-POLICY)"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Search chaos schedules for violated properties; shrink each to a minimal scenario that `run` reproduces.
+
+    Exit 0 when nothing was violated, 1 when something was, 2 on bad input, 130 when interrupted
+    (what was found so far is written first)."""
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.explore_report import write_outputs
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.plugins import origin
+    from ats_stress.iommu_actor.units import parse_duration
+
+    seconds = bound = None
+    for opt, text in (("--time", time_limit), ("--lockup-bound", lockup_bound)):
+        try:
+            value = None if text is None else parse_duration(text)
+        except ValueError as exc:
+            _fail_input(f"{opt} {text!r}: {exc}.")
+        if value is not None and value <= 0:
+            _fail_input(f"{opt} {text!r}: must be above 0.")
+        seconds, bound = (value, bound) if opt == "--time" else (seconds, value)
+    sources = _plugins(policy_file)
+    sc = _load(scenario, set_, policy)
+    out_dir = out or Path("runs") / f"explore-{sc.name}-{sc.policy.name}".replace(" ", "_")
+    names = None if check is None else [c.strip() for c in check.split(",") if c.strip()]
+    _sigterm_as_interrupt()
+    with fanout_errors():
+        checks = select(sc, names, bound)
+        with Pool(workers, address, sources) as pool, \
+                RunProgress("explore", budget or (None if seconds else 100), quiet,
+                            fields=("violations", "shrink_steps")) as bar:
+            found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed,
+                                budget=budget or (None if seconds else 100), time_limit=seconds,
+                                shrink_runs=shrink_runs, shrink_max=shrink_max, progress=_explore_progress(bar, quiet))
+    plugin_args = [f"--policy-file {src.path}" for src in sources]
+    res, files = write_outputs(found, out_dir, origin(sc.policy.name), plugin_args)
+    print_explore(res)
+    print_written([str(f) for f in files])
+    if res["interrupted"]:
+        err_console.print("interrupted: the files above hold what was found up to then", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(1 if res["violations"] else 0)
+
+
+def _explore_progress(bar: RunProgress, quiet: bool):
+    """The bar's counts, and one line on stderr when a property is first found violated."""
+    seen: set[str] = set()
+
+    def show(s) -> None:
+        bar.update(completed=s.explored, violations=len(s.violations), shrink_steps=s.shrink_steps)
+        for v in s.violations:
+            if v.prop not in seen and not quiet:
+                seen.add(v.prop)
+                err_console.print(f"first {v.prop} violation: variant {v.variant} (seed {v.seed}), "
+                                  f"observed {v.observed}", highlight=False)
+    return show
+
+
+def print_explore(res: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"explore {res['scenario']} · policy {res['policy']} · seed {res['seed']} · "
+                    f"{res['explored']} variant(s), {res['runs']['shrinking']} shrink run(s)", title_justify="left")
+    for col in ("property", "violating", "shrunk", "smallest minimal (steps)"):
+        t.add_column(col)
+    for c in res["checks"]:
+        vs = [v for v in res["violations"] if v["property"] == c["property"]]
+        shrunk = sorted((v for v in vs if v["shrunk"]), key=lambda v: (v["minimal_steps"], v["n"]))
+        best = f"{shrunk[0]['minimal_file']} ({shrunk[0]['minimal_steps']})" if shrunk else "-"
+        t.add_row(c["property"], str(len(vs)), str(len(shrunk)), best)
+    out_console.print(t)

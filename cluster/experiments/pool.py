@@ -120,6 +120,8 @@ class Pool:
                 return []
             key, job = self._local.popleft()
             result = run_job(job, self.sources)
+            if result.get("status") == "interrupted":  # run_sim caught our Ctrl-C: it is ours, not the run's
+                raise KeyboardInterrupt
             self.executed += 1
             return [(key, result)]
         import ray
