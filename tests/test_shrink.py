@@ -79,3 +79,14 @@ def test_a_shrink_budget_cuts_the_search_with_a_violating_scenario():
 def test_a_violation_that_does_not_reproduce_yields_no_minimal():
     chain = shrink(overridden(chaos=[]), 2, 0)
     assert chain.best is None and chain.spent == 1
+
+
+def test_the_example_explore_scenario_is_valid_with_room_for_a_lockup_past_the_threshold():
+    from pathlib import Path
+
+    from ats_stress.cluster.experiments.properties import LOCKUP_BOUND_S
+    from ats_stress.cluster.scenario import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "examples/explore/small.yaml")
+    g = grammar(sc)  # docs/explore.sh runs it under every built-in policy
+    assert g.fault_duration[1] > LOCKUP_BOUND_S and sc.duration - g.settle > g.fault_duration[1]
