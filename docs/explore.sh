@@ -20,21 +20,18 @@ for p in $POLICIES; do
 done
 $PY - $POLICIES <<'PY'
 import json, sys
-from ats_stress.iommu_actor.units import format_duration as d
+from ats_stress.cluster.experiments.explore_report import smallest, step_text
 
 print("| policy | property | violating variants | smallest minimal schedule (steps) | file |")
 print("|---|---|---|---|---|")
 for p in sys.argv[1:]:
     r = json.load(open(f"runs/docs/explore-{p}/explore.json"))
     for c in r["checks"]:
-        vs = [v for v in r["violations"] if v["property"] == c["property"]]
-        best = min((v for v in vs if v["shrunk"]), key=lambda v: (v["minimal_steps"], v["n"]), default=None)
-        steps = "-" if best is None else "; ".join(
-            f"{s['fault']} {s['endpoints']} at {d(s['at'])}" + (f" for {d(s['duration'])}" if "duration" in s else "")
-            + "".join(f", {k} {v}" for k, v in s.items() if k not in ("at", "fault", "endpoints", "duration"))
-            for s in best["minimal"]["chaos"]) + f" ({best['minimal_steps']})"
+        n = sum(v["property"] == c["property"] for v in r["violations"])
+        best = smallest(r, c["property"])
+        steps = "; ".join(step_text(s) for s in best["minimal"]["chaos"]) + f" ({best['minimal_steps']})" if best else "-"
         where = f"runs/docs/explore-{p}/{best['minimal_file']}" if best else "-"
-        print(f"| {p} | {c['property']} | {len(vs)} of {r['explored']} | {steps} | {where} |")
+        print(f"| {p} | {c['property']} | {n} of {r['explored']} | {steps} | {where} |")
 r = json.load(open(f"runs/docs/explore-{sys.argv[1]}/explore.json"))
 print(f"\n{r['budget']} variants of {r['scenario']} per policy, explore seed {r['seed']}, the first violation of each "
       "property shrunk; everything found: runs/docs/explore-POLICY/report.md")

@@ -208,13 +208,15 @@ def _explore_progress(bar: RunProgress, quiet: bool):
 def print_explore(res: dict) -> None:
     from rich.table import Table
 
+    from ats_stress.cluster.experiments.explore_report import smallest
+
     t = Table(title=f"explore {res['scenario']} · policy {res['policy']} · seed {res['seed']} · "
                     f"{res['explored']} variant(s), {res['runs']['shrinking']} shrink run(s)", title_justify="left")
     for col in ("property", "violating", "shrunk", "smallest minimal (steps)"):
         t.add_column(col)
     for c in res["checks"]:
         vs = [v for v in res["violations"] if v["property"] == c["property"]]
-        shrunk = sorted((v for v in vs if v["shrunk"]), key=lambda v: (v["minimal_steps"], v["n"]))
-        best = f"{shrunk[0]['minimal_file']} ({shrunk[0]['minimal_steps']})" if shrunk else "-"
-        t.add_row(c["property"], str(len(vs)), str(len(shrunk)), best)
+        best = smallest(res, c["property"])
+        t.add_row(c["property"], str(len(vs)), str(sum(v["shrunk"] for v in vs)),
+                  f"{best['minimal_file']} ({best['minimal_steps']})" if best else "-")
     out_console.print(t)

@@ -58,7 +58,7 @@ class Search:
 
     @property
     def shrink_steps(self) -> int:
-        return sum(v.chain.round_no for v in self.violations if v.chain)
+        return sum(max(0, v.chain.round_no - 1) for v in self.violations if v.chain)  # round 0 re-runs the violation
 
 
 def base_dict(sc: Scenario) -> dict:

@@ -92,11 +92,18 @@ def write_minimal(path: Path, rec: dict, res: dict) -> None:
     path.write_text("\n".join(head) + "\n" + _yaml(minimal))
 
 
-def _step_text(step: dict) -> str:
+def step_text(step: dict) -> str:
+    """``hang of endpoint(s) [3] at 1.2s for 2s``, then the fault's parameters."""
     extra = {k: v for k, v in step.items() if k not in ("at", "fault", "endpoints", "duration")}
     dur = f" for {format_duration(step['duration'])}" if "duration" in step else ""
     params = "".join(f", {k} {v}" for k, v in extra.items())
     return f"{step['fault']} of endpoint(s) {step.get('endpoints')} at {format_duration(step['at'])}{dur}{params}"
+
+
+def smallest(res: dict, prop: str) -> dict | None:
+    """The shrunk violation of ``prop`` with the fewest chaos steps (the first such), from explore.json."""
+    shrunk = [v for v in res["violations"] if v["property"] == prop and v["shrunk"]]
+    return min(shrunk, key=lambda v: (v["minimal_steps"], v["n"]), default=None)
 
 
 def report_md(res: dict) -> str:
@@ -113,10 +120,10 @@ def report_md(res: dict) -> str:
     md += ["", "| property | holds when | violating variants | shrunk | smallest schedule |", "|---|---|---|---|---|"]
     for c in res["checks"]:
         vs = [v for v in res["violations"] if v["property"] == c["property"]]
-        shrunk = [v for v in vs if v["shrunk"]]
-        best = min(shrunk, key=lambda v: (v["minimal_steps"], v["n"]), default=None)
-        smallest = "; ".join(_step_text(st) for st in best["minimal"]["chaos"]) if best else "-"
-        md.append(f"| {c['property']} | {c['means']} | {len(vs)} of {res['explored']} | {len(shrunk)} | {smallest} |")
+        best = smallest(res, c["property"])
+        schedule = "; ".join(step_text(st) for st in best["minimal"]["chaos"]) if best else "-"
+        md.append(f"| {c['property']} | {c['means']} | {len(vs)} of {res['explored']} | "
+                  f"{sum(v['shrunk'] for v in vs)} | {schedule} |")
     for c in res["checks"]:
         vs = [v for v in res["violations"] if v["property"] == c["property"]]
         if not vs:
@@ -134,7 +141,7 @@ def report_md(res: dict) -> str:
                    f"{v['shrink_runs']} runs{'' if v['shrink_complete'] else ', cut short'}): "
                    f"{format_duration(m['duration'])} run, {top.get('endpoints', 'default')} endpoints, "
                    f"{c['figure']} = {v['minimal_observed']}"]
-            md += [f"  - {_step_text(st)}" for st in m["chaos"]]
+            md += [f"  - {step_text(st)}" for st in m["chaos"]]
             md.append(f"  - reproduce: `ats-stress run {v['minimal_file']}"
                       f"{''.join(' ' + a for a in res['plugin_args'])}`")
     return "\n".join(md) + "\n"
