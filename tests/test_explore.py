@@ -122,3 +122,18 @@ def test_sigterm_mid_search_writes_what_was_found_and_exits_130(tmp_path):
     for rec in report["violations"]:
         if rec.get("minimal_file"):  # cut short or not, a minimal scenario written is one that fails
             reproduces(out, rec)
+
+
+def test_a_time_limit_ends_the_search_and_says_so(tmp_path):
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.explore_report import write_outputs
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.scenario import scenario_from_dict
+
+    sc = scenario_from_dict(SMALL)
+    with Pool(1) as pool:
+        s = run_explore(sc, pool, select(sc, ["uaf"]), seed=1, budget=None, time_limit=0.0)  # already past
+    res, _ = write_outputs(s, tmp_path, "built-in", [])
+    assert res["time_up"] and res["explored"] == 0 and not res["interrupted"]
+    assert "The time limit (0) ended the search." in (tmp_path / "report.md").read_text()

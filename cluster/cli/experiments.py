@@ -157,17 +157,10 @@ def explore(
     from ats_stress.cluster.experiments.pool import Pool
     from ats_stress.cluster.experiments.properties import select
     from ats_stress.cluster.plugins import origin
-    from ats_stress.iommu_actor.units import parse_duration
 
-    seconds = bound = None
-    for opt, text in (("--time", time_limit), ("--lockup-bound", lockup_bound)):
-        try:
-            value = None if text is None else parse_duration(text)
-        except ValueError as exc:
-            _fail_input(f"{opt} {text!r}: {exc}.")
-        if value is not None and value <= 0:
-            _fail_input(f"{opt} {text!r}: must be above 0.")
-        seconds, bound = (value, bound) if opt == "--time" else (seconds, value)
+    seconds = None if time_limit is None else _positive_duration("--time", time_limit)
+    bound = _positive_duration("--lockup-bound", lockup_bound)
+    budget = budget or (None if seconds else 100)
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
     out_dir = out or Path("runs") / f"explore-{sc.name}-{sc.policy.name}".replace(" ", "_")
@@ -176,11 +169,10 @@ def explore(
     with fanout_errors():
         checks = select(sc, names, bound)
         with Pool(workers, address, sources) as pool, \
-                RunProgress("explore", budget or (None if seconds else 100), quiet,
-                            fields=("violations", "shrink_steps")) as bar:
-            found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed,
-                                budget=budget or (None if seconds else 100), time_limit=seconds,
-                                shrink_runs=shrink_runs, shrink_max=shrink_max, progress=_explore_progress(bar, quiet))
+                RunProgress("explore", budget, quiet, fields=("violations", "shrink_steps")) as bar:
+            found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed, budget=budget,
+                                time_limit=seconds, shrink_runs=shrink_runs, shrink_max=shrink_max,
+                                progress=_explore_progress(bar, quiet))
     plugin_args = [f"--policy-file {src.path}" for src in sources]
     res, files = write_outputs(found, out_dir, origin(sc.policy.name), plugin_args)
     print_explore(res)
@@ -189,6 +181,18 @@ def explore(
         err_console.print("interrupted: the files above hold what was found up to then", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(1 if res["violations"] else 0)
+
+
+def _positive_duration(opt: str, text: str) -> float:
+    from ats_stress.iommu_actor.units import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        _fail_input(f"{opt} {text!r}: {exc}.")
+    if value <= 0:
+        _fail_input(f"{opt} {text!r}: must be above 0.")
+    return value
 
 
 def _explore_progress(bar: RunProgress, quiet: bool):

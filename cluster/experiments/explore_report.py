@@ -1,4 +1,4 @@
-"""What ``explore`` writes: ``explore.json``, one ``minimal-<property>-<n>.yaml`` per shrunk violation, ``report.md``."""
+"""What ``explore`` writes: ``explore.json``, a ``minimal-<property>-<n>.yaml`` per shrunk violation, ``report.md``."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def write_minimal(path: Path, rec: dict, res: dict) -> None:
     head = [f"# Found by ats-stress explore on {res['scenario']} under {res['policy']} (explore seed {res['seed']}, "
             f"variant {rec['variant']}):",
             f"# property {rec['property']} ({check['means']}) violated: {check['figure']} = {rec['minimal_observed']}.",
-            f"# Shrunk from {rec['original_steps']} to {rec['minimal_steps']} chaos step(s) in {rec['shrink_runs']} runs"
+            f"# Shrunk from {rec['original_steps']} to {rec['minimal_steps']} chaos step(s) "
+            f"in {rec['shrink_runs']} runs"
             + ("" if rec["shrink_complete"] else " (cut short: a smaller one may exist)") + ".",
             f"# Reproduce: ats-stress run {path.name}{''.join(' ' + a for a in res['plugin_args'])} "
             f"(exits 1 on expect {check['figure']})."]

@@ -111,7 +111,8 @@ def candidates(d: dict, settle: float) -> Iterator[dict]:
         e = top["endpoints"] // 2
         yield _with(d, lambda x: _topology(x, e, min(top["domains"], e), min(top["smmus"], e)))
     if top["domains"] > 1:
-        yield _with(d, lambda x: _topology(x, top["endpoints"], top["domains"] // 2, min(top["smmus"], top["domains"] // 2)))
+        half = top["domains"] // 2
+        yield _with(d, lambda x: _topology(x, top["endpoints"], half, min(top["smmus"], half)))
     if top["smmus"] > 1:
         yield _with(d, lambda x: _topology(x, top["endpoints"], top["domains"], top["smmus"] // 2))
     for i in range(len(chaos)):
