@@ -482,11 +482,13 @@ class SmmuNode:
         try:
             events = self._events
             handle = self.policy.handle
-            while events:
-                for action in handle(self.now, events.popleft()):
-                    self._apply(action)
+            while True:
+                while events:
+                    for action in handle(self.now, events.popleft()):
+                        self._apply(action)
+                self.core.poll()  # ATS disables whose invalidations have drained
                 if not events:
-                    self.core.poll()  # ATS disables whose invalidations have drained
+                    break
         finally:
             self._pumping = False
 

@@ -356,7 +356,9 @@ def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:
     except ValidationError as exc:
         allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
         problems = "; ".join(
-            f"policy.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            f"policy.{'.'.join(str(p) for p in e['loc'])}: "
+            + (f"policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors())
         raise PolicyError(f"{problems} (parameters of policy {name!r}: {allowed})") from None
 
 

@@ -72,6 +72,14 @@ def test_policies_lists_every_policy_with_its_parameters():
     for name in ("arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "fence-on-timeout", "iommu-core"):
         assert name in r.output
     assert "culprit_search" in r.output and "loop_timeout" in r.output
+    assert "version" in r.output and "hypothetical_scrub_halted_queue" in r.output and "inv_timeout" in r.output
+
+
+def test_a_parameter_the_policy_does_not_have_is_exit_2_naming_it_and_the_ones_it_has(tmp_path):
+    sc = write(tmp_path, {**BASE, "policy": {"name": "quarantine", "culprit_search": "bisect"}})
+    r = runner.invoke(app, ["validate", str(sc)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "culprit_search" in r.output and "version" in r.output and "sync_timeout" in r.output
 
 
 def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
