@@ -18,8 +18,13 @@ with an Invalidate Completion for their ITag. Behaviours (switched by chaos at a
     lie       answers on time without dropping the entries (fencing cannot catch it)
     itag_leak never completes invalidations that arrive with one of ``tags`` ITags
     removed   surprise removal: nothing answers, no DMA, config reads fail
-    reset     FLR: ATC emptied, held requests dropped, requests ignored for ``flr_time``;
-              then healthy again, or dead if the reset fails
+    resetting FLR (``MSG_FLR`` from the host's reset path): ATC emptied, held requests dropped,
+              requests ignored for ``flr_time``; then healthy again, or dead if the reset fails
+
+Two config-space bits the host writes: ATS Enable (``MSG_ATS_CTRL``; with it clear the endpoint
+caches no translation and its DMA goes out untranslated, for the SMMU to walk the page table) and
+Bus Master Enable (``MSG_BUS_MASTER``; with it clear the endpoint issues no DMA at all). Both keep
+their value across an FLR (the PCI core saves and restores config space around it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ import random
 from collections import OrderedDict
 
 from .pcie import (
+    FLR_AS_DEVICE,
+    FLR_OK,
+    MSG_ATS_CTRL,
+    MSG_BUS_MASTER,
     MSG_FLR,
     MSG_FLR_DONE,
     MSG_INV_CPL,
@@ -38,6 +47,7 @@ from .pcie import (
     MSG_TRANS_CPL,
     MSG_TRANS_REQ,
     MSG_TRANSLATED,
+    MSG_UNTRANSLATED,
 )
 
 ATC_INV_SIZE_ALL = 52  # same value as iommu_actor.spec; the device side does not import the SMMU
@@ -47,8 +57,9 @@ HEALTHY, SLOW, HANG, FLAP, DROP, LIE, ITAG_LEAK, REMOVED, RESETTING, DEAD = rang
 MODE_NAMES = ("healthy", "slow", "hang", "flap", "drop", "lie", "itag_leak", "removed", "resetting", "dead")
 FAULT_MODES = {"slow": SLOW, "hang": HANG, "flap": FLAP, "drop": DROP, "lie": LIE,
                "itag_leak": ITAG_LEAK, "removed": REMOVED}
-#: faults that the endpoint itself carries out (the rest act on the SMMU side or on Ray)
-ENDPOINT_FAULTS = frozenset(FAULT_MODES) | {"reset"}
+#: faults that the endpoint itself carries out (``reset`` goes through the host's reset path, the
+#: rest act on the SMMU side or on Ray)
+ENDPOINT_FAULTS = frozenset(FAULT_MODES)
 _INACTIVE = (REMOVED, RESETTING, DEAD)
 
 # timer tags
@@ -67,7 +78,7 @@ def lognormal_sigma(median: float, p99: float) -> float:
 class Endpoint:
     __slots__ = ("sid", "asid", "atc", "mode", "step", "pending", "lat_median", "lat_sigma",
                  "drop_p", "leak_tags", "flap_period", "flap_hang", "flap_hung", "recover_on_reset",
-                 "epoch")
+                 "epoch", "ats", "bus_master")
 
     def __init__(self, sid: int, asid: int):
         self.sid = sid
@@ -85,6 +96,8 @@ class Endpoint:
         self.flap_hung = False
         self.recover_on_reset = True
         self.epoch = 0  # bumped by every FLR: work scheduled before it is void
+        self.ats = True  # ATS Control.Enable: translations are cached and DMA goes out translated
+        self.bus_master = True  # Command.Bus Master Enable: the function may issue DMA
 
     @property
     def hung(self) -> bool:
@@ -118,6 +131,8 @@ class EndpointGroup:
         # counters
         self.dma_issued = 0
         self.translated_sent = 0
+        self.untranslated_sent = 0  # DMA with ATS disabled: the SMMU walks the page table
+        self.dma_no_bus_master = 0  # DMA the device would have issued with Bus Master Enable clear
         self.translation_requests = 0
         self.translation_failed = 0
         self.inv_received = 0
@@ -167,9 +182,16 @@ class EndpointGroup:
             elif kind == MSG_TRANS_CPL:
                 self._translation_completion(ep, m[2], m[3], m[4])
             elif kind == MSG_FLR:
-                self._flr(ep, ep.recover_on_reset)
+                outcome = m[2]
+                self._flr(ep, ep.recover_on_reset if outcome == FLR_AS_DEVICE else outcome == FLR_OK)
             elif kind == MSG_PRESENCE_QUERY:
                 self.outbox.append((MSG_PRESENCE, ep.sid, int(ep.present), 0, 0))
+            elif kind == MSG_ATS_CTRL:
+                ep.ats = bool(m[2])
+                if not ep.ats:
+                    ep.atc.clear()  # a function with ATS disabled holds no translation
+            elif kind == MSG_BUS_MASTER:
+                ep.bus_master = bool(m[2])
 
     # --- chaos ---------------------------------------------------------------------------------
 
@@ -177,9 +199,6 @@ class EndpointGroup:
         """Start ``fault`` on endpoint ``sid`` as chaos step ``step`` wants it."""
         self.now = now
         ep = self.by_sid[sid]
-        if fault == "reset":
-            self._flr(ep, bool(params.get("ok", True)))
-            return
         if ep.mode in (RESETTING, DEAD):
             return  # a device in reset or dead cannot take on a new behaviour
         was_hung = ep.hung
@@ -299,8 +318,15 @@ class EndpointGroup:
         ep = self.eps[rng.randrange(len(self.eps))]
         if ep.mode in _INACTIVE:
             return
-        self.dma_issued += 1
         addr = rng.randrange(self.pages)
+        if not ep.bus_master:
+            self.dma_no_bus_master += 1
+            return
+        self.dma_issued += 1
+        if not ep.ats:
+            self.untranslated_sent += 1
+            self.outbox.append((MSG_UNTRANSLATED, ep.sid, addr, 0, 0))
+            return
         entry = ep.atc.get(addr)
         if entry is not None:
             ep.atc.move_to_end(addr)
@@ -311,8 +337,8 @@ class EndpointGroup:
             self.outbox.append((MSG_TRANS_REQ, ep.sid, addr, 0, 0))
 
     def _translation_completion(self, ep: Endpoint, addr: int, pa: int, tag: int) -> None:
-        if ep.mode in _INACTIVE:
-            return
+        if ep.mode in _INACTIVE or not ep.ats or not ep.bus_master:
+            return  # ATS or bus mastering was switched off while the request was out
         if pa < 0:
             self.translation_failed += 1
             return

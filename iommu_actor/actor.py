@@ -83,6 +83,7 @@ class SmmuActor(LiveShell):
             elif kind == MSG_FLR:
                 self.synthesised += 1
                 self._push(now + self.flr_time, (LOCAL, (MSG_FLR_DONE, m[1], 0, now, 0)))
+            # config writes (ATS Enable, Bus Master Enable) to a device that is gone go nowhere
         if dest not in self.lost_sids_groups:
             self.lost_sids_groups.add(dest)
             for sid in self.group_sids.get(dest, ()):
@@ -103,8 +104,18 @@ class SmmuActor(LiveShell):
         self.mark_dead(group)
         return n
 
-    def apply_chaos(self, now: float, action: tuple) -> None:  # no SMMU-side chaos steps yet
-        pass
+    def apply_chaos(self, now: float, action: tuple) -> None:
+        """The host's chaos steps: an invalidation storm, or a reset through the host's reset path."""
+        _, _, phase, fault, sids, params = action
+        node = self.node
+        if fault == "storm":
+            if phase == "start":
+                node.apply_storm(now, params["factor"])
+            else:
+                node.end_storm(now)
+        elif fault == "reset":
+            for sid in sids:
+                node.chaos_reset(now, sid, bool(params.get("ok", True)))
 
     async def progress(self) -> dict[str, Any]:
         self.set_exporter_time(self.last)

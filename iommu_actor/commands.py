@@ -105,6 +105,11 @@ def cmd_tlbi_nh_va(asid: int, addr: int) -> Cmd:
     return build_cmd(CMDQ_OP_TLBI_NH_VA, asid=asid, addr=addr)
 
 
+def cmd_tlbi_nh_asid(asid: int) -> Cmd:
+    """The whole ASID (arm_smmu_tlb_inv_context: a size the range path deems too big)."""
+    return build_cmd(CMDQ_OP_TLBI_NH_ASID, asid=asid)
+
+
 def atc_inv_span(addr: int, npages: int) -> tuple[int, int]:
     """The naturally aligned power-of-two span covering [addr, addr+npages): (base, log2 size).
 

@@ -1,12 +1,18 @@
 """One SMMU with the host software above it, and the recovery policy that drives its queues.
 
 The host software: domains, page tables, the page allocator, the submitting CPUs, the unmap
-workload.
+workload, the flush mode (strict, or dma-iommu's lazy flush queue: ``flushq.py``) and the PCI /
+IOMMU core's reset path (``reset.py``).
 
 Sans-IO, like everything in this package: the runtime calls ``start``, ``on_messages`` and
 ``on_timer`` with the scenario time, then ``drain()`` for the PCIe messages to deliver and the
 timers to arm. Ground truth goes to the oracle object the runtime passes in; the policy only ever
 receives ``iommu_actor.policy`` events.
+
+A CPU runs one job at a time, to the end (the flush path is synchronous and may not sleep): an
+unmap (strict: the driver's iotlb_sync for its range; lazy: queue the IOVA, and flush the domain
+first when this CPU's ring is full) or a lazy flush of a whole domain (the flush queue's timer,
+run on the CPU that armed it). Other work for that CPU waits its turn: that is the healthy stall.
 """
 
 from __future__ import annotations
@@ -16,38 +22,46 @@ from collections import deque
 from dataclasses import dataclass
 
 from ats_stress.device_actors.pcie import (
-    MSG_FLR,
+    FLR_FAILS,
+    FLR_OK,
     MSG_FLR_DONE,
     MSG_INV_CPL,
     MSG_PRESENCE,
     MSG_PRESENCE_QUERY,
     MSG_TRANS_REQ,
     MSG_TRANSLATED,
+    MSG_UNTRANSLATED,
 )
 
+from .flushq import IOVA_DEFAULT_FQ_TIMEOUT, FlushQueue
+from .oracle import BY_POLICY
 from .policy import (
     AckCmdqError,
     CmdqError,
     CompleteUnmap,
+    DisableAts,
     EventRecord,
     Note,
     Policy,
     PresenceReply,
     QueryPresence,
+    ReportBroken,
     ResetDevice,
-    ResetDone,
     ScrubQueuedAtcInv,
+    SetBusMaster,
     SetTimer,
     SmmuRegisters,
     SpinEnd,
     Submit,
     SyncDone,
+    SyncReturned,
     TimerFired,
     UnmapStart,
     WriteSte,
 )
+from .reset import ResetPath
 from .smmu import Smmu
-from .spec import CMDQ_OP_CMD_SYNC, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+from .spec import ATC_INV_SIZE_ALL, CMDQ_OP_CMD_SYNC, EVT_NAMES, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
 from .stats import Histogram
 
 # timer tags: (kind, arg)
@@ -55,9 +69,13 @@ T_ARRIVAL = 0
 T_HW = 1
 T_POLICY = 2
 T_STORM = 3
+T_FQ = 4  # a domain's flush-queue timer
 
-#: Log lines kept per node (the rest are only counted).
+#: Log lines and event records kept per node (the rest are only counted).
 MAX_LOG_LINES = 200
+
+#: job kinds
+UNMAP, FLUSH = 0, 1
 
 
 @dataclass(frozen=True)
@@ -82,17 +100,21 @@ class NodeSpec:
     unmaps_per_s: float
     seed: str
     tag_stride: int = 1  # mapping tags are index + k * tag_stride: unique across nodes
+    flush: str = "strict"  # "strict" or "lazy" (host.flush, resolved against the policy)
 
     @property
     def sids(self) -> tuple[int, ...]:
         return tuple(s for d in self.domains for s in d.sids)
 
 
-class Unmap:
-    __slots__ = ("id", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end")
+class Job:
+    """One CPU's work item: an unmap, or a lazy flush of a whole domain."""
 
-    def __init__(self, uid: int, cpu: int, dom: int, slot: int, arrived: float):
-        self.id = uid
+    __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing")
+
+    def __init__(self, jid: int, kind: int, cpu: int, dom: int, slot: int, arrived: float):
+        self.id = jid
+        self.kind = kind
         self.cpu = cpu
         self.dom = dom
         self.slot = slot
@@ -101,16 +123,18 @@ class Unmap:
         self.arrived = arrived
         self.started = -1.0
         self.spin_end = -1.0
+        self.flushing = False  # a lazy unmap flushing its domain because its CPU's ring is full
 
 
 class _Domain:
-    __slots__ = ("spec", "pt", "mapped", "pos")
+    __slots__ = ("spec", "pt", "mapped", "pos", "fq")
 
-    def __init__(self, spec: DomainSpec, pages: int):
+    def __init__(self, spec: DomainSpec, pages: int, fq: FlushQueue | None):
         self.spec = spec
         self.pt: list = [None] * pages  # IOVA page -> (pa, tag) or None
         self.mapped: list[int] = []  # IOVA pages with a PTE and no unmap pending
         self.pos: dict[int, int] = {}
+        self.fq = fq
 
     def add_mapped(self, slot: int) -> None:
         self.pos[slot] = len(self.mapped)
@@ -143,16 +167,21 @@ class SmmuNode:
         self.stopped = False
         self.storm_factor = 1.0  # an invalidation storm multiplies the unmap rate
         self._storm_gen = 0
+        self.lazy = spec.flush == "lazy"
 
-        self.domains = [_Domain(d, spec.pages_per_domain) for d in spec.domains]
+        self.domains = [_Domain(d, spec.pages_per_domain, FlushQueue(i, spec.cpus) if self.lazy else None)
+                        for i, d in enumerate(spec.domains)]
         self.smmu = Smmu(self, command_queues=spec.command_queues,
                          invalidate_queue_depth=spec.invalidate_queue_depth,
-                         atc_inv_completion_timeout=spec.atc_inv_completion_timeout,
-                         page_tables={d.spec.asid: d.pt for d in self.domains})
+                         atc_inv_completion_timeout=policy.hw_inv_timeout(spec.atc_inv_completion_timeout),
+                         page_tables={d.spec.asid: d.pt for d in self.domains},
+                         inv_timeout_action=policy.inv_timeout_action, fence_waits=policy.fence_waits)
         policy.regs = SmmuRegisters(self.smmu)
         for d in self.domains:
             for sid in d.spec.sids:
                 self.smmu.add_stream(sid, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS, d.spec.asid)
+        self.core = ResetPath(self)
+        self.ste_writer: dict[int, str] = {}  # who wrote each STE last: the policy or the core
 
         self._next_tag = 0
         self._next_pa = 0
@@ -163,10 +192,10 @@ class SmmuNode:
         for _ in range(spec.spare_pages):
             self.free_pages.append(self._new_pa())
 
-        self.cpu_current: list[Unmap | None] = [None] * spec.cpus
-        self.cpu_pending: list[deque[Unmap]] = [deque() for _ in range(spec.cpus)]
-        self.inflight: dict[int, Unmap] = {}
-        self._next_unmap = 0
+        self.cpu_current: list[Job | None] = [None] * spec.cpus
+        self.cpu_pending: list[deque[Job]] = [deque() for _ in range(spec.cpus)]
+        self.inflight: dict[int, Job] = {}
+        self._next_job = 0
 
         # statistics (ground-truth split of healthy/affected is for reporting only)
         self.unmaps_arrived = 0
@@ -174,12 +203,16 @@ class SmmuNode:
         self.latencies_healthy: list[float] = []
         self.latencies_affected: list[float] = []
         self.completion_errors: dict[int, int] = {}
+        self.sync_returns: dict[int, int] = {}
         self.lockup_s = 0.0
-        self.lockup_max_s = 0.0  # the longest one irqs-off spin (one unmap's flush)
+        self.lockup_max_s = 0.0  # the longest one irqs-off spin (one job's flush)
         self.notes: dict[str, int] = {}
         self.log: list[str] = []
-        self.resets_requested = 0
+        self.event_records: list[dict] = []
         self.messages_in = 0
+        self.flushes = 0  # lazy: flushes of a whole domain that completed
+        self.iovas_flushed = 0  # lazy: IOVAs those flushes released
+        self.flush_latencies: list[float] = []
         #: (scenario second, unmap latency, affected) samples for reports, one per completion
         self.latency_trace: list[tuple[float, float, bool]] = []
         #: software-visible unmap duration (arrival to completion), by affected (True) / healthy (False)
@@ -216,6 +249,8 @@ class SmmuNode:
             self.smmu.on_hw_timeout(tag[1], now)
         elif kind == T_POLICY:
             self._events.append(TimerFired(tag[1]))
+        elif kind == T_FQ:
+            self._fq_timer(tag[1])
         self._pump()
 
     def on_messages(self, now: float, batch) -> None:
@@ -230,13 +265,23 @@ class SmmuNode:
                 smmu.inv_completion(m[1], m[2], now)
             elif kind == MSG_TRANS_REQ:
                 smmu.translation_request(m[1], m[2])
+            elif kind == MSG_UNTRANSLATED:
+                smmu.untranslated_request(m[1], m[2])
             elif kind == MSG_FLR_DONE:
-                ok = bool(m[2])
-                self.oracle.on_reset(m[1], ok, m[3], now)
-                self._events.append(ResetDone(m[1], ok, m[3]))
+                self.core.flr_done(m[1], bool(m[2]), m[3])
             elif kind == MSG_PRESENCE:
                 self._events.append(PresenceReply(m[1], bool(m[2])))
         self._pump()
+
+    def chaos_reset(self, now: float, sid: int, ok: bool) -> None:
+        """A chaos ``reset`` step: AER, sysfs or VFIO resetting the device (pci_reset_function)."""
+        self.now = now
+        self.core.reset(sid, FLR_OK if ok else FLR_FAILS)
+        self._pump()
+
+    def post(self, event) -> None:
+        """An event for the policy (from the core), handled at the next pump."""
+        self._events.append(event)
 
     # --- SmmuPorts: what the hardware does to the world ---------------------------------------
 
@@ -247,18 +292,23 @@ class SmmuNode:
         self.timers.append((at, (T_HW, queue)))
 
     def sync_done(self, queue: int, token: int) -> None:
-        self._events.append(SyncDone(queue, token))
+        if self.core.owns(token):
+            self.core.sync_done(token)
+        else:
+            self._events.append(SyncDone(queue, token))
 
     def cmdq_error(self, queue: int, cerror: int, token: int, ite_sid: int) -> None:
         self._events.append(CmdqError(queue, cerror, token,
                                       ite_sid if self.policy.hw_reports_ite_sid else -1))
 
     def event(self, evt_id: int, sid: int, addr: int) -> None:
+        if evt_id in _LOGGED_EVENTS and len(self.event_records) < MAX_LOG_LINES:
+            self.event_records.append({"event": EVT_NAMES.get(evt_id, hex(evt_id)), "sid": sid, "at_s": self.now})
         if self.policy.wants_events:
             self._events.append(EventRecord(evt_id, sid, addr))
 
     def ste_effective(self, sid: int, config: int, eats: int) -> None:
-        self.oracle.on_ste_effective(sid, config, eats, self.now)
+        self.oracle.on_ste_effective(sid, config, eats, self.now, self.ste_writer.get(sid, BY_POLICY))
 
     def memory_access(self, sid: int, addr: int, pa: int, tag: int) -> None:
         self.oracle.on_memory_access(sid, pa, tag, self.now)
@@ -266,7 +316,10 @@ class SmmuNode:
     def blocked(self, sid: int, addr: int, pa: int, tag: int) -> None:
         self.oracle.on_blocked(sid)
 
-    # --- host software -------------------------------------------------------------------------
+    def untranslated(self, sid: int, addr: int, pa: int, tag: int) -> None:
+        self.oracle.on_untranslated(sid, pa)
+
+    # --- host software: pages and the workload ---------------------------------------------------
 
     def _new_pa(self) -> int:
         pa = self._next_pa * self.spec.tag_stride + self.spec.index
@@ -280,6 +333,12 @@ class SmmuNode:
         d.pt[slot] = (pa, tag)
         d.add_mapped(slot)
         self.oracle.on_map(tag, pa)
+
+    def _release(self, d: _Domain, slot: int, pa: int, tag: int) -> None:
+        """The flush covering this IOVA is complete: free the page, map the IOVA again."""
+        self.oracle.on_unmap_complete(tag, pa)
+        self.free_pages.append(pa)  # freed: FIFO reuse, so it goes to whoever maps next
+        self._map(d, slot)  # the IOVA is mapped again, to a page from the allocator
 
     def apply_storm(self, now: float, factor: float) -> None:
         """An invalidation storm begins: unmaps arrive ``factor`` times as often."""
@@ -312,48 +371,109 @@ class SmmuNode:
             self.unmaps_skipped += 1
             return
         slot = d.take_mapped(rng.randrange(len(d.mapped)))
-        u = Unmap(self._next_unmap, cpu, di, slot, self.now)
-        self._next_unmap += 1
-        if self.cpu_current[cpu] is None:
-            self._start_unmap(u)
-        else:
-            self.cpu_pending[cpu].append(u)
+        self._queue_job(Job(self._new_job_id(), UNMAP, cpu, di, slot, self.now))
 
-    def _start_unmap(self, u: Unmap) -> None:
-        d = self.domains[u.dom]
-        u.pa, u.tag = d.pt[u.slot]
-        d.pt[u.slot] = None  # the page-table update: the PTE is gone from now on
-        u.started = self.now
-        self.cpu_current[u.cpu] = u
-        self.inflight[u.id] = u
-        self._events.append(UnmapStart(u.cpu, u.id, d.spec.asid, u.slot, 0, d.spec.sids))
+    def _new_job_id(self) -> int:
+        self._next_job += 1
+        return self._next_job - 1
 
-    def _complete_unmap(self, uid: int, err: int) -> None:
-        u = self.inflight.pop(uid, None)
-        if u is None:
-            raise RuntimeError(f"policy {self.policy.name!r} completed unmap {uid} twice or never started it")
-        now = self.now
-        d = self.domains[u.dom]
-        latency = now - u.arrived
-        if d.spec.affected:
-            self.latencies_affected.append(latency)
+    # --- CPUs and their jobs -------------------------------------------------------------------
+
+    def _queue_job(self, job: Job, first: bool = False) -> None:
+        if self.cpu_current[job.cpu] is None:
+            self._start_job(job)
+        elif first:  # the flush-queue timer runs (softirq) before the next process-context unmap
+            self.cpu_pending[job.cpu].appendleft(job)
         else:
-            self.latencies_healthy.append(latency)
-        self.latency_trace.append((now, latency, d.spec.affected))
-        self.unmap_duration[d.spec.affected].observe(latency)
+            self.cpu_pending[job.cpu].append(job)
+
+    def _flush_sids(self, d: _Domain) -> tuple[int, ...]:
+        """The domain's ATS masters as the driver lists them: not those in the blocking domain."""
+        blocked = self.core.blocked
+        return tuple(s for s in d.spec.sids if s not in blocked) if blocked else d.spec.sids
+
+    def _start_job(self, job: Job) -> None:
+        d = self.domains[job.dom]
+        job.started = self.now
+        self.cpu_current[job.cpu] = job
+        if job.kind == FLUSH:
+            d.fq.timer_on = False  # fq_flush_timeout(): the next unmap arms the timer again
+            self._start_flush(job, d)
+            return
+        job.pa, job.tag = d.pt[job.slot]
+        d.pt[job.slot] = None  # the page-table update: the PTE is gone from now on
+        if not self.lazy:
+            self.inflight[job.id] = job
+            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, 0, self._flush_sids(d)))
+            return
+        # queue_iova(): dma_unmap returns at once unless this CPU's ring is full
+        self.oracle.on_unmap_returned(job.tag)
+        self._free_entries(d, d.fq.free(job.cpu))
+        if d.fq.full(job.cpu):
+            job.flushing = True
+            self._start_flush(job, d)
+            return
+        self._queue_iova(job, d)
+        self._job_done(job)
+
+    def _start_flush(self, job: Job, d: _Domain) -> None:
+        """fq_flush_iotlb(): the driver's flush_iotlb_all for the whole domain."""
+        d.fq.flush_started()
+        self.inflight[job.id] = job
+        self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, self._flush_sids(d),
+                                       full=True))
+
+    def _queue_iova(self, job: Job, d: _Domain) -> None:
+        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag)):
+            self.timers.append((self.now + IOVA_DEFAULT_FQ_TIMEOUT, (T_FQ, job.dom)))
+
+    def _fq_timer(self, dom: int) -> None:
+        d = self.domains[dom]
+        self._queue_job(Job(self._new_job_id(), FLUSH, d.fq.timer_cpu, dom, -1, self.now), first=True)
+
+    def _free_entries(self, d: _Domain, entries: list) -> int:
+        for slot, pa, tag in entries:
+            self._release(d, slot, pa, tag)
+        return len(entries)
+
+    def _complete(self, jid: int, err: int) -> None:
+        """The policy's CompleteUnmap: the driver's flush for job ``jid`` returned ``err``."""
+        job = self.inflight.pop(jid, None)
+        if job is None:
+            raise RuntimeError(f"policy {self.policy.name!r} completed flush {jid} twice or never started it")
         if err:
             self.completion_errors[err] = self.completion_errors.get(err, 0) + 1
-        if self.policy.irqs_off_wait:
-            end = u.spin_end if u.spin_end >= 0 else now
-            self.lockup_s += end - u.started
-            self.lockup_max_s = max(self.lockup_max_s, end - u.started)
-        self.oracle.on_unmap_complete(u.tag, u.pa)
-        self.free_pages.append(u.pa)  # freed: FIFO reuse, so it goes to whoever maps next
-        self._map(d, u.slot)  # the IOVA is mapped again, to a page from the allocator
-        self.cpu_current[u.cpu] = None
-        pending = self.cpu_pending[u.cpu]
+        d = self.domains[job.dom]
+        if job.kind == UNMAP and not self.lazy:
+            self._release(d, job.slot, job.pa, job.tag)
+        else:  # a lazy flush returned: what it covers is freed (this CPU's ring, or all of them)
+            d.fq.flush_finished()
+            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all())
+            self.flushes += 1
+            self.iovas_flushed += freed
+            self.flush_latencies.append(self.now - job.started)
+            if job.kind == UNMAP:
+                self._queue_iova(job, d)
+        self._job_done(job)
+
+    def _job_done(self, job: Job) -> None:
+        now = self.now
+        if self.policy.irqs_off_wait and (job.kind == FLUSH or job.flushing or not self.lazy):
+            spun = (job.spin_end if job.spin_end >= 0 else now) - job.started
+            self.lockup_s += spun
+            self.lockup_max_s = max(self.lockup_max_s, spun)
+        if job.kind == UNMAP:
+            affected = self.domains[job.dom].spec.affected
+            latency = now - job.arrived
+            (self.latencies_affected if affected else self.latencies_healthy).append(latency)
+            self.latency_trace.append((now, latency, affected))
+            self.unmap_duration[affected].observe(latency)
+        self.cpu_current[job.cpu] = None
+        pending = self.cpu_pending[job.cpu]
         if pending:
-            self._start_unmap(pending.popleft())
+            self._start_job(pending.popleft())
+
+    # --- the policy -----------------------------------------------------------------------------
 
     def _pump(self) -> None:
         if self._pumping:
@@ -362,9 +482,13 @@ class SmmuNode:
         try:
             events = self._events
             handle = self.policy.handle
-            while events:
-                for action in handle(self.now, events.popleft()):
-                    self._apply(action)
+            while True:
+                while events:
+                    for action in handle(self.now, events.popleft()):
+                        self._apply(action)
+                self.core.poll()  # ATS disables whose invalidations have drained
+                if not events:
+                    break
         finally:
             self._pumping = False
 
@@ -375,28 +499,36 @@ class SmmuNode:
         elif t is SetTimer:
             self.timers.append((max(a.at, self.now), (T_POLICY, a.token)))
         elif t is CompleteUnmap:
-            self._complete_unmap(a.unmap, a.err)
+            self._complete(a.unmap, a.err)
         elif t is Note:
             self.notes[a.kind] = self.notes.get(a.kind, 0) + 1
             if a.since >= 0:  # the policy's own account of when its verdict's CMD_SYNC was issued
                 self.oracle.on_verdict(a.sid, a.since)
             if a.text and len(self.log) < MAX_LOG_LINES:
                 self.log.append(f"[{self.now:.6f}] smmu{self.spec.index}: {a.text}")
+        elif t is SyncReturned:
+            self.sync_returns[a.code] = self.sync_returns.get(a.code, 0) + 1
         elif t is AckCmdqError:
             self.smmu.ack_cmdq_error(a.queue, self.now)
         elif t is ScrubQueuedAtcInv:
             self.smmu.scrub_atc_inv(a.queue, a.targets)
         elif t is WriteSte:
             self.smmu.write_ste(a.sid, a.config, a.eats)
+            self.ste_writer[a.sid] = BY_POLICY
         elif t is ResetDevice:
-            self.resets_requested += 1
-            self.outbox.append((MSG_FLR, a.sid, 0, 0, 0))
+            self.core.reset(a.sid)
+        elif t is DisableAts:
+            self.core.disable_ats(a.sid)
+        elif t is SetBusMaster:
+            self.core.set_bus_master(a.sid, a.enable)
+        elif t is ReportBroken:
+            self.core.report_broken(a.sid)
         elif t is QueryPresence:
             self.outbox.append((MSG_PRESENCE_QUERY, a.sid, 0, 0, 0))
         elif t is SpinEnd:
-            u = self.cpu_current[a.cpu]
-            if u is not None and u.spin_end < 0:
-                u.spin_end = self.now
+            j = self.cpu_current[a.cpu]
+            if j is not None and j.spin_end < 0:
+                j.spin_end = self.now
         else:
             raise TypeError(f"policy {self.policy.name!r} returned {a!r}, which is not an action")
 
@@ -407,19 +539,29 @@ class SmmuNode:
         healthy, affected = [], []
         for cpu in range(self.spec.cpus):
             cur = self.cpu_current[cpu]
-            for u in ([cur] if cur is not None else []) + list(self.cpu_pending[cpu]):
-                (affected if self.domains[u.dom].spec.affected else healthy).append(now - u.arrived)
+            for j in ([cur] if cur is not None else []) + list(self.cpu_pending[cpu]):
+                if j.kind == UNMAP:
+                    (affected if self.domains[j.dom].spec.affected else healthy).append(now - j.arrived)
         return healthy, affected
 
     def open_spins(self, now: float) -> list[float]:
-        """How long each unmap still spinning with interrupts off at ``now`` has spun so far."""
+        """How long each job still spinning with interrupts off at ``now`` has spun so far."""
         if not self.policy.irqs_off_wait:
             return []
-        return [(u.spin_end if u.spin_end >= 0 else now) - u.started for u in self.cpu_current if u is not None]
+        return [(j.spin_end if j.spin_end >= 0 else now) - j.started for j in self.cpu_current
+                if j is not None and j.started >= 0 and j.id in self.inflight]
 
     def open_spin_s(self, now: float) -> float:
-        """Lockup time of the unmaps still spinning at ``now``."""
+        """Lockup time of the jobs still spinning at ``now``."""
         return sum(self.open_spins(now))
+
+    def pending_iovas(self) -> int:
+        """Lazy mode: IOVAs still waiting in flush queues."""
+        return sum(d.fq.pending() for d in self.domains) if self.lazy else 0
 
     def sync_count(self) -> int:
         return self.smmu.cmd_counts.get(CMDQ_OP_CMD_SYNC, 0)
+
+
+#: event records the node keeps one by one for the summary (the others are only counted)
+_LOGGED_EVENTS = frozenset(k for k, v in EVT_NAMES.items() if v == "IOTLB_INV_TIMEOUT")

@@ -13,7 +13,7 @@ actions from ``handle(now, event)`` and keeps whatever state it needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,10 +30,13 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UnmapStart:
-    """A CPU entered iommu_unmap() -> iotlb_sync for one IOVA range of a domain.
+    """A CPU entered the driver's flush for a domain: iommu_unmap() -> iotlb_sync for one IOVA
+    range (strict mode), or, with ``full``, flush_iotlb_all for the whole domain (the dma-iommu
+    flush queue in lazy mode: TLBI of the ASID, then a size-52 ATC_INV to every ATS master).
 
     ``sids`` are the ATS-enabled masters attached to the domain, as the driver's own lists have
-    them. The flush is done when the policy returns ``CompleteUnmap`` for ``unmap``.
+    them (a device in the blocking domain for a reset is not attached). The flush is done when the
+    policy returns ``CompleteUnmap`` for ``unmap`` (the flush's id).
     """
 
     cpu: int
@@ -42,6 +45,7 @@ class UnmapStart:
     addr: int
     size: int
     sids: tuple[int, ...]
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +88,10 @@ class EventRecord:
 class ResetDone:
     """A function-level reset finished; ``ok`` is whether the function came back.
 
-    Delivered for every reset, whoever started it: the policy's own ``ResetDevice`` or the PCI core
-    on behalf of someone else (the iommu reset_prepare/reset_done hooks).
+    Delivered for every reset, whoever started it (the policy's own ``ResetDevice``, or the PCI
+    core on behalf of AER, sysfs or VFIO), after pci_dev_reset_iommu_done(): on success the core
+    has re-attached the device's domain (ATS enabled, STE restored), which is when the series'
+    ``reset_device_done`` op runs; on failure the device stays in the blocking domain.
     """
 
     sid: int
@@ -156,9 +162,41 @@ class WriteSte:
 
 @dataclass(frozen=True, slots=True)
 class ResetDevice:
-    """Ask the PCI core for a function-level reset of the device behind ``sid``."""
+    """pci_reset_function() on the device behind ``sid``: the PCI core's reset path
+    (pci_dev_reset_iommu_prepare, the FLR, pci_dev_reset_iommu_done), then ``ResetDone``."""
 
     sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisableAts:
+    """pci_disable_ats() on the device behind ``sid``. It takes effect only once no ATC_INV to the
+    device is outstanding in any queue (the arm_smmu_invs rwlock's write side)."""
+
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetBusMaster:
+    """pci_set_master() / pci_clear_master(): with Bus Master Enable clear the device issues no DMA."""
+
+    sid: int
+    enable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReportBroken:
+    """iommu_report_device_broken(): the IOMMU core moves the device to the blocking domain (as
+    pci_dev_reset_iommu_prepare does) until a successful reset's done() moves it back."""
+
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReturned:
+    """What one waited CMD_SYNC returned to the driver (0, -ETIMEDOUT, -EIO): counted per code."""
+
+    code: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +223,11 @@ class Note:
     since: float = -1.0
 
 
-NOTE_KINDS = frozenset({"sync_timeout", "culprit", "reset_failed", "retry", "log", "fence", "unfence"})
+NOTE_KINDS = frozenset({"sync_timeout", "atc_timeout", "culprit", "reset_failed", "retry", "log", "fence",
+                        "unfence"})
 
 Action = Union[Submit, SetTimer, CompleteUnmap, AckCmdqError, ScrubQueuedAtcInv, WriteSte, ResetDevice,
-               QueryPresence, SpinEnd, Note]
+               DisableAts, SetBusMaster, ReportBroken, QueryPresence, SpinEnd, SyncReturned, Note]
 
 
 # --- Policies --------------------------------------------------------------------------------
@@ -223,6 +262,16 @@ class Policy:
     hw_reports_ite_sid: ClassVar[bool] = False
     #: Deliver event-queue records to handle() (most policies ignore them; they are always counted).
     wants_events: ClassVar[bool] = False
+    #: Kconfig's default flush mode for the driver's architecture (host.flush: default): lazy on x86
+    #: (AMD, VT-d: IOMMU_DEFAULT_DMA_LAZY), strict elsewhere (arm64)
+    default_flush: ClassVar[str] = "strict"
+    #: what the IOMMU does when an Invalidate Request times out: "cerror" (SMMUv3
+    #: CERROR_ATC_INV_SYNC, VT-d ITE: the queue halts at the next sync) or "event" (AMD: an
+    #: IOTLB_INV_TIMEOUT event record, the queue goes on)
+    inv_timeout_action: ClassVar[str] = "cerror"
+    #: the driver's sync (CMD_SYNC, COMPLETION_WAIT) holds its queue until it completes; VT-d's wait
+    #: descriptor without the Fence flag does not (the IOMMU fetches on)
+    fence_waits: ClassVar[bool] = True
 
     def __init__(self, params: PolicyParams, hw: HwInfo):
         self.params = params
@@ -237,6 +286,20 @@ class Policy:
         """The command queue a CPU submits to: all on queue 0 with the classic single CMDQ,
         one per CPU (modulo the count) with ECMDQ or CMDQV."""
         return cpu % self.hw.command_queues
+
+    @classmethod
+    def kconfig_flush(cls, params: PolicyParams) -> str:
+        """``host.flush: default`` for this driver: its architecture's Kconfig default."""
+        return cls.default_flush
+
+    def reset_queue(self) -> int:
+        """Where the IOMMU core's STE changes for a reset go (the blocking domain and back)."""
+        return self.queue_of(0)
+
+    def hw_inv_timeout(self, scenario_timeout: float) -> float | None:
+        """The Invalidate Request timeout the driver programs at probe (AMD: CTRL_INV_TO); by
+        default the hardware's own (PCIe Completion Timeout), as the scenario gives it."""
+        return scenario_timeout
 
 
 class SmmuRegisters:
@@ -256,6 +319,10 @@ class SmmuRegisters:
 
     def cmdq_depth(self, queue: int) -> int:
         return self._smmu.queues[queue].depth
+
+    def cmdq_entry_before_cons(self, queue: int):
+        """The queue entry one slot before CONS, as software reads it from queue memory."""
+        return self._smmu.queues[queue].before_cons
 
 
 POLICIES: dict[str, type[Policy]] = {}
@@ -295,7 +362,9 @@ def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:
     except ValidationError as exc:
         allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
         problems = "; ".join(
-            f"policy.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            f"policy.{'.'.join(str(p) for p in e['loc'])}: "
+            + (f"policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors())
         raise PolicyError(f"{problems} (parameters of policy {name!r}: {allowed})") from None
 
 

@@ -14,9 +14,19 @@ Semantics (DOMAIN.md):
 - Each Invalidate Request has a hardware completion timeout. When it expires the request is
   given up (its ITag becomes free), and the next CMD_SYNC of that queue raises GERROR.CMDQ_ERR with
   CERROR_ATC_INV_SYNC, CONS still pointing at the CMD_SYNC, naming no device. The queue is halted
-  until software acknowledges; the CMD_SYNC then re-runs.
+  until software acknowledges; the CMD_SYNC then re-runs. AMD's IOMMU (``INV_TIMEOUT_EVENT``)
+  instead logs an IOTLB_INV_TIMEOUT event naming the DeviceID and goes on: its COMPLETION_WAIT
+  completes. A timeout of None (AMD's CTRL_INV_TO_NONE) never gives up.
+- Untranslated requests (a device with ATS disabled) are translated by the SMMU's own page walk:
+  they reach the page the page table maps now, or fault (F_TRANSLATION); EATS does not matter.
 - A CMD_SYNC covers only its own queue: with several queues (ECMDQ, CMDQV), a wedged queue stalls
   only the CPUs that submit to it.
+- VT-d's invalidation wait descriptor as Linux writes it (Fence flag clear, ``fence_waits=False``)
+  does not stop the fetch: the hardware goes on with the descriptors behind it, and the wait
+  completes once every invalidation before it has. An invalidation that times out raises the
+  Invalidation Time-out Error at once, naming its device (IQER.ITESID); the queue fetches nothing
+  more until software clears it, and the waits still pending behind that invalidation are never
+  completed by the hardware (software aborts and resubmits them).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from .spec import (
     CMDQ_OP_CFGI_STE,
     CMDQ_OP_CMD_SYNC,
     CMDQ_SYNC_0_CS_NONE,
+    EVT_ID_AMD_IOTLB_INV_TO,
     EVT_ID_BAD_ATS_TREQ,
     EVT_ID_TRANSL_FORBIDDEN,
     EVT_ID_TRANSLATION_FAULT,
@@ -49,6 +60,10 @@ INV_OUTSTANDING = 0
 INV_DONE = 1
 INV_TIMED_OUT = 2
 
+#: what the hardware does when an Invalidate Request times out
+INV_TIMEOUT_CERROR = "cerror"  # SMMUv3 CERROR_ATC_INV_SYNC (VT-d ITE): the next CMD_SYNC halts the queue
+INV_TIMEOUT_EVENT = "event"  # AMD: an IOTLB_INV_TIMEOUT event record, the queue goes on
+
 
 class SmmuPorts(Protocol):
     """What the SMMU can do to the world around it."""
@@ -61,6 +76,7 @@ class SmmuPorts(Protocol):
     def ste_effective(self, sid: int, config: int, eats: int) -> None: ...
     def memory_access(self, sid: int, addr: int, pa: int, tag: int) -> None: ...  # reached memory
     def blocked(self, sid: int, addr: int, pa: int, tag: int) -> None: ...
+    def untranslated(self, sid: int, addr: int, pa: int, tag: int) -> None: ...  # pa < 0: faulted or aborted
 
 
 class Ste:
@@ -84,9 +100,10 @@ class Ste:
 class InvRecord:
     """One Invalidate Request in flight: which stream and ITag, which queue, when it was sent."""
 
-    __slots__ = ("sid", "itag", "queue", "sent_at", "state")
+    __slots__ = ("sid", "itag", "queue", "sent_at", "state", "seq")
 
-    def __init__(self, sid: int, itag: int, queue: int, sent_at: float):
+    def __init__(self, sid: int, itag: int, queue: int, sent_at: float, seq: int = 0):
+        self.seq = seq  # issue order within its queue
         self.sid = sid
         self.itag = itag
         self.queue = queue
@@ -98,7 +115,7 @@ class CommandQueue:
     """One in-order command queue (the CMDQ, or one ECMDQ / CMDQV virtual queue)."""
 
     __slots__ = ("index", "cmds", "cons", "prod", "outstanding", "inflight", "failed_sid",
-                 "err", "hw_timer_at", "err_token", "sync_submitted")
+                 "err", "hw_timer_at", "err_token", "sync_submitted", "before_cons", "inv_issued", "waits")
 
     def __init__(self, index: int):
         self.index = index
@@ -113,6 +130,10 @@ class CommandQueue:
         self.err_token = -1
         #: (queue position, submission time) of each CMD_SYNC software queued and not yet retired
         self.sync_submitted: deque[tuple[int, float]] = deque()
+        self.before_cons: Cmd | None = None  # the entry one slot before CONS (consumed last)
+        self.inv_issued = 0  # ATC_INVs issued so far (their InvRecord.seq)
+        #: fence_waits=False: waits fetched and not yet complete: (invalidations before it, token, position)
+        self.waits: deque[tuple[int, int, int]] = deque()
 
     @property
     def depth(self) -> int:
@@ -128,19 +149,25 @@ class Smmu:
     """One SMMUv3: its stream table, its command queue(s) and its ITag pools."""
 
     def __init__(self, ports: SmmuPorts, *, command_queues: int, invalidate_queue_depth: int,
-                 atc_inv_completion_timeout: float, page_tables: dict[int, list]):
+                 atc_inv_completion_timeout: float | None, page_tables: dict[int, list],
+                 inv_timeout_action: str = INV_TIMEOUT_CERROR, fence_waits: bool = True):
         if not 1 <= invalidate_queue_depth <= ATS_MAX_ITAGS:
             raise ValueError(f"invalidate_queue_depth must be 1..{ATS_MAX_ITAGS}")
         self.ports = ports
         self.queues = [CommandQueue(i) for i in range(command_queues)]
         self.depth = invalidate_queue_depth
-        self.hw_timeout = atc_inv_completion_timeout
+        self.hw_timeout = atc_inv_completion_timeout  # None: the hardware never gives up
+        self.inv_timeout_action = inv_timeout_action
+        self.fence_waits = fence_waits  # a CMD_SYNC holds CONS until it completes (False: VT-d FN=0)
         self.page_tables = page_tables  # asid -> list indexed by IOVA page: (pa, tag) or None
         self.ste_mem: dict[int, Ste] = {}  # the stream table in memory, as software wrote it
         self.ste_cache: dict[int, Ste] = {}  # what the SMMU uses (after CFGI_STE)
         self.free_itags: dict[int, list[int]] = {}
         self.itag_holder: dict[int, dict[int, InvRecord]] = {}
         self.tag_waiters: dict[int, set[int]] = {}
+        #: per stream, ATC_INVs submitted and not yet completed or given up (queued or in flight):
+        #: what disabling ATS waits for (the arm_smmu_invs rwlock's readers)
+        self.inv_pending: dict[int, int] = {}
         self.cmd_counts: dict[int, int] = {}
         self.evt_counts: dict[int, int] = {}
         self.hw_atc_timeouts = 0  # invalidations given up by the hardware
@@ -148,6 +175,8 @@ class Smmu:
         self.stale_completions = 0  # Invalidate Completions for no outstanding ITag
         self.translated_allowed = 0
         self.translated_blocked = 0
+        self.untranslated_allowed = 0
+        self.untranslated_faulted = 0  # no PTE (F_TRANSLATION) or an abort STE
         self.scrubbed = 0  # queued ATC_INVs rewritten by software while a queue was halted
         self.sync_duration = Histogram()  # each CMD_SYNC, from submission to retirement
 
@@ -173,10 +202,13 @@ class Smmu:
         q = self.queues[queue]
         counts = self.cmd_counts
         pos = q.prod
+        pending = self.inv_pending
         for c in cmds:
             counts[c.op] = counts.get(c.op, 0) + 1
             if c.op == CMDQ_OP_CMD_SYNC:
                 q.sync_submitted.append((pos, now))
+            elif c.op == CMDQ_OP_ATC_INV:
+                pending[c.sid] = pending.get(c.sid, 0) + 1
             pos += 1
         q.cmds.extend(cmds)
         q.prod += len(cmds)
@@ -212,6 +244,7 @@ class Smmu:
                 sids = targets.get(c.token, frozenset())
             elif c.op == CMDQ_OP_ATC_INV and c.sid in sids:
                 cmds[i] = Cmd(CMDQ_OP_CMD_SYNC, token=-1, cs=CMDQ_SYNC_0_CS_NONE)
+                self.inv_pending[c.sid] -= 1
                 rewritten += 1
         self.scrubbed += rewritten
         return rewritten
@@ -230,14 +263,18 @@ class Smmu:
                 if not tags:
                     self.tag_waiters[sid].add(q.index)  # back-pressure: CONS waits for an ITag
                     return
-                rec = InvRecord(sid, tags.pop(), q.index, now)
+                rec = InvRecord(sid, tags.pop(), q.index, now, q.inv_issued)
+                q.inv_issued += 1
                 self.itag_holder[sid][rec.itag] = rec
                 q.outstanding += 1
                 q.inflight.append(rec)
-                if q.hw_timer_at < 0:
+                if q.hw_timer_at < 0 and self.hw_timeout is not None:
                     q.hw_timer_at = now + self.hw_timeout
                     ports.hw_timer(q.hw_timer_at, q.index)
                 ports.send((MSG_INV_REQ, sid, rec.itag, c.addr, c.size))
+            elif op == CMDQ_OP_CMD_SYNC and not self.fence_waits:
+                q.waits.append((q.inv_issued, c.token, q.cons))  # fetched; the fetch goes on
+                self._complete_waits(q, now)
             elif op == CMDQ_OP_CMD_SYNC:
                 if q.outstanding:
                     return  # CONS stays at the CMD_SYNC
@@ -256,8 +293,19 @@ class Smmu:
                 for sid in self.ste_mem:
                     self._cfgi_ste(sid)
             # TLBI_*: retired at once (the SMMU TLB is not modelled)
-            cmds.popleft()
+            q.before_cons = cmds.popleft()
             q.cons += 1
+
+    def _complete_waits(self, q: CommandQueue, now: float) -> None:
+        """fence_waits=False: complete the waits every invalidation before which has completed."""
+        inflight = q.inflight
+        oldest = inflight[0].seq if inflight else q.inv_issued
+        waits = q.waits
+        while waits and waits[0][0] <= oldest:
+            _, token, pos = waits.popleft()
+            if token >= 0:
+                self.ports.sync_done(q.index, token)
+            self._sync_retired(q, now, pos)
 
     def _unknown_stream(self, sid: int) -> list[int]:
         # An ATC_INV for a StreamID with no STE: real hardware sends it anyway; nobody answers.
@@ -276,6 +324,7 @@ class Smmu:
 
     def _release_itag(self, rec: InvRecord, now: float) -> None:
         sid = rec.sid
+        self.inv_pending[sid] -= 1
         del self.itag_holder[sid][rec.itag]
         self.free_itags[sid].append(rec.itag)
         waiters = self.tag_waiters[sid]
@@ -299,6 +348,8 @@ class Smmu:
         while inflight and inflight[0].state != INV_OUTSTANDING:
             inflight.popleft()
         self._release_itag(rec, now)
+        if q.waits:
+            self._complete_waits(q, now)
         self._advance(q, now)
 
     def on_hw_timeout(self, queue: int, now: float) -> None:
@@ -318,7 +369,11 @@ class Smmu:
             inflight.popleft()
             rec.state = INV_TIMED_OUT
             q.outstanding -= 1
-            if q.failed_sid < 0:
+            if self.inv_timeout_action == INV_TIMEOUT_EVENT:
+                self._event(EVT_ID_AMD_IOTLB_INV_TO, rec.sid, 0)  # logged; the queue goes on
+            elif not self.fence_waits:
+                self._ite(q, rec)
+            elif q.failed_sid < 0:
                 q.failed_sid = rec.sid
             self.hw_atc_timeouts += 1
             expired.append(rec)
@@ -328,6 +383,15 @@ class Smmu:
         for rec in expired:
             self._release_itag(rec, now)
         self._advance(q, now)
+
+    def _ite(self, q: CommandQueue, rec: InvRecord) -> None:
+        """VT-d Invalidation Time-out Error: the waits behind ``rec`` are never completed, the queue
+        fetches nothing more until software clears the error; it names ``rec``'s device."""
+        q.waits = deque(w for w in q.waits if w[0] <= rec.seq)
+        if q.err == CMDQ_ERR_CERROR_NONE_IDX:
+            q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
+            self.cmdq_errors += 1
+            self.ports.cmdq_error(q.index, q.err, -1, rec.sid)
 
     # --- the device side ---------------------------------------------------------------------
 
@@ -359,6 +423,23 @@ class Smmu:
             self._event(EVT_ID_TRANSL_FORBIDDEN, sid, addr)
         self.ports.blocked(sid, addr, pa, tag)
 
+    def untranslated_request(self, sid: int, addr: int) -> None:
+        """An untranslated request (AT = 0b00): the SMMU walks the stream's page table itself."""
+        ste = self.ste_cache.get(sid)
+        if ste is None or ste.config != STRTAB_STE_0_CFG_S1_TRANS:
+            self.untranslated_faulted += 1  # abort (the blocking domain): terminated, no event
+            self.ports.untranslated(sid, addr, -1, -1)
+            return
+        pt = self.page_tables[ste.asid]
+        pte = pt[addr] if 0 <= addr < len(pt) else None
+        if pte is None:
+            self.untranslated_faulted += 1
+            self._event(EVT_ID_TRANSLATION_FAULT, sid, addr)
+            self.ports.untranslated(sid, addr, -1, -1)
+            return
+        self.untranslated_allowed += 1
+        self.ports.untranslated(sid, addr, pte[0], pte[1])
+
     def _event(self, evt_id: int, sid: int, addr: int) -> None:
         self.evt_counts[evt_id] = self.evt_counts.get(evt_id, 0) + 1
         self.ports.event(evt_id, sid, addr)
@@ -366,13 +447,14 @@ class Smmu:
     def queue_depths(self) -> list[int]:
         return [q.depth for q in self.queues]
 
-    def _sync_retired(self, q: CommandQueue, now: float) -> None:
-        """The CMD_SYNC at CONS completed: observe its duration from submission (one that software
-        rewrote into the queue while it was halted has no submission record and is not observed)."""
+    def _sync_retired(self, q: CommandQueue, now: float, pos: int = -1) -> None:
+        """The CMD_SYNC at CONS (or at ``pos``) completed: observe its duration from submission (one
+        that software rewrote into the queue while it was halted has no submission record)."""
+        pos = q.cons if pos < 0 else pos
         subs = q.sync_submitted
-        while subs and subs[0][0] < q.cons:
+        while subs and subs[0][0] < pos:
             subs.popleft()
-        if subs and subs[0][0] == q.cons:
+        if subs and subs[0][0] == pos:
             self.sync_duration.observe(now - subs.popleft()[1])
 
     def oldest_sync_age(self, now: float) -> float:

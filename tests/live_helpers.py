@@ -11,13 +11,13 @@ from pathlib import Path
 from helpers import scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]
+POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "fence-on-timeout", "iommu-core"]
 
 
 def hang_scenario(policy: str, *, time_scale: float = 0.4, endpoints: int = 16, per_actor: int = 8,
                   chaos: list | None = None, duration: float = 8):
     params = {"name": policy}
-    if policy in ("quarantine", "iommu-core"):
+    if policy in ("fence-on-timeout", "iommu-core"):
         params["culprit_search"] = "per-device-batches"
     return scenario(
         duration=duration,

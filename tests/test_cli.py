@@ -47,7 +47,7 @@ def test_policy_and_seed_options_override_the_scenario(tmp_path):
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert (s["policy"], s["seed"], s["sim_time_s"]) == ("quarantine", 9, 3.0)
     assert s["policy_params"]["sync_timeout"] == 2.0  # a parameter both policies have is kept
-    assert s["policy_params"]["culprit_search"] == "bisect"  # the rest are the new policy's defaults
+    assert s["policy_params"]["version"] == "v4"  # the rest are the new policy's defaults
 
 
 def test_unknown_policy_is_bad_input_exit_2_with_one_paragraph(tmp_path):
@@ -70,15 +70,23 @@ def test_validate_exits_0_on_a_valid_file_and_2_naming_file_and_field_otherwise(
 def test_policies_lists_every_policy_with_its_parameters():
     r = runner.invoke(app, ["policies"])
     assert r.exit_code == 0
-    for name in ("arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"):
+    for name in ("arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "fence-on-timeout", "iommu-core"):
         assert name in r.output
     assert "culprit_search" in r.output and "loop_timeout" in r.output
+    assert "version" in r.output and "hypothetical_scrub_halted_queue" in r.output and "inv_timeout" in r.output
+
+
+def test_a_parameter_the_policy_does_not_have_is_exit_2_naming_it_and_the_ones_it_has(tmp_path):
+    sc = write(tmp_path, {**BASE, "policy": {"name": "quarantine", "culprit_search": "bisect"}})
+    r = runner.invoke(app, ["validate", str(sc)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "culprit_search" in r.output and "version" in r.output and "sync_timeout" in r.output
 
 
 def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
     data = {**BASE, "duration": 6, "chaos": [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 4}]}
     out = tmp_path / "cmp"
-    r = runner.invoke(app, ["compare", str(write(tmp_path, data)), "--policies", "arm-smmu-v3,quarantine",
+    r = runner.invoke(app, ["compare", str(write(tmp_path, data)), "--policies", "arm-smmu-v3,fence-on-timeout",
                             "--seeds", "2", "--out", str(out), "--workers", "1"])
     assert r.exit_code == 0, r.output
     written = r.output[r.output.index("written:"):].split()[1:]
@@ -86,10 +94,10 @@ def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
                                               "compare-endpoints.png")]
     assert all(Path(f).stat().st_size > 0 for f in written)
     report = json.loads((out / "compare.json").read_text())
-    assert [row["policy"] for row in report["rows"]] == ["arm-smmu-v3", "quarantine"]
+    assert [row["policy"] for row in report["rows"]] == ["arm-smmu-v3", "fence-on-timeout"]
     assert len(report["runs"]) == 4
     by = {row["policy"]: row for row in report["rows"]}
-    assert by["arm-smmu-v3"]["uaf_exposures"] > 0 and by["quarantine"]["uaf_exposures"] == 0
+    assert by["arm-smmu-v3"]["uaf_exposures"] > 0 and by["fence-on-timeout"]["uaf_exposures"] == 0
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "arm-smmu-v3" in r.output and "UAF" in r.output
 

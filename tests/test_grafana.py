@@ -33,7 +33,7 @@ def dashboard() -> dict:
 def exported_names() -> set[str]:
     """Every sample name the exporters produce, scraped all through a small run with a hang and a fence."""
     names: set[str] = set()
-    sc = scenario(duration=6, policy={"name": "quarantine", "culprit_search": "per-device-batches"},
+    sc = scenario(duration=6, policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches"},
                   hardware={"atc_inv_completion_timeout": 60, "command_queues": 4},
                   chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 4}])
 

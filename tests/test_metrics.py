@@ -29,8 +29,8 @@ from ats_stress.iommu_actor.stats import DURATION_BUCKETS, Histogram
 
 
 def fence_run(**over):
-    """A small quarantine run with a hang on endpoint 5 that gets fenced; returns (scenario, world, summary)."""
-    sc = scenario(duration=8, policy={"name": "quarantine", "culprit_search": "per-device-batches"},
+    """A small fence-on-timeout run with a hang on endpoint 5 that gets fenced; returns (scenario, world, summary)."""
+    sc = scenario(duration=8, policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches"},
                   hardware={"atc_inv_completion_timeout": 60, "command_queues": 4}, chaos=HANG_5, **over)
     seen = {}
     summary = run_sim(sc, sample=lambda t, w: seen.setdefault("w", w))
@@ -127,7 +127,7 @@ def test_smmu_exporter_metrics_names_units_and_labels(world):
             assert name.endswith("_total")
     for n, labels, _ in got:
         assert {"run", "scenario", "policy", "smmu"} <= set(labels), n
-        assert labels["run"] == "run-1" and labels["policy"] == "quarantine"
+        assert labels["run"] == "run-1" and labels["policy"] == "fence-on-timeout"
         assert not ({"sid", "endpoint", "stream"} & set(labels)), f"{n} has a per-endpoint label"
         if n.endswith("_seconds") or "_seconds_" in n:
             pass  # base unit: seconds

@@ -150,9 +150,9 @@ def test_alert_rules_unit_tests_pass():
 
 
 def small_fence_scenario(duration: float = 10.0, **over):
-    """Hang on endpoint 5 at 2 s for 5 s under quarantine with spare queues: fenced at ~3 s,
+    """Hang on endpoint 5 at 2 s for 5 s under fence-on-timeout with spare queues: fenced at ~3 s,
     reset and unfenced ~2 s later; a second endpoint goes slow."""
-    return scenario(duration=duration, policy={"name": "quarantine", "culprit_search": "per-device-batches",
+    return scenario(duration=duration, policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches",
                                                "reset_delay": 2.0},
                     hardware={"atc_inv_completion_timeout": 60, "command_queues": 4},
                     chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 5},
@@ -326,7 +326,7 @@ def test_live_ray_run_scraped_through_the_drivers_file_sd_answers_every_dashboar
                   hardware={"atc_inv_completion_timeout": 60, "command_queues": 3},
                   workload={"unmaps_per_s": 20, "dma_per_endpoint_per_s": 40,
                             "inv_latency": {"median": "5us", "p99": "50us"}},
-                  policy={"name": "quarantine", "culprit_search": "per-device-batches", "reset_delay": 3.0},
+                  policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches", "reset_delay": 3.0},
                   chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 6},
                          {"at": 1, "fault": "slow", "endpoints": [9], "duration": 9,
                           "latency": {"median": "2ms", "p99": "20ms"}}],

@@ -76,7 +76,7 @@ def test_kill_node_removes_a_worker_and_the_run_goes_on(cluster, tmp_path):
     kill, killed = _killer(cluster)
     chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
              {"at": 2, "fault": "kill_node", "endpoints": [20]}]
-    sc = hang_scenario("quarantine", endpoints=32, chaos=chaos, duration=5)
+    sc = hang_scenario("fence-on-timeout", endpoints=32, chaos=chaos, duration=5)
     s = run_ray(sc, quiet=True, out_dir=tmp_path, node_killer=kill)
     assert s["status"] == "complete"
     assert json.loads((tmp_path / "summary.json").read_text())["lost"] == s["lost"]

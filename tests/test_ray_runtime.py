@@ -82,7 +82,7 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
 def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
     from ats_stress.cluster.runtime.ray_runtime import run_ray
 
-    sc = hang_scenario("quarantine")
+    sc = hang_scenario("fence-on-timeout")
     sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"transport": "ray"})})
     live = run_ray(sc, quiet=True)
     assert live["status"] == "complete"
@@ -100,7 +100,7 @@ def test_kill_actor_mid_run(local_ray, tmp_path, transport):
 
     chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
              {"at": 2, "fault": "kill_actor", "endpoints": [9]}]
-    sc = hang_scenario("quarantine", chaos=chaos, duration=5)
+    sc = hang_scenario("fence-on-timeout", chaos=chaos, duration=5)
     sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"transport": transport})})
     s = run_ray(sc, quiet=True, out_dir=tmp_path)
     assert s["status"] == "complete"
@@ -250,7 +250,7 @@ def test_cluster_configs_parse():
 def test_sweep_on_the_ray_runtime_runs_each_point_live(local_ray, tmp_path):
     from ats_stress.cluster.experiments.sweep import run_sweep
 
-    sc = hang_scenario("quarantine", duration=4, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2}])
+    sc = hang_scenario("fence-on-timeout", duration=4, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2}])
     report = run_sweep(sc, ["policy.culprit_search=bisect,per-device-batches"], 1, tmp_path, runtime="ray")
     assert report["runtime"] == "ray" and [r["runtime"] for r in report["runs"]] == ["ray", "ray"]
     rows = {r["point"]["policy.culprit_search"]: r for r in report["rows"]}
@@ -263,7 +263,7 @@ def test_sweep_on_the_ray_runtime_runs_each_point_live(local_ray, tmp_path):
 def test_expect_at_is_checked_during_a_live_run(local_ray, tmp_path):
     from ats_stress.cluster.runtime.ray_runtime import run_ray
 
-    sc = hang_scenario("quarantine", duration=4, chaos=[])
+    sc = hang_scenario("fence-on-timeout", duration=4, chaos=[])
     data = sc.model_dump(mode="python")
     data["expect"] = {"uaf_exposures": {"max": 0, "at": [2.0]}, "unmaps_completed": {"min": 1, "at": [1.0]}}
     from ats_stress.cluster.scenario import scenario_from_dict

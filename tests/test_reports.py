@@ -25,7 +25,7 @@ def sampled(sc):
 
 
 def fence_scenario():
-    return scenario(duration=8, policy={"name": "quarantine", "culprit_search": "per-device-batches",
+    return scenario(duration=8, policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches",
                                         "reset_delay": 1.0},
                     hardware={"atc_inv_completion_timeout": 60, "command_queues": 4}, chaos=HANG_5,
                     expect={"uaf_exposures": {"max": 0}, "fenced_healthy": {"max": 0}})

@@ -7,12 +7,12 @@ import pytest
 from ats_stress.cluster.results.summary import deterministic_view
 from helpers import HANG_5, run
 
-POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]
+POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "fence-on-timeout", "iommu-core"]
 
 
 def test_same_scenario_and_seed_give_a_byte_identical_summary_apart_from_wall_time():
-    a = run(chaos=HANG_5, policy={"name": "quarantine"}, hardware={"command_queues": 5})
-    b = run(chaos=HANG_5, policy={"name": "quarantine"}, hardware={"command_queues": 5})
+    a = run(chaos=HANG_5, policy={"name": "fence-on-timeout"}, hardware={"command_queues": 5})
+    b = run(chaos=HANG_5, policy={"name": "fence-on-timeout"}, hardware={"command_queues": 5})
     assert json.dumps(deterministic_view(a), sort_keys=True) == json.dumps(deterministic_view(b), sort_keys=True)
     assert a["events"] > 10_000
 

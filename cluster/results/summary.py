@@ -45,6 +45,7 @@ def node_stats(node, now: float) -> dict[str, Any]:
         "open_healthy": open_h,
         "open_affected": open_a,
         "completion_errors": {str(k): v for k, v in sorted(node.completion_errors.items())},
+        "sync_returns": {str(k): v for k, v in sorted(node.sync_returns.items())},
         "lockup_s": node.lockup_s + node.open_spin_s(now),
         "lockup_max_s": max([node.lockup_max_s] + node.open_spins(now)),
         "notes": dict(sorted(node.notes.items())),
@@ -55,7 +56,14 @@ def node_stats(node, now: float) -> dict[str, Any]:
         "cmdq_errors": smmu.cmdq_errors,
         "stale_completions": smmu.stale_completions,
         "queue_depths": smmu.queue_depths(),
-        "resets_requested": node.resets_requested,
+        "resets_requested": node.core.requested,
+        "ats_disables_deferred": node.core.deferred_ats_disables,
+        "event_records": list(node.event_records),
+        "flush_mode": node.spec.flush,
+        "flushes": node.flushes,
+        "iovas_flushed": node.iovas_flushed,
+        "flush_latencies": node.flush_latencies,
+        "iovas_pending": node.pending_iovas(),
         "messages_in": node.messages_in,
     }
 
@@ -66,8 +74,12 @@ def oracle_stats(oracle) -> dict[str, Any]:
         "uaf_reallocated": oracle.uaf_reallocated,
         "uaf_by_sid": {str(k): v for k, v in sorted(oracle.uaf_by_sid.items())},
         "first_uaf_s": oracle.first_uaf_at,
+        "lazy_window_dma": oracle.lazy_window_dma,
         "translated_allowed": oracle.translated_allowed,
         "translated_blocked": oracle.translated_blocked,
+        "untranslated_allowed": oracle.untranslated_allowed,
+        "untranslated_faulted": oracle.untranslated_faulted,
+        "reset_blocks": oracle.reset_blocks,
         "fences": list(oracle.fences),
         "unfences": list(oracle.unfences),
         "fenced_healthy": oracle.fenced_healthy,
@@ -76,8 +88,8 @@ def oracle_stats(oracle) -> dict[str, Any]:
     }
 
 
-GROUP_COUNTERS = ("dma_issued", "translated_sent", "translation_requests", "translation_failed",
-                  "inv_received", "inv_answered", "inv_lost", "inv_ignored")
+GROUP_COUNTERS = ("dma_issued", "translated_sent", "untranslated_sent", "dma_no_bus_master", "translation_requests",
+                  "translation_failed", "inv_received", "inv_answered", "inv_lost", "inv_ignored")
 
 
 def group_stats(group) -> dict[str, Any]:
@@ -122,6 +134,8 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     recovery = [f["recovery_s"] for f in unfences if f["recovery_s"] is not None]
     healthy_stats = latency_stats(healthy + open_h)
     first_uaf = [o["first_uaf_s"] for o in oracles if o["first_uaf_s"] is not None]
+    flushes = _sum(nodes, "flushes")
+    flush_lat = [x for n in nodes for x in n.get("flush_latencies", [])]
     summary: dict[str, Any] = {
         "scenario": sc.name,
         "policy": sc.policy.name,
@@ -132,6 +146,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "endpoints": sc.topology.endpoints,
         "smmus": sc.topology.smmus,
         "command_queues": sc.hardware.command_queues,
+        "hardware": sc.hardware.model_dump(mode="json"),
         "sim_time_s": sim_time,
         "wall": {"time_s": wall_time, "events_per_s": events / wall_time if wall_time > 0 else None},
         "events": events,
@@ -166,13 +181,28 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "uaf_reallocated": _sum(oracles, "uaf_reallocated"),
         "uaf_by_sid": _merge_counts(o["uaf_by_sid"] for o in oracles),
         "first_uaf_s": min(first_uaf) if first_uaf else None,
+        "lazy_window_dma": _sum(oracles, "lazy_window_dma"),
         "translated_allowed": _sum(oracles, "translated_allowed"),
         "translated_blocked": _sum(oracles, "translated_blocked"),
+        "untranslated_allowed": _sum(oracles, "untranslated_allowed"),
+        "untranslated_faulted": _sum(oracles, "untranslated_faulted"),
         "lockup_s": sum(n["lockup_s"] for n in nodes),
         "lockup_max_s": max((n.get("lockup_max_s", 0.0) for n in nodes), default=0.0),
         "commands_per_unmap": total_cmds / completed if completed else None,
         "syncs_per_unmap": syncs / completed if completed else None,
         "completion_errors": _merge_counts(n["completion_errors"] for n in nodes),
+        # what each waited CMD_SYNC (or COMPLETION_WAIT, wait descriptor) returned, per code
+        "sync_returns": _merge_counts(n.get("sync_returns", {}) for n in nodes),
+        "flush": {"mode": nodes[0].get("flush_mode", "strict") if nodes else sc.flush_mode(),
+                  "flushes": flushes,
+                  "iovas_per_flush": _sum(nodes, "iovas_flushed") / flushes if flushes else None,
+                  "latency_s": latency_stats(flush_lat),
+                  "iovas_pending_at_end": _sum(nodes, "iovas_pending")},
+        "resets_requested": _sum(nodes, "resets_requested"),
+        "reset_blocks": _sum(oracles, "reset_blocks"),
+        "ats_disables_deferred": _sum(nodes, "ats_disables_deferred"),
+        "event_records": sorted((r for n in nodes for r in n.get("event_records", [])),
+                                key=lambda r: (r["at_s"], r["sid"]))[:200],
         "notes": notes,
         "smmu_events": _merge_counts(n["events"] for n in nodes),
         "invalidations": {
@@ -183,8 +213,8 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
             "ignored": _sum(groups, "inv_ignored"),
             "stale_completions": _sum(nodes, "stale_completions"),
         },
-        "dma": {k: _sum(groups, k) for k in ("dma_issued", "translated_sent", "translation_requests",
-                                             "translation_failed")},
+        "dma": {k: _sum(groups, k) for k in ("dma_issued", "translated_sent", "untranslated_sent",
+                                             "dma_no_bus_master", "translation_requests", "translation_failed")},
         "endpoints_by_state": _merge_counts(g["modes"] for g in groups),
         "log": [line for n in nodes for line in n["log"]][:200],
     }

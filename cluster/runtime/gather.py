@@ -176,13 +176,15 @@ def _empty_node(index: int) -> dict[str, Any]:
     return {"smmu": index, "unmaps_arrived": 0, "unmaps_skipped": 0, "latencies_healthy": [],
             "latencies_affected": [], "open_healthy": [], "open_affected": [], "completion_errors": {},
             "lockup_s": 0.0, "lockup_max_s": 0.0, "notes": {}, "log": [], "commands": {}, "events": {},
-            "hw_atc_timeouts": 0,
+            "hw_atc_timeouts": 0, "sync_returns": {}, "event_records": [], "flushes": 0, "iovas_flushed": 0,
+            "flush_latencies": [], "iovas_pending": 0, "ats_disables_deferred": 0,
             "cmdq_errors": 0, "stale_completions": 0, "queue_depths": [], "resets_requested": 0, "messages_in": 0}
 
 
 def _empty_oracle() -> dict[str, Any]:
-    return {"uaf_exposures": 0, "uaf_reallocated": 0, "uaf_by_sid": {}, "first_uaf_s": None,
-            "translated_allowed": 0, "translated_blocked": 0, "fences": [], "unfences": [],
+    return {"uaf_exposures": 0, "uaf_reallocated": 0, "uaf_by_sid": {}, "first_uaf_s": None, "lazy_window_dma": 0,
+            "translated_allowed": 0, "translated_blocked": 0, "untranslated_allowed": 0,
+            "untranslated_faulted": 0, "reset_blocks": 0, "fences": [], "unfences": [],
             "fenced_healthy": 0, "fenced_now": [], "resets": []}
 
 

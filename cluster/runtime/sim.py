@@ -172,6 +172,12 @@ class SimWorld:
                     self.nodes[n].end_storm(t)
                 self._flush_node(n)
             return
+        if action.fault == "reset":  # AER, sysfs or VFIO: the host's reset path (pci_reset_function)
+            for sid in action.sids:
+                n = self.sid_node[sid]
+                self.nodes[n].chaos_reset(t, sid, bool(action.params.get("ok", True)))
+                self._flush_node(n)
+            return
         touched = set()
         for sid in action.sids:
             g = self.sid_group[sid]

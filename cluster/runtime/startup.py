@@ -263,13 +263,23 @@ class Startup:
 
         lead = 1.0 + 0.02 * (len(self.smmus) + len(self.devices))
         self.t0 = time.time() + lead
-        dev_actions: dict[int, list] = {}
+        dev_actions: dict[int, dict] = {}
+        smmu_actions: dict[int, list] = {}
         for a in self.plan.actions:
             if a.fault in ("kill_actor", "kill_node"):
                 continue
-            for sid in a.sids:
-                dev_actions.setdefault(self.plan.sid_group[sid], {}).setdefault(id(a), (a, []))[1].append(sid)
-        refs = [s.handle.start.remote(self.t0, self.scale, self.sc.duration, []) for s in self.smmus]
+            row = (a.at, a.step, a.phase, a.fault, a.sids, a.params)
+            if a.fault == "storm":  # the host's unmap rate: the SMMU actors' side
+                for s in a.params["smmus"]:
+                    smmu_actions.setdefault(s, []).append(row)
+            elif a.fault == "reset":  # pci_reset_function: the host's reset path, on the SMMU actor
+                for sid in a.sids:
+                    smmu_actions.setdefault(self.plan.sid_node[sid], []).append(row[:4] + ((sid,), a.params))
+            else:
+                for sid in a.sids:
+                    dev_actions.setdefault(self.plan.sid_group[sid], {}).setdefault(id(a), (a, []))[1].append(sid)
+        refs = [s.handle.start.remote(self.t0, self.scale, self.sc.duration, smmu_actions.get(s.index, []))
+                for s in self.smmus]
         for d in self.devices:
             acts = [(a.at, a.step, a.phase, a.fault, tuple(sids), a.params)
                     for a, sids in dev_actions.get(d.index, {}).values()]

@@ -19,7 +19,7 @@ from .chaos import ChaosStep
 from .explore import Explore
 from .fields import MAX_COUNT, Latency, ScenarioError, Strict
 
-__all__ = ["Scenario", "ScenarioError", "EXPECTABLE", "Bound", "Topology", "Hardware", "Workload",
+__all__ = ["Scenario", "ScenarioError", "EXPECTABLE", "Bound", "Topology", "Hardware", "Workload", "Host",
            "PolicySpec", "Runtime", "Latency", "MAX_COUNT"]
 
 
@@ -81,6 +81,15 @@ class PolicySpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class Host(Strict):
+    """The host's software around the driver."""
+
+    flush: Literal["strict", "lazy", "default"] = Field(
+        "default", description="strict: every unmap flushed before it returns; lazy: dma-iommu's flush queue "
+        "(256 IOVAs per CPU, one flush of the domain after 10 ms or when a CPU's queue is full); default: the "
+        "Kconfig default of the driver's architecture (lazy on x86: amd-iommu, intel-vtd; strict on arm64)")
+
+
 class Runtime(Strict):
     time_scale: float = Field(1.0, gt=0, le=1000, description="ray runtime: wall seconds per scenario second")
     transport: Literal["stream", "ray"] = Field(
@@ -112,6 +121,9 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "recovery_time_max": (("recovery_s", "max"), True),
     "lockup_s": (("lockup_s",), True),
     "lockup_max": (("lockup_max_s",), True),
+    "lazy_window_dma": (("lazy_window_dma",), False),
+    "flushes": (("flush", "flushes"), False),
+    "iovas_per_flush": (("flush", "iovas_per_flush"), False),
     "commands_per_unmap": (("commands_per_unmap",), False),
     "syncs_per_unmap": (("syncs_per_unmap",), False),
 }
@@ -153,6 +165,7 @@ class Scenario(Strict):
     hardware: Hardware = Field(default_factory=Hardware)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     workload: Workload = Field(default_factory=Workload)
+    host: Host = Field(default_factory=Host)
     runtime: Runtime = Field(default_factory=Runtime)
     chaos: list[ChaosStep] = Field(default_factory=list)
     expect: dict[str, Bound] = Field(default_factory=dict)
@@ -166,6 +179,14 @@ class Scenario(Strict):
             raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
                              f"{', '.join(sorted(EXPECTABLE))}")
         return v
+
+    def flush_mode(self) -> str:
+        """``host.flush`` resolved: strict or lazy (default: the policy's Kconfig default)."""
+        if self.host.flush != "default":
+            return self.host.flush
+        from ats_stress.iommu_actor.policy import get_policy
+
+        return get_policy(self.policy.name).kconfig_flush(validate_params(self.policy.name, self.policy.params()))
 
     @model_validator(mode="after")
     def _steps_fit(self):

@@ -152,6 +152,7 @@ def build_plan(sc: Scenario) -> Plan:
     actions.sort(key=lambda a: (a.at, a.step, a.phase != "end"))
 
     affected_asids = {sid_asid[s] for targets in step_targets for s in targets}
+    flush = sc.flush_mode()
     nodes = []
     for s in range(top.smmus):
         doms = tuple(DomainSpec(asid, tuple(sids), asid in affected_asids) for asid, sids in node_domains[s])
@@ -160,7 +161,7 @@ def build_plan(sc: Scenario) -> Plan:
             invalidate_queue_depth=top.invalidate_queue_depth,
             atc_inv_completion_timeout=sc.hardware.atc_inv_completion_timeout,
             pages_per_domain=top.pages_per_domain, spare_pages=top.spare_pages,
-            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus))
+            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus, flush=flush))
 
     return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets)
 

@@ -1,3 +1,3 @@
 """Built-in recovery policies; importing this package registers them."""
 
-from . import mainline, quarantine  # noqa: F401
+from . import fence_on_timeout, mainline, series  # noqa: F401

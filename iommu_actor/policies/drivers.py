@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..commands import Cmd, atc_inv_span, cmd_atc_inv, cmd_sync, cmd_tlbi_nh_va
-from ..spec import CMDQ_BATCH_ENTRIES
+from ..commands import Cmd, atc_inv_span, cmd_atc_inv, cmd_tlbi_nh_asid, cmd_tlbi_nh_va
+from ..spec import ATC_INV_SIZE_ALL, CMDQ_BATCH_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -38,29 +38,32 @@ class DriverHooks:
     #: the hardware names the device of an invalidation time-out (VT-d IQER.ITESID, AMD's
     #: IOTLB_INV_TIMEOUT event); SMMUv3's CERROR_ATC_INV_SYNC does not
     hw_reports_ite_sid: bool
+    #: the sync holds the queue until it completes (CMD_SYNC, COMPLETION_WAIT); False: VT-d's wait
+    #: descriptor without the Fence flag, which Linux never sets (qi_submit_sync)
+    fence_waits: bool = True
 
-    def tlbi(self, asid: int, addr: int) -> Cmd:
-        return cmd_tlbi_nh_va(asid, addr)
+    def tlbi(self, asid: int, addr: int, full: bool = False) -> Cmd:
+        """The IOTLB invalidation: one page, or the whole ASID for a full flush (flush_iotlb_all)."""
+        return cmd_tlbi_nh_asid(asid) if full else cmd_tlbi_nh_va(asid, addr)
 
     def atc_invs(self, sids, addr: int, size: int) -> list[Cmd]:
-        """ATC_INV for each stream (arm_smmu_atc_inv_domain / device_flush_iotlb / qi_flush_dev_iotlb)."""
+        """ATC_INV for each stream (arm_smmu_atc_inv_to_cmd / device_flush_iotlb / qi_flush_dev_iotlb);
+        ``size`` ATC_INV_SIZE_ALL (a full flush) invalidates every translation."""
+        if size >= ATC_INV_SIZE_ALL:
+            return [cmd_atc_inv(sid, 0, ATC_INV_SIZE_ALL) for sid in sids]
         base, log2 = atc_inv_span(addr, 1 << size)
         return [cmd_atc_inv(sid, base, log2) for sid in sids]
 
-    def flush_steps(self, asid: int, addr: int, size: int, sids, next_token) -> list[list[Cmd]]:
-        """The sequence of waited-on submissions one unmap costs, each ending in its CMD_SYNC."""
-        steps: list[list[Cmd]] = []
-        invs = self.atc_invs(sids, addr, size)
-        if self.separate_tlbi_sync:
-            steps.append([self.tlbi(asid, addr), cmd_sync(next_token())])
-            if invs:  # arm_smmu_atc_inv_domain returns early with no ATS master
-                steps.append(invs + [cmd_sync(next_token())])
-            return steps
-        descs = [self.tlbi(asid, addr)] + invs
-        per = self.descs_per_sync or len(descs)
-        for i in range(0, len(descs), per):
-            steps.append(descs[i:i + per] + [cmd_sync(next_token())])
-        return steps
+    def writes(self, cmds: list[Cmd]) -> list[tuple[Cmd, ...]]:
+        """One waited-on submission split into the queue writes the driver makes: arm-smmu-v3
+        issues each full batch of CMDQ_BATCH_ENTRIES without a sync, then the rest with the
+        CMD_SYNC (``cmds`` ends in it)."""
+        per = self.batch_entries
+        if per is None or len(cmds) <= per + 1:
+            return [tuple(cmds)]
+        body = cmds[:-1]
+        full = (len(body) - 1) // per  # batches that filled up before the last command was added
+        return [tuple(body[i * per:(i + 1) * per]) for i in range(full)] + [tuple(cmds[full * per:])]
 
 
 ARM_SMMU_V3 = DriverHooks(
@@ -69,7 +72,9 @@ ARM_SMMU_V3 = DriverHooks(
     separate_tlbi_sync=True,  # __arm_smmu_tlb_inv_range, then arm_smmu_atc_inv_domain
     descs_per_sync=None,
     batch_entries=CMDQ_BATCH_ENTRIES,
-    irqs_off_wait=False,  # arm_smmu_cmdq_poll_until_sync runs after local_irq_restore
+    # arm_smmu_cmdq_issue_cmdlist(): local_irq_save() before reserving space, local_irq_restore()
+    # only after arm_smmu_cmdq_poll_until_sync()
+    irqs_off_wait=True,
     hw_reports_ite_sid=False,
 )
 
@@ -78,8 +83,10 @@ AMD_IOMMU = DriverHooks(
     sync_timeout=0.1,  # LOOP_TIMEOUT (100000) x udelay(1)
     separate_tlbi_sync=False,  # domain_flush_pages then domain_flush_complete
     descs_per_sync=None,
-    batch_entries=CMDQ_BATCH_ENTRIES,
-    irqs_off_wait=True,  # wait_on_sem under raw_spin_lock_irqsave(&iommu->lock)
+    batch_entries=None,
+    # wait_on_sem() runs outside iommu->lock since 2026 (d2a0cac10597), but the unmap path holds
+    # dom->lock with spin_lock_irqsave around domain_flush_complete()
+    irqs_off_wait=True,
     hw_reports_ite_sid=True,  # the IOTLB_INV_TIMEOUT event log entry carries the DeviceID
 )
 
@@ -88,9 +95,10 @@ INTEL_VTD = DriverHooks(
     sync_timeout=None,  # qi_submit_sync has no software timeout
     separate_tlbi_sync=False,
     descs_per_sync=16,  # QI_MAX_BATCHED_DESC_COUNT
-    batch_entries=16,
+    batch_entries=None,
     irqs_off_wait=True,  # qi_submit_sync spins under raw_spin_lock_irqsave(&qi->q_lock)
     hw_reports_ite_sid=True,  # DMAR_IQER_REG_ITESID
+    fence_waits=False,  # wait_desc.qw0 has no QI_IWD_FENCE
 )
 
 DRIVERS: dict[str, DriverHooks] = {d.name: d for d in (ARM_SMMU_V3, AMD_IOMMU, INTEL_VTD)}

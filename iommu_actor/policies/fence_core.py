@@ -1,8 +1,10 @@
-"""Fence the stream, then carry on: the quarantine series and its generic IOMMU-core version.
+"""``fence-on-timeout``: a proposal, the fix the thread asks for: fence before a flush returns.
 
-The rule: a flush is reported complete only when every invalidation it depends on has completed,
-or the device behind it is fenced (its STE switched to abort, CFGI_STE + CMD_SYNC completed).
-Never on a bare timeout.
+Not a posted patch. "Any flush without a positive answer must fence before continuing": a flush is
+reported complete only when every invalidation it depends on has completed, or the device behind
+it is fenced (its STE switched to abort, CFGI_STE + CMD_SYNC completed). Never on a bare timeout,
+and it acts at the software timeout, whatever the hardware one. Meanwhile the CPU keeps spinning
+with interrupts off, as the arm driver does (iotlb_sync may run in atomic context).
 
 How a culprit is found, without ground truth:
 - Each submission that ends in a CMD_SYNC is a *probe* of the streams whose ATC_INVs it carries.
@@ -15,21 +17,21 @@ How a culprit is found, without ground truth:
   runtime fenced a healthy device that way). A CERROR_ATC_INV_SYNC at a probe's CMD_SYNC makes
   its streams suspects too (the error is recorded per CMD_SYNC token, so the sync's re-run
   completion is not taken for success).
-- ``culprit_search: bisect`` splits a suspect set in halves, each re-issued with its own CMD_SYNC
-  (an ATC_INV of the whole ATC, so one search answers for every unmap waiting on those streams,
-  and concurrent failures on the same domain share it); ``per-device-batches`` never puts two
-  devices' ATC_INVs behind one CMD_SYNC, so a suspect set has one stream from the start. Hardware that names the timed-out device (VT-d ITESID, AMD
-  IOTLB_INV_TIMEOUT) lets the IOMMU-core version skip the search.
+- ``culprit_search``: ``bisect`` splits a suspect set in halves, each re-issued with its own
+  CMD_SYNC (an ATC_INV of the whole ATC, so one search answers for every flush waiting on those
+  streams, and concurrent failures on the same domain share it); ``linear`` probes one suspect
+  at a time in sorted order (the series' per-SID retry); ``per-device-batches`` never puts two
+  devices' ATC_INVs behind one CMD_SYNC, so a suspect set has one stream from the start. Hardware
+  that names the timed-out device (VT-d ITESID) lets the IOMMU-core version skip the search.
 - A single suspect is the culprit: fence it. With one command queue the fence waits behind the
-  wedged CMD_SYNC until the hardware timeout has been handled; with several it goes through a
-  queue that is not wedged.
-- Recovery: after ``reset_delay`` ask for an FLR; on a successful reset (whoever started it)
-  restore the STE (CFGI_STE + CMD_SYNC) and the stream is back; a failed reset keeps it fenced.
+  wedged CMD_SYNC until the hardware timeout has been handled; with several it goes through the
+  reserved queue (``recovery_queue``).
+- Recovery: after ``reset_delay`` ask for a reset through the core's reset path (it waits for the
+  device's outstanding invalidations); its done() restores the STE after a successful reset; a
+  failed reset keeps the device fenced.
 """
 
 from __future__ import annotations
-
-
 
 from ..commands import cmd_atc_inv, cmd_cfgi_ste, cmd_sync
 from ..policy import (
@@ -52,17 +54,15 @@ from ..spec import (
     ATC_INV_SIZE_ALL,
 )
 from .drivers import ARM_SMMU_V3, DriverHooks
-from .fence_state import (
-    FENCED, FENCING, NORMAL, UNFENCING, VTD_ADDED_SYNC_TIMEOUT, QuarantineParams, _Job, _Probe,
-)
+from .fence_state import FENCED, FENCING, NORMAL, VTD_ADDED_SYNC_TIMEOUT, FenceOnTimeoutParams, _Job, _Probe
 from .fencing import Fencing
 
 
-class QuarantineCore(Fencing, Policy):
+class FenceCore(Fencing, Policy):
     """The fence-then-continue state machine, driven through a driver's hooks."""
 
     hooks: DriverHooks = ARM_SMMU_V3
-    Params = QuarantineParams
+    Params = FenceOnTimeoutParams
 
     def __init__(self, params, hw, hooks: DriverHooks | None = None):
         super().__init__(params, hw)
@@ -70,6 +70,7 @@ class QuarantineCore(Fencing, Policy):
             self.hooks = hooks
         self.irqs_off_wait = self.hooks.irqs_off_wait
         self.hw_reports_ite_sid = self.hooks.hw_reports_ite_sid
+        self.fence_waits = self.hooks.fence_waits
         timeout = params.sync_timeout if params.sync_timeout is not None else self.hooks.sync_timeout
         self.sync_timeout = timeout if timeout is not None else VTD_ADDED_SYNC_TIMEOUT
         self.state: dict[int, int] = {}
@@ -79,7 +80,6 @@ class QuarantineCore(Fencing, Policy):
         #: per queue, when the last of our CMD_SYNCs there completed: CONS moved on at that moment
         self.cons_moved: list[float] = [-1.0] * hw.command_queues
         self.failed_tokens: set[int] = set()
-        self.reset_waiting: set[int] = set()  # fenced streams whose FLR waits for our queues to let go
         self._next_token = 0
         self._seq = 0
         n = hw.command_queues
@@ -88,6 +88,9 @@ class QuarantineCore(Fencing, Policy):
 
     def queue_of(self, cpu: int) -> int:
         return cpu % self.cpu_queue_count
+
+    def reset_queue(self) -> int:
+        return self._recovery_queue(0)
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -104,10 +107,7 @@ class QuarantineCore(Fencing, Policy):
             if kind == "probe":
                 return self._probe_timeout(now, arg)
             if kind == "reset" and self.state.get(arg) == FENCED:
-                if self.params.reset_waits_for_queues and self._waited_on(arg):
-                    self.reset_waiting.add(arg)  # retried whenever a CMD_SYNC of ours retires
-                    return []
-                return [ResetDevice(arg)]
+                return [ResetDevice(arg)]  # the core's reset path waits for its invalidations
             return []
         if t is CmdqError:
             return self._cmdq_error(now, ev)
@@ -126,7 +126,7 @@ class QuarantineCore(Fencing, Policy):
         todo = []
         for sid in ev.sids:
             st = self.state.get(sid, NORMAL)
-            if st in (NORMAL, UNFENCING):
+            if st == NORMAL:
                 todo.append(sid)
                 job.unconfirmed.add(sid)
             elif st == FENCING:
@@ -196,7 +196,7 @@ class QuarantineCore(Fencing, Policy):
         p.seq = self._seq
         if p.kind == "inv":
             job = self.jobs[p.job]
-            cmds = [self.hooks.tlbi(job.asid, job.addr)] if p.tlbi else []
+            cmds = [self.hooks.tlbi(job.asid, job.addr, job.full)] if p.tlbi else []
             cmds += self.hooks.atc_invs(p.sids, job.addr, job.size)
         elif p.kind == "search":
             cmds = [cmd_atc_inv(sid, 0, ATC_INV_SIZE_ALL) for sid in p.sids]
@@ -245,12 +245,6 @@ class QuarantineCore(Fencing, Policy):
         return self._submit(now, q, queue)
 
     def _sync_done(self, now: float, ev: SyncDone) -> list:
-        actions = self._sync_done_inner(now, ev)
-        if self.reset_waiting:
-            actions = actions + self._resets_due()
-        return actions
-
-    def _sync_done_inner(self, now: float, ev: SyncDone) -> list:
         self.stuck[ev.queue].discard(ev.token)
         self.cons_moved[ev.queue] = now
         if ev.token in self.failed_tokens:
@@ -276,7 +270,7 @@ class QuarantineCore(Fencing, Policy):
                 if job.seq < p.seq and job.unconfirmed.intersection(p.sids):
                     job.unconfirmed.difference_update(p.sids)
                     actions += self._maybe_complete(job)
-            return actions
+            return actions + self._linear_next(now, p)
         sid = p.sids[0]
         if p.kind == "fence":
             if self.state.get(sid) != FENCING:
@@ -290,12 +284,14 @@ class QuarantineCore(Fencing, Policy):
             if self.params.recover:
                 actions.append(SetTimer(now + self.params.reset_delay, ("reset", sid)))
             return actions
-        if self.state.get(sid) == UNFENCING:  # unfence
-            self.state[sid] = NORMAL
-            return [Note("unfence", sid, f"SID {sid} restored after a successful reset")]
         return []
 
     def _at_cons(self, p: _Probe) -> bool:
+        """Whether ``p`` waits on its own invalidations, not behind someone else's: CONS points into
+        it. A VT-d wait descriptor (no Fence flag) does not hold the queue, so there the driver can
+        only tell that no earlier wait of its own on that queue is still pending."""
+        if not self.fence_waits:
+            return not any(q.queue == p.queue and q.seq < p.seq for q in self.probes.values())
         cmd = self.regs.cmdq_cons_cmd(p.queue) if self.regs is not None else None
         return cmd is not None and any(cmd is c for c in p.cmds)
 
@@ -309,9 +305,9 @@ class QuarantineCore(Fencing, Policy):
         if not p.timed_out:
             p.timed_out = True
             actions.append(Note("sync_timeout", text="CMD_SYNC timeout"))
-        if job is not None and job.spinning and self.irqs_off_wait:
+        if job is not None and job.spinning and self.irqs_off_wait and self.params.hypothetical_sleep_while_held:
             job.spinning = False
-            actions.append(SpinEnd(job.cpu))  # the core stops spinning and sleeps until the flush is safe
+            actions.append(SpinEnd(job.cpu))  # the CPU stops spinning and does other work until the flush is safe
         at_cons = p.kind in ("inv", "search") and p.sids and not p.suspected and self._at_cons(p)
         if at_cons and self.cons_moved[p.queue] > p.armed:
             # it waited behind a CMD_SYNC of ours that completed since: it has been at the head
@@ -329,7 +325,7 @@ class QuarantineCore(Fencing, Policy):
         # Stuck behind another sync (or a sync with nothing of its own to wait for): move it
         # to a queue that is not wedged, or keep waiting.
         alt = self._pick_queue(p.cpu, avoid=frozenset({p.queue}))
-        if alt != p.queue and not self.stuck[alt] and not p.suspected and p.kind != "unfence":
+        if alt != p.queue and not self.stuck[alt] and not p.suspected:
             self.probes.pop(token)
             return actions + self._clone(now, p, alt)
         if p.kind == "inv":
@@ -342,8 +338,7 @@ class QuarantineCore(Fencing, Policy):
         job = self.jobs.get(p.job) if p.kind == "inv" else None
         if p.kind == "inv" and job is None:
             return []
-        live = (NORMAL, UNFENCING)
-        suspects = [s for s in p.sids if self.state.get(s, NORMAL) in live and (job is None or s in job.unconfirmed)]
+        suspects = [s for s in p.sids if self.state.get(s, NORMAL) == NORMAL and (job is None or s in job.unconfirmed)]
         if job is not None:
             # streams that a search submitted after this unmap began will answer for anyway
             covered = {s for q in self.probes.values() if q.kind == "search" and q.seq > job.seq for s in q.sids}
@@ -351,6 +346,7 @@ class QuarantineCore(Fencing, Policy):
         actions: list = []
         groups: list[tuple[int, ...]] = []
         issued = p.armed  # when p's CMD_SYNC was issued, or reached the head of its queue
+        linear = self.params.culprit_search == "linear"
         if named_sid >= 0 and named_sid in suspects:
             actions += self._fence(now, named_sid, p.cpu, issued)
             rest = tuple(s for s in suspects if s != named_sid)
@@ -358,10 +354,16 @@ class QuarantineCore(Fencing, Policy):
                 groups.append(rest)
         elif len(suspects) == 1:
             actions += self._fence(now, suspects[0], p.cpu, issued)
-        elif suspects:
+        elif suspects and not linear:
             half = len(suspects) // 2
             groups += [tuple(suspects[:half]), tuple(suspects[half:])]
-        new = [_Probe("search", -1, p.cpu, g, False) for g in groups]
+        elif suspects:
+            groups.append(tuple(suspects))
+        if linear:  # one SID at a time, in sorted order: the next when this one answers or is fenced
+            new = [_Probe("search", -1, p.cpu, (g[0],), False, rest=g[1:]) for g in (sorted(g) for g in groups)]
+        else:
+            new = [_Probe("search", -1, p.cpu, g, False) for g in groups]
+        actions += self._linear_next(now, p)
         if job is not None and p.tlbi and job.tlbi_pending:
             new.append(_Probe("inv", p.job, p.cpu, (), True))  # the TLBI still needs its sync
         used: set[int] = set()
@@ -370,3 +372,10 @@ class QuarantineCore(Fencing, Policy):
             used.add(q)
             actions += self._submit(now, np, q)
         return actions
+
+    def _linear_next(self, now: float, p: _Probe) -> list:
+        """A linear search's probe answered or was fenced: probe the next suspect."""
+        if not p.rest:
+            return []
+        rest, p.rest = p.rest, ()
+        return self._submit(now, _Probe("search", -1, p.cpu, (rest[0],), False, rest=rest[1:]), self._pick_queue(p.cpu))

@@ -1,4 +1,4 @@
-"""The fence-then-continue state machine's bookkeeping: stream states, unmaps (jobs), probes, parameters."""
+"""``fence-on-timeout``'s bookkeeping: stream states, flushes (jobs), probes, parameters."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from ..policy import (
 )
 from ..units import Duration
 
-NORMAL, FENCING, FENCED, UNFENCING, DEAD = range(5)
-STATE_NAMES = ("normal", "fencing", "fenced", "unfencing", "dead")
+NORMAL, FENCING, FENCED, DEAD = range(4)
+STATE_NAMES = ("normal", "fencing", "fenced", "dead")
 
 #: software timeout the IOMMU-core version adds to VT-d, which has none of its own
 VTD_ADDED_SYNC_TIMEOUT = 1.0
 
 
 class _Job:
-    __slots__ = ("cpu", "unmap", "asid", "addr", "size", "unconfirmed", "tlbi_pending", "spinning", "seq",
+    __slots__ = ("cpu", "unmap", "asid", "addr", "size", "full", "unconfirmed", "tlbi_pending", "spinning", "seq",
                  "probes", "timer_at")
 
     def __init__(self, ev: UnmapStart, seq: int):
@@ -33,6 +33,7 @@ class _Job:
         self.asid = ev.asid
         self.addr = ev.addr
         self.size = ev.size
+        self.full = ev.full
         self.unconfirmed: set[int] = set()
         self.tlbi_pending = True
         self.spinning = True
@@ -40,12 +41,14 @@ class _Job:
 
 class _Probe:
     __slots__ = ("token", "queue", "kind", "job", "cpu", "sids", "tlbi", "cmds", "suspected", "seq", "timed_out",
-                 "armed", "deadline")
+                 "armed", "deadline", "rest")
 
-    def __init__(self, kind: str, job: int, cpu: int, sids: tuple[int, ...], tlbi: bool):
+    def __init__(self, kind: str, job: int, cpu: int, sids: tuple[int, ...], tlbi: bool,
+                 rest: tuple[int, ...] = ()):
         self.token = -1
         self.queue = -1
-        self.kind = kind  # "inv" (an unmap's), "search" (whole-ATC, shared), "fence" or "unfence"
+        self.kind = kind  # "inv" (a flush's own), "search" (whole-ATC, shared) or "fence"
+        self.rest = rest  # a linear search: the suspects still to probe after this one
         self.seq = -1
         self.job = job
         self.cpu = cpu
@@ -58,23 +61,26 @@ class _Probe:
         self.deadline = 0.0
 
 
-class QuarantineParams(PolicyParams):
+class FenceOnTimeoutParams(PolicyParams):
     sync_timeout: Duration = Field(1.0, gt=0, description="software CMD_SYNC timeout that starts a culprit search")
-    culprit_search: Literal["bisect", "per-device-batches"] = "bisect"
-    recover: bool = Field(True, description="reset fenced devices and unfence them after a successful reset")
-    reset_delay: Duration = Field(0.1, description="from fence in effect to the FLR request")
-    reset_waits_for_queues: bool = Field(True, description=(
-        "hold the FLR while a CMD_SYNC still waits on an ATC_INV to the device: the reset would drop "
-        "that invalidation and its queue would stay wedged until the hardware timeout"))
-    scrub_halted_queue: bool = Field(True, description=(
-        "while CERROR_ATC_INV_SYNC halts a queue, rewrite queued ATC_INVs for streams being fenced or "
-        "searched into CMD_SYNCs, so each does not cost another hardware timeout"))
+    culprit_search: Literal["bisect", "per-device-batches", "linear"] = Field(
+        "bisect", description="bisect: halves, each with its own CMD_SYNC; per-device-batches: never two devices "
+                              "behind one CMD_SYNC; linear: one SID at a time in sorted order (the series' retry)")
+    recover: bool = Field(True, description="reset a fenced device; a successful reset unfences it")
+    reset_delay: Duration = Field(0.1, description="from fence in effect to the reset request")
     recovery_queue: bool = Field(True, description=(
-        "with several command queues, keep the last one for fence and unfence commands only, so a "
-        "fence never waits behind a wedged CMD_SYNC"))
+        "with several command queues, keep the last one for fence commands only, so a fence never "
+        "waits behind a wedged CMD_SYNC (ECMDQ/CMDQV hardware can do it; Linux does not today)"))
+    hypothetical_scrub_halted_queue: bool = Field(False, description=(
+        "NOT POSSIBLE IN LINUX (no NOP, CONS cannot be rewound, other CPUs' entries are theirs): while "
+        "CERROR_ATC_INV_SYNC halts a queue, rewrite queued ATC_INVs for streams being fenced or searched "
+        "into CMD_SYNCs"))
+    hypothetical_sleep_while_held: bool = Field(False, description=(
+        "NOT POSSIBLE IN LINUX (iotlb_sync may run in atomic context and cannot sleep): a CPU whose "
+        "flush is held past the software timeout stops spinning and does other work"))
 
 
-class IommuCoreParams(QuarantineParams):
+class IommuCoreParams(FenceOnTimeoutParams):
     driver: Literal["arm-smmu-v3", "amd-iommu", "intel-vtd"] = "arm-smmu-v3"
     sync_timeout: Optional[Duration] = Field(  # type: ignore[assignment]
         None, gt=0, description="default: the driver's own (arm 1 s, AMD 100 ms, VT-d 1 s added)")

@@ -1,8 +1,9 @@
-"""Fencing, the halted queue and recovery for the fence-then-continue state machine (``fence_core``).
+"""Fencing, the halted queue and recovery for ``fence-on-timeout`` (``fence_core``).
 
 A culprit is isolated by an abort STE made effective by CFGI_STE + CMD_SYNC; CERROR_ATC_INV_SYNC
-makes the probe at CONS suspect (and, while the queue is halted, queued ATC_INVs for streams being
-fenced or searched are rewritten into CMD_SYNCs); a successful reset restores the STE.
+makes the probe at CONS suspect (and, with ``hypothetical_scrub_halted_queue``, queued ATC_INVs for
+streams being fenced or searched are rewritten into CMD_SYNCs while the queue is halted, which
+Linux cannot do); the reset goes through the core's reset path, whose done() restores the STE.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from ..policy import (
     AckCmdqError,
     CmdqError,
     Note,
-    ResetDevice,
     ResetDone,
     ScrubQueuedAtcInv,
     WriteSte,
@@ -21,27 +21,13 @@ from ..policy import (
 from ..spec import (
     CERROR_TEXT,
     STRTAB_STE_0_CFG_ABORT,
-    STRTAB_STE_0_CFG_S1_TRANS,
     STRTAB_STE_1_EATS_ABT,
-    STRTAB_STE_1_EATS_TRANS,
 )
-from .fence_state import DEAD, FENCED, FENCING, NORMAL, STATE_NAMES, UNFENCING, _Probe
+from .fence_state import DEAD, FENCED, FENCING, NORMAL, STATE_NAMES, _Probe
 
 
 class Fencing:
-    """Mixed into ``QuarantineCore``: what happens once a stream is suspected or reset."""
-
-    def _waited_on(self, sid: int) -> bool:
-        """Whether a CMD_SYNC of ours still waits on an ATC_INV for ``sid``: an FLR now would drop
-        that invalidation, and its queue would stay wedged until the hardware timeout."""
-        return any(sid in p.sids for p in self.probes.values() if p.kind in ("inv", "search"))
-
-    def _resets_due(self) -> list:
-        due = [sid for sid in sorted(self.reset_waiting)
-               if self.state.get(sid) != FENCED or not self._waited_on(sid)]
-        for sid in due:
-            self.reset_waiting.discard(sid)
-        return [ResetDevice(sid) for sid in due if self.state.get(sid) == FENCED]
+    """Mixed into ``FenceCore``: what happens once a stream is suspected or reset."""
 
     def _fence(self, now: float, sid: int, cpu: int, issued: float = -1.0) -> list:
         """Isolate ``sid``; ``issued``: when the CMD_SYNC whose failure named it was issued."""
@@ -65,7 +51,7 @@ class Fencing:
         elif named >= 0:
             actions += self._fence(now, named, p.cpu if p is not None else 0,
                                    p.armed if p is not None else -1.0)
-        if self.params.scrub_halted_queue:
+        if self.params.hypothetical_scrub_halted_queue:
             actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
         return actions
@@ -102,9 +88,8 @@ class Fencing:
         if not ev.ok:
             self.state[ev.sid] = DEAD
             return [Note("reset_failed", ev.sid, f"SID {ev.sid}: reset failed, stays fenced")]
-        self.state[ev.sid] = UNFENCING
-        actions: list = [WriteSte(ev.sid, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS)]
-        return actions + self._submit(now, _Probe("unfence", -1, 0, (ev.sid,), False), self._recovery_queue(0))
+        self.state[ev.sid] = NORMAL  # the core's done() re-attached the domain: the STE is restored
+        return [Note("unfence", ev.sid, f"SID {ev.sid} restored after a successful reset")]
 
     def stream_states(self) -> dict[str, int]:
         counts: dict[str, int] = {}

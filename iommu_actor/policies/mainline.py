@@ -1,140 +1,36 @@
 """The three drivers as they are in mainline Linux: no fencing anywhere.
 
-- ``arm-smmu-v3``: TLBI + CMD_SYNC, then every ATS master's ATC_INV + CMD_SYNC. Each sync is
-  polled for ARM_SMMU_POLL_TIMEOUT_US (1 s); on expiry it logs "CMD_SYNC timeout" and returns
-  -ETIMEDOUT, which the unmap path ignores: the page is freed. On CERROR_ATC_INV_SYNC the GERROR
-  handler leaves CONS at the CMD_SYNC and lets it re-run ("we might well end up back here").
+- ``arm-smmu-v3``: arm_smmu_domain_inv_range(): the TLBI batch and its CMD_SYNC, then one batch
+  with an ATC_INV for every ATS master of the domain and one CMD_SYNC (issued in 64-entry chunks
+  when longer). arm_smmu_cmdq_issue_cmdlist() spins on each CMD_SYNC with interrupts off for up to
+  ARM_SMMU_POLL_TIMEOUT_US (1 s), then logs "CMD_SYNC timeout" and returns -ETIMEDOUT, which the
+  unmap path ignores: the page is freed. On CERROR_ATC_INV_SYNC the GERROR handler leaves CONS at
+  the CMD_SYNC and lets it re-run ("we might well end up back here").
 - ``amd-iommu``: INVALIDATE_IOMMU_PAGES, INVALIDATE_IOTLB_PAGES per ATS device, COMPLETION_WAIT;
-  wait_on_sem gives up after LOOP_TIMEOUT x 1 us = 100 ms with "Completion-Wait loop timed out"
-  and -EIO, ignored by the flush path. ATS stays on.
-- ``intel-vtd``: qi_submit_sync appends a wait descriptor and spins with interrupts off, with no
-  software timeout. On an Invalidation Time-out Error every pending wait descriptor is aborted and
-  every submitter retries, forever, unless the ITE's source device is no longer present (then the
-  submitter that met the ITE returns -ETIMEDOUT).
+  wait_on_sem() gives up after LOOP_TIMEOUT x 1 us = 100 ms with "Completion-Wait loop timed out"
+  and -EIO, ignored by the flush path; interrupts are off (dom->lock). The driver programs the
+  hardware's IOTLB invalidation timeout to 1 s (CTRL_INV_TO_1S): then the hardware gives the
+  invalidation up and logs an IOTLB_INV_TIMEOUT event naming the DeviceID. Nothing recovers; ATS
+  stays on.
+- ``intel-vtd``: qi_submit_sync() appends a wait descriptor (one per 16 descriptors, qi_batch)
+  and spins with interrupts off, with no software timeout. On an Invalidation Time-out Error the
+  CPU that reads it first (qi_check_fault) clears it and every pending wait descriptor is aborted;
+  every submitter restarts, forever, unless the ITE names a source device (IQER.ITESID) that is no
+  longer present: then the CPU that handled it returns -ETIMEDOUT.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Literal
 
 from pydantic import Field
 
-from ..commands import Cmd, cmd_sync
-from ..policy import (
-    AckCmdqError,
-    CmdqError,
-    CompleteUnmap,
-    Note,
-    Policy,
-    PolicyParams,
-    PresenceReply,
-    QueryPresence,
-    ResetDone,
-    SetTimer,
-    Submit,
-    SyncDone,
-    TimerFired,
-    UnmapStart,
-    EventRecord,
-    register,
-)
-from ..spec import CERROR_TEXT, EIO, ETIMEDOUT
+from ..commands import Cmd
+from ..policy import AckCmdqError, Note, PolicyParams, SyncReturned, register
+from ..spec import EIO, ETIMEDOUT, EVT_ID_AMD_IOTLB_INV_TO
 from ..units import Duration
-from .drivers import AMD_IOMMU, ARM_SMMU_V3, INTEL_VTD, DriverHooks
-
-
-class _Flush:
-    """One CPU inside iotlb_sync: the waited-on submissions still to go."""
-
-    __slots__ = ("cpu", "unmap", "steps", "i", "token", "err", "queue")
-
-    def __init__(self, cpu: int, unmap: int, steps: list[list[Cmd]], queue: int):
-        self.cpu = cpu
-        self.unmap = unmap
-        self.steps = steps
-        self.i = 0
-        self.token = -1
-        self.err = 0
-        self.queue = queue
-
-
-class MainlinePolicy(Policy):
-    """Submit each step, wait for its CMD_SYNC (with the driver's timeout, if any), go on."""
-
-    hooks: ClassVar[DriverHooks]
-    timeout_err: ClassVar[int] = 0
-    timeout_text: ClassVar[str] = ""
-
-    def __init__(self, params, hw):
-        super().__init__(params, hw)
-        self.irqs_off_wait = self.hooks.irqs_off_wait
-        self.hw_reports_ite_sid = self.hooks.hw_reports_ite_sid
-        self._next_token = 0
-        self.flushes: dict[int, _Flush] = {}  # cpu -> its flush
-        self.by_token: dict[int, _Flush] = {}
-
-    def sync_timeout(self) -> float | None:
-        return self.hooks.sync_timeout
-
-    def new_token(self) -> int:
-        self._next_token += 1
-        return self._next_token
-
-    def handle(self, now, ev):
-        t = type(ev)
-        if t is SyncDone:
-            f = self.by_token.pop(ev.token, None)
-            if f is not None and f.token == ev.token:
-                return self._step_done(now, f, 0)
-            return []
-        if t is UnmapStart:
-            steps = self.hooks.flush_steps(ev.asid, ev.addr, ev.size, ev.sids, self.new_token)
-            f = _Flush(ev.cpu, ev.unmap, steps, self.queue_of(ev.cpu))
-            self.flushes[ev.cpu] = f
-            return self._submit(now, f)
-        if t is TimerFired:
-            f = self.by_token.get(ev.token)
-            if f is None or f.token != ev.token:
-                return []
-            del self.by_token[ev.token]
-            return [Note("sync_timeout", text=self.timeout_text)] + self._step_done(now, f, -self.timeout_err)
-        if t is CmdqError:
-            return self.on_cmdq_error(now, ev)
-        if t is PresenceReply:
-            return self.on_presence(now, ev)
-        if t in (ResetDone, EventRecord):
-            return []
-        return super().handle(now, ev)
-
-    def _submit(self, now: float, f: _Flush, cmds: list[Cmd] | None = None) -> list:
-        if cmds is None:
-            if f.i >= len(f.steps):
-                return self._finish(f)
-            cmds = f.steps[f.i]
-        f.token = cmds[-1].token
-        self.by_token[f.token] = f
-        actions: list = [Submit(f.queue, tuple(cmds))]
-        timeout = self.sync_timeout()
-        if timeout is not None:
-            actions.append(SetTimer(now + timeout, f.token))
-        return actions
-
-    def _step_done(self, now: float, f: _Flush, err: int) -> list:
-        if err and not f.err:
-            f.err = err
-        f.i += 1
-        return self._submit(now, f)
-
-    def _finish(self, f: _Flush) -> list:
-        del self.flushes[f.cpu]
-        return [CompleteUnmap(f.unmap, f.err)]
-
-    def on_cmdq_error(self, now: float, ev: CmdqError) -> list:
-        return [Note("log", text=f"CMDQ error (cons token {ev.token}): {CERROR_TEXT.get(ev.cerror, ev.cerror)}"),
-                AckCmdqError(ev.queue)]
-
-    def on_presence(self, now: float, ev: PresenceReply) -> list:
-        return []
+from .drivers import AMD_IOMMU, ARM_SMMU_V3, INTEL_VTD
+from .flusher import POLL_ABORTED, POLL_DONE, POLL_TIMEOUT, FlushDriver, Probe
 
 
 class ArmSmmuV3Params(PolicyParams):
@@ -142,88 +38,137 @@ class ArmSmmuV3Params(PolicyParams):
 
 
 @register
-class ArmSmmuV3(MainlinePolicy):
+class ArmSmmuV3(FlushDriver):
     name = "arm-smmu-v3"
-    summary = ("mainline arm-smmu-v3: 1 s CMD_SYNC poll timeout, -ETIMEDOUT ignored (page freed), "
-               "CERROR_ATC_INV_SYNC re-runs the CMD_SYNC; no fencing")
+    summary = ("mainline arm-smmu-v3: CMD_SYNC polled with interrupts off for 1 s, -ETIMEDOUT ignored (page "
+               "freed), CERROR_ATC_INV_SYNC re-runs the CMD_SYNC; no fencing")
     Params = ArmSmmuV3Params
     hooks = ARM_SMMU_V3
-    timeout_err = ETIMEDOUT
-    timeout_text = "CMD_SYNC timeout"
 
-    def sync_timeout(self):
-        return self.params.sync_timeout
+    def flush(self, ev):
+        """arm_smmu_domain_inv_range(): "ATS must be after a sync of the S1/S2 invalidations"."""
+        err = yield from self.issue_cmdlist(ev.cpu, [self.hooks.tlbi(ev.asid, ev.addr, ev.full)])
+        sids = self.ats_sids(ev)
+        if sids:  # no ATS master: no ATC batch
+            ret = yield from self.atc_batch(ev, sids)
+            err = err or ret
+        return err
+
+    def ats_sids(self, ev) -> list[int]:
+        """The domain's ATS masters in the order of its sorted invalidation array (arm_smmu_invs)."""
+        return sorted(ev.sids)
+
+    def atc_batch(self, ev, sids: list[int]):
+        """One batch with an ATC_INV per master and one CMD_SYNC."""
+        return (yield from self.issue_cmdlist(ev.cpu, self.hooks.atc_invs(sids, ev.addr, ev.size)))
+
+    def issue_cmdlist(self, cpu: int, cmds: list[Cmd]):
+        """arm_smmu_cmdq_issue_cmdlist(..., sync=true): write, then poll the CMD_SYNC."""
+        result, token = yield from self.poll(self.queue_of(cpu), cmds, self.params.sync_timeout)
+        ret = self.sync_return(result, token)
+        yield SyncReturned(ret)
+        if result == POLL_TIMEOUT:
+            yield Note("sync_timeout", text="CMD_SYNC timeout")
+        return ret
+
+    def sync_return(self, result: str, token: int) -> int:
+        """What arm_smmu_cmdq_poll_until_sync() hands back: 0, or -ETIMEDOUT after the poll timeout."""
+        return 0 if result == POLL_DONE else -ETIMEDOUT
+
+
+#: the IOMMU Control register's invalidation timeout field (CTRL_INV_TO_*, amd_iommu_types.h)
+CTRL_INV_TO: dict[str, float | None] = {"none": None, "1ms": 1e-3, "10ms": 1e-2, "100ms": 0.1, "1s": 1.0,
+                                        "10s": 10.0, "100s": 100.0}
 
 
 class AmdIommuParams(PolicyParams):
     loop_timeout: Duration = Field(0.1, gt=0, description="LOOP_TIMEOUT x udelay(1) in wait_on_sem")
+    inv_timeout: Literal["none", "1ms", "10ms", "100ms", "1s", "10s", "100s"] = Field(
+        "1s", description="the hardware IOTLB invalidation timeout the driver programs (CTRL_INV_TO_1S in "
+                          "init.c); it replaces hardware.atc_inv_completion_timeout")
 
 
 @register
-class AmdIommu(MainlinePolicy):
+class AmdIommu(FlushDriver):
     name = "amd-iommu"
-    summary = ("mainline AMD IOMMU: COMPLETION_WAIT polled 100 ms with interrupts off, "
-               "'Completion-Wait loop timed out' and -EIO ignored (page freed); ATS stays on")
+    summary = ("mainline AMD IOMMU: COMPLETION_WAIT polled 100 ms with interrupts off, 'Completion-Wait loop "
+               "timed out' and -EIO ignored (page freed); hardware gives up after CTRL_INV_TO (1 s) and logs "
+               "IOTLB_INV_TIMEOUT; ATS stays on")
     Params = AmdIommuParams
     hooks = AMD_IOMMU
-    timeout_err = EIO
-    timeout_text = "Completion-Wait loop timed out"
+    default_flush = "lazy"
+    inv_timeout_action = "event"
+    wants_events = True
 
-    def sync_timeout(self):
-        return self.params.loop_timeout
+    def hw_inv_timeout(self, scenario_timeout):
+        return CTRL_INV_TO[self.params.inv_timeout]
 
-    def on_cmdq_error(self, now, ev):
-        dev = f" device={ev.ite_sid}" if ev.ite_sid >= 0 else ""
-        return [Note("log", sid=ev.ite_sid, text=f"Event logged [IOTLB_INV_TIMEOUT{dev}]"),
-                AckCmdqError(ev.queue)]
+    def flush(self, ev):
+        """amd_iommu_domain_flush_pages() then domain_flush_complete(): one COMPLETION_WAIT."""
+        cmds = [self.hooks.tlbi(ev.asid, ev.addr, ev.full)] + self.hooks.atc_invs(ev.sids, ev.addr, ev.size)
+        result, _ = yield from self.poll(self.queue_of(ev.cpu), cmds, self.params.loop_timeout)
+        if result == POLL_TIMEOUT:  # wait_on_sem()
+            yield Note("sync_timeout", text="Completion-Wait loop timed out")
+            yield SyncReturned(-EIO)
+            return -EIO
+        yield SyncReturned(0)
+        return 0
+
+    def gerror(self, ev):  # not raised: this IOMMU logs an event instead (inv_timeout_action "event")
+        return [AckCmdqError(ev.queue)]
+
+    def on_event(self, ev):
+        """iommu_print_event(): EVENT_TYPE_IOTLB_INV_TO is logged with the DeviceID, nothing more."""
+        if ev.evt_id == EVT_ID_AMD_IOTLB_INV_TO:
+            return [Note("log", sid=ev.sid, text=f"Event logged [IOTLB_INV_TIMEOUT device={ev.sid}]")]
+        return []
 
 
 class IntelVtdParams(PolicyParams):
-    pass
+    itesid: bool = Field(True, description="the IOMMU records the source of an ITE in IQER.ITESID (older "
+                                           "hardware leaves it 0: then submitters retry for ever)")
 
 
 @register
-class IntelVtd(MainlinePolicy):
+class IntelVtd(FlushDriver):
     name = "intel-vtd"
-    summary = ("mainline VT-d: qi_submit_sync spins with interrupts off and no timeout; an ITE aborts "
-               "every pending wait and all submitters retry, unless the ITE's device is gone")
+    summary = ("mainline VT-d: qi_submit_sync spins with interrupts off and no timeout; an ITE aborts every "
+               "pending wait and all submitters retry, unless the ITE's device is gone")
     Params = IntelVtdParams
     hooks = INTEL_VTD
+    default_flush = "lazy"
 
-    def __init__(self, params, hw):
-        super().__init__(params, hw)
-        self._ite_handler: dict[int, _Flush] = {}  # ite sid -> the submitter that met the ITE
+    def flush(self, ev):
+        """cache_tag_flush_range(): IOTLB and device-TLB descriptors, a wait per 16 (qi_batch)."""
+        descs = [self.hooks.tlbi(ev.asid, ev.addr, ev.full)] + self.hooks.atc_invs(ev.sids, ev.addr, ev.size)
+        per = self.hooks.descs_per_sync
+        err = 0
+        for i in range(0, len(descs), per):
+            ret = yield from self.qi_submit_sync(ev.cpu, descs[i:i + per])
+            err = err or ret
+        return err
 
-    def on_cmdq_error(self, now, ev):
-        # qi_check_fault(): clear ITE, mark every pending wait descriptor QI_ABORT.
+    def qi_submit_sync(self, cpu: int, descs: list[Cmd]):
+        while True:  # restart:
+            result, _ = yield from self.poll(self.queue_of(cpu), descs, None)
+            if result == POLL_DONE:
+                yield SyncReturned(0)
+                return 0
+            if isinstance(result, tuple):  # this CPU's qi_check_fault() read the ITE first
+                ite_sid = result[1]
+                if ite_sid >= 0 and not (yield Probe(ite_sid)):  # pci_device_is_present()
+                    yield Note("log", sid=ite_sid, text="ITE on a device no longer present: -ETIMEDOUT")
+                    yield SyncReturned(-ETIMEDOUT)
+                    return -ETIMEDOUT
+            yield Note("retry", text="qi_submit_sync: wait descriptor aborted, retrying")  # -EAGAIN
+
+    def gerror(self, ev):
+        """qi_check_fault(): the CPU that reads DMA_FSTS_ITE first clears it and marks every pending
+        wait descriptor QI_ABORT. Which spinning CPU that is, is a race; the model takes the
+        lowest-numbered one (not the one whose wait is at the head of the queue)."""
         actions: list = [Note("log", sid=ev.ite_sid, text="Invalidation Time-out Error (ITE) cleared"),
                          AckCmdqError(ev.queue)]
-        aborted = [f for f in self.flushes.values() if f.queue == ev.queue and f.token in self.by_token]
-        # whichever submitter's qi_check_fault() sees the ITE first handles it: the one whose wait is
-        # at the head if it is still waiting, else the first one spinning
-        handler = next((f for f in aborted if f.token == ev.token), aborted[0] if aborted else None)
-        for f in aborted:
-            del self.by_token[f.token]
-        for f in aborted:
-            if f is handler and ev.ite_sid >= 0:
-                # the submitter that met the ITE checks whether the device is still there
-                self._ite_handler[ev.ite_sid] = f
-                actions.append(QueryPresence(ev.ite_sid))
-            else:
-                actions += self._retry(now, f)
+        ite_sid = ev.ite_sid if self.params.itesid else -1
+        for k, f in enumerate(self.abort_waits(ev.queue)):
+            actions += self._resume(f, ("ite", ite_sid) if k == 0 else POLL_ABORTED)
         return actions
-
-    def _retry(self, now: float, f: _Flush) -> list:
-        cmds = f.steps[f.i]
-        cmds = cmds[:-1] + [cmd_sync(self.new_token())]
-        f.steps[f.i] = cmds
-        return [Note("retry", text="qi_submit_sync: wait descriptor aborted, retrying")] + self._submit(now, f)
-
-    def on_presence(self, now, ev):
-        f = self._ite_handler.pop(ev.sid, None)
-        if f is None or self.flushes.get(f.cpu) is not f:
-            return []
-        if not ev.present:
-            return [Note("log", sid=ev.sid, text="ITE on a device no longer present: -ETIMEDOUT")] + \
-                self._step_done(now, f, -ETIMEDOUT)
-        return self._retry(now, f)

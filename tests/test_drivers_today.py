@@ -1,0 +1,179 @@
+"""Mainline drivers as they run today: interrupts-off spinning, AMD's hardware timeout, lazy flush
+queues, the PCI reset path, VT-d's ITE. Each test names the kernel function it mirrors."""
+
+import pytest
+
+from ats_stress.cluster.results.summary import deterministic_view
+from ats_stress.iommu_actor.flushq import IOVA_DEFAULT_FQ_SIZE, FlushQueue
+from ats_stress.iommu_actor.policy import (
+    CmdqError, CompleteUnmap, HwInfo, QueryPresence, Submit, SyncDone, UnmapStart, make_policy,
+)
+from ats_stress.iommu_actor.spec import CMDQ_ERR_CERROR_ATC_INV_IDX, CMDQ_OP_ATC_INV, CMDQ_OP_CMD_SYNC
+
+from helpers import run
+
+HW = HwInfo(command_queues=1, cpus=4, invalidate_queue_depth=32)
+HANG = [{"at": 2, "fault": "hang", "endpoints": [5], "duration": 6}]
+POLICIES = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "fence-on-timeout", "iommu-core"]
+
+
+def only(actions, kind):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+# --- arm-smmu-v3 -------------------------------------------------------------------------------------
+
+
+def test_arm_smmu_cmdq_issue_cmdlist_spins_with_interrupts_off_about_a_second_per_timed_out_cmd_sync():
+    s = run(policy={"name": "arm-smmu-v3"}, chaos=HANG)  # a 6 s hang, 1 s poll timeout, 4 CPUs
+    assert s["sync_timeouts"] > 4
+    # every timed-out CMD_SYNC cost its CPU the whole second with interrupts off; CPUs also spin on
+    # syncs that complete when the hang ends (at most one second each, one per CPU)
+    assert s["sync_timeouts"] * 1.0 <= s["lockup_s"] <= s["sync_timeouts"] * 1.0 + 4 * 1.0 + 0.1
+    assert s["lockup_max_s"] == pytest.approx(2.0, abs=0.01)  # the TLBI's sync and the ATC batch's: 1 s each
+
+
+def test_arm_smmu_cmdq_batch_add_issues_a_full_batch_of_64_without_a_sync():
+    p = make_policy("arm-smmu-v3", {}, HW)
+    (tlbi,) = only(p.handle(0.0, UnmapStart(0, 1, 3, 8, 0, tuple(range(100, 170)))), Submit)
+    writes = only(p.handle(0.001, SyncDone(0, tlbi.cmds[-1].token)), Submit)
+    assert [len(w.cmds) for w in writes] == [64, 7]  # CMDQ_BATCH_ENTRIES, then the rest and the CMD_SYNC
+    assert all(c.op == CMDQ_OP_ATC_INV for c in writes[0].cmds)
+    assert [c.op for c in writes[1].cmds][-1] == CMDQ_OP_CMD_SYNC
+    assert only(p.handle(0.002, SyncDone(0, writes[1].cmds[-1].token)), CompleteUnmap) == [CompleteUnmap(1, 0)]
+
+
+# --- AMD -----------------------------------------------------------------------------------------------
+
+
+def test_amd_ctrl_inv_to_1s_logs_iotlb_inv_timeout_naming_the_hung_device_and_uaf_stays():
+    s = run(policy={"name": "amd-iommu"}, chaos=HANG)  # inv_timeout default: 1 s (iommu_init_flags)
+    assert s["hw_atc_timeouts"] > 0 and s["cmdq_errors"] == 0  # an event, not a halted queue
+    records = s["event_records"]
+    assert records and {r["event"] for r in records} == {"IOTLB_INV_TIMEOUT"} and {r["sid"] for r in records} == {5}
+    assert min(r["at_s"] for r in records) >= 3.0  # one second after the first invalidation to it
+    assert s["smmu_events"]["IOTLB_INV_TIMEOUT"] == s["hw_atc_timeouts"]
+    assert s["uaf_exposures"] > 0 and s["fence_count"] == 0  # nothing recovers
+    none = run(policy={"name": "amd-iommu", "inv_timeout": "none"}, chaos=HANG)
+    assert none["hw_atc_timeouts"] == 0 and none["event_records"] == []
+
+
+def test_amd_inv_timeout_replaces_the_scenarios_hardware_timeout():
+    s = run(policy={"name": "amd-iommu", "inv_timeout": "100ms"}, hardware={"atc_inv_completion_timeout": 60},
+            chaos=HANG)
+    assert s["hw_atc_timeouts"] > run(policy={"name": "amd-iommu"}, chaos=HANG)["hw_atc_timeouts"]
+
+
+# --- dma-iommu's flush queue ---------------------------------------------------------------------------
+
+
+def test_fq_ring_free_locked_frees_only_what_a_flush_started_after_it_covers():
+    fq = FlushQueue(0, cpus=2)
+    assert fq.add(0, "a") is True  # the first entry arms the timer
+    fq.flush_started()  # fq_flush_iotlb(): start count 1
+    assert fq.add(1, "b") is False  # queued during the flush: the next flush covers it
+    fq.flush_finished()
+    assert fq.free_all() == ["a"] and fq.pending() == 1
+    fq.flush_started()
+    fq.flush_finished()
+    assert fq.free(1) == ["b"]
+    for k in range(IOVA_DEFAULT_FQ_SIZE - 1):
+        fq.add(0, k)
+    assert fq.full(0) and not fq.full(1)
+
+
+@pytest.mark.parametrize("policy", ["arm-smmu-v3", "amd-iommu", "intel-vtd"])
+def test_lazy_flush_queue_cuts_cmd_syncs_per_unmap_to_a_fraction_of_strict(policy):
+    # 300 unmaps/s per domain: about three IOVAs per 10 ms flush of the whole domain
+    load = {"workload": {"unmaps_per_s": 1200, "dma_per_endpoint_per_s": 40}, "duration": 3}
+    strict = run(policy={"name": policy}, host={"flush": "strict"}, **load)
+    lazy = run(policy={"name": policy}, host={"flush": "lazy"}, **load)
+    assert lazy["flush"]["mode"] == "lazy" and lazy["flush"]["iovas_per_flush"] > 2
+    assert lazy["syncs_per_unmap"] < strict["syncs_per_unmap"] / 2
+    assert lazy["unmaps"]["count"] >= strict["unmaps"]["count"] * 0.95
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("flush", ["strict", "lazy"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_fault_free_run_never_shows_uaf_or_a_fence(policy, flush, seed):
+    s = run(policy={"name": policy}, host={"flush": flush}, seed=seed, duration=2)
+    assert s["uaf_exposures"] == 0 and s["fence_count"] == 0 and s["unmaps"]["incomplete"] <= 4
+
+
+def test_lazy_mode_dma_between_the_unmap_and_its_flush_is_counted_as_the_lazy_window_not_uaf():
+    # DMA busy enough to hit its ATC between two flushes of the whole ATC (every ~10 ms per domain)
+    busy = {"workload": {"unmaps_per_s": 400, "dma_per_endpoint_per_s": 2000}, "duration": 2}
+    lazy = run(policy={"name": "arm-smmu-v3"}, host={"flush": "lazy"}, **busy)
+    strict = run(policy={"name": "arm-smmu-v3"}, host={"flush": "strict"}, **busy)
+    assert lazy["lazy_window_dma"] > 0 and lazy["uaf_exposures"] == 0  # the window lazy mode accepts
+    assert strict["lazy_window_dma"] == 0 and strict["uaf_exposures"] == 0
+
+
+@pytest.mark.parametrize("policy,default", [("amd-iommu", "lazy"), ("intel-vtd", "lazy"),
+                                            ("arm-smmu-v3", "strict"), ("quarantine", "strict"),
+                                            ("fence-on-timeout", "strict")])
+def test_host_flush_default_is_the_kconfig_default_of_the_drivers_architecture(policy, default):
+    a = run(policy={"name": policy}, host={"flush": "default"}, duration=3, chaos=HANG)
+    b = run(policy={"name": policy}, host={"flush": default}, duration=3, chaos=HANG)
+    assert deterministic_view(a) == deterministic_view(b)
+
+
+def test_lazy_arm_smmu_v3_frees_pages_at_its_timed_out_flush_and_the_uaf_follows():
+    s = run(policy={"name": "arm-smmu-v3"}, host={"flush": "lazy"}, chaos=HANG)
+    assert s["sync_timeouts"] > 0 and s["uaf_exposures"] > 0
+    assert s["flush"]["latency_s"]["max"] >= 1.0  # a timer flush held a CPU for the poll timeout
+
+
+# --- the reset path --------------------------------------------------------------------------------------
+
+
+def test_pci_dev_reset_iommu_prepare_holds_the_flr_until_the_hung_atc_inv_completes_or_times_out():
+    hw = {"atc_inv_completion_timeout": 3}
+    hang = [{"at": 2, "fault": "hang", "endpoints": [5], "duration": 20},
+            {"at": 2.5, "fault": "reset", "endpoints": [5]}]
+    s = run(policy={"name": "arm-smmu-v3"}, hardware=hw, chaos=hang, duration=12)
+    (reset,) = s["resets"]
+    # ATC_INVs to 5 went out from 2 s on; the FLR waits until the last one timed out (3 s later)
+    assert reset["started_s"] >= 5.0 and reset["ok"]
+    assert s["ats_disables_deferred"] == 1
+    healthy = run(policy={"name": "arm-smmu-v3"}, hardware=hw, duration=5,
+                  chaos=[{"at": 2.5, "fault": "reset", "endpoints": [5]}])
+    assert healthy["resets"][0]["started_s"] < 2.51  # nothing outstanding: the FLR goes at once
+
+
+def test_pci_dev_reset_iommu_done_restores_the_domain_only_after_a_successful_reset():
+    ok = run(policy={"name": "arm-smmu-v3"}, duration=6, chaos=[{"at": 2, "fault": "reset", "endpoints": [5]}])
+    failed = run(policy={"name": "arm-smmu-v3"}, duration=6,
+                 chaos=[{"at": 2, "fault": "reset", "endpoints": [5], "ok": False}])
+    assert ok["reset_blocks"] == failed["reset_blocks"] == 1  # the blocking domain for the reset
+    assert ok["fence_count"] == failed["fence_count"] == 0  # the core's blocking domain is no fence
+    assert ok["endpoints_by_state"].get("dead", 0) == 0 and failed["endpoints_by_state"]["dead"] == 1
+    # back in its domain after the good reset, its DMA translated again; after the failed one it
+    # stays blocked (a dead device issues nothing, so nothing was blocked: no DMA either)
+    assert ok["dma"]["untranslated_sent"] == 0
+    assert ok["commands"]["ATC_INV"] > failed["commands"]["ATC_INV"]  # left the invalidation list
+
+
+# --- VT-d ------------------------------------------------------------------------------------------------
+
+
+def test_qi_check_fault_the_cpu_that_reads_the_ite_first_handles_it_not_the_one_at_the_head():
+    p = make_policy("intel-vtd", {}, HW)
+    (head,) = only(p.handle(0.0, UnmapStart(3, 1, 3, 8, 0, (10,))), Submit)  # CPU 3's wait is first
+    (other,) = only(p.handle(0.0, UnmapStart(2, 2, 4, 9, 0, (20,))), Submit)
+    a = p.handle(5.0, CmdqError(0, CMDQ_ERR_CERROR_ATC_INV_IDX, -1, ite_sid=10))
+    assert only(a, QueryPresence) == [QueryPresence(10)]  # CPU 2 (lowest) handled it: pci_device_is_present()
+    resubmitted = only(a, Submit)
+    assert [[c.sid for c in s.cmds if c.op == CMDQ_OP_ATC_INV] for s in resubmitted] == [[10]]  # CPU 3: -EAGAIN
+    assert p.handle(5.0, SyncDone(0, other.cmds[-1].token)) == []  # its aborted wait is void
+
+
+def test_qi_check_fault_with_no_itesid_recorded_retries_for_ever():
+    removed = [{"at": 2, "fault": "removed", "endpoints": [5]}]
+    hw = {"atc_inv_completion_timeout": 2}
+    s = run(policy={"name": "intel-vtd", "itesid": False}, host={"flush": "strict"}, hardware=hw, duration=12,
+            chaos=removed)
+    named = run(policy={"name": "intel-vtd"}, host={"flush": "strict"}, hardware=hw, duration=12, chaos=removed)
+    assert s["completion_errors"] == {} and s["notes"]["retry"] > 0  # nobody ever gives up
+    assert named["completion_errors"] and s["unmaps"]["count"] < named["unmaps"]["count"]
