@@ -85,6 +85,7 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
     variants: dict[int, dict] = {}
     nxt = settled = 0  # the next variant to draw; the first not yet settled
     counts: dict[str, int] = {}
+    flying: dict[int, int] = {}  # violation -> its shrink runs in flight
 
     def settle(i: int, shrink: bool = True) -> None:
         res, original = verdicts.pop(i), variants.pop(i)
@@ -101,9 +102,14 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
 
     def next_job() -> tuple[Any, tuple[str, dict]] | None:
         nonlocal nxt
-        for k, v in enumerate(s.violations):
-            job = v.chain.next_job() if v.chain else None
+        # the chain with the fewest runs in flight first: a run beside a round's deciding one is wasted
+        chains = sorted((k for k, v in enumerate(s.violations) if v.chain and not v.chain.done),
+                        key=lambda k: (flying.get(k, 0), k))
+        for k in chains:
+            v = s.violations[k]
+            job = v.chain.next_job()
             if job is not None:
+                flying[k] = flying.get(k, 0) + 1
                 key, cand = job
                 return ("shrink", k, key), ("check", {"scenario": cand, "checks": [by_prop[v.prop]]})
         if nxt < total:
@@ -132,6 +138,7 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
                         settle(settled)
                         settled += 1
                 else:
+                    flying[key[1]] -= 1
                     chain = s.violations[key[1]].chain
                     chain.feed(key[2], res["violated"].get(chain.prop))
             if progress:
