@@ -58,7 +58,7 @@ def test_arm_smmu_v3_leaks_and_the_minimal_schedule_is_one_hang_longer_than_its_
 
 def test_a_plug_in_that_completes_before_its_fence_lands_leaks_in_at_most_two_steps(tmp_path):
     data = {**SMALL, "policy": {"name": "test-early-complete"}}
-    r, report, out = explore(tmp_path, data, "--check", "uaf", "--budget", "8", "--shrink-max", "2",
+    r, report, out = explore(tmp_path, data, "--check", "uaf", "--budget", "8", "--shrink-max", "1",
                              "--policy-file", str(EARLY))
     assert r.exit_code == 1, r.output
     shrunk = [v for v in report["violations"] if v["shrunk"]]

@@ -66,7 +66,7 @@ def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_d
     found = []
     for pool in (Pool(use_ray=True), Pool(1)):
         with pool:
-            s = run_explore(sc, pool, checks, seed=2, budget=6, shrink_max=1, shrink_runs=40)
+            s = run_explore(sc, pool, checks, seed=2, budget=6, shrink_max=1, shrink_runs=20)
         found.append(([violation_record(v) for v in s.violations], s.explored, pool.use_ray, pool.capacity))
     (sharded, n1, ray_used, capacity), (serial, n2, _, _) = found
     assert ray_used and capacity == 2 and n1 == n2 == 6
