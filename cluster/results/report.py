@@ -14,20 +14,13 @@ from ats_stress.iommu_actor.units import format_duration
 
 from .plots import _targets, plot_cmdq, plot_endpoints, plot_latency
 from .sampler import RunSampler
+from .text import bound_text, observed_text
 
 # --- the report ----------------------------------------------------------------------------------
 
 
 def _d(v) -> str:
     return "-" if v is None else format_duration(v)
-
-
-def _bound(b: dict) -> str:
-    return ", ".join(f"{'<=' if k == 'max' else '>='} {v:g}" for k, v in b.items())
-
-
-def _obs(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _queue_story(samples: dict | None) -> str | None:
@@ -141,7 +134,7 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     if s["expectations"]:
         md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]
         for e in s["expectations"]:
-            md.append(f"| {e['name']} | {_bound(e['bound'])} | {_obs(e['observed'])} | "
+            md.append(f"| {e['name']} | {bound_text(e)} | {observed_text(e)} | "
                       f"{'ok' if e['ok'] else '**VIOLATED**'} |")
     else:
         md.append("The scenario sets none.")
