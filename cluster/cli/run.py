@@ -1,4 +1,4 @@
-"""``ats-stress run``, ``validate`` and ``observe``: one scenario, and what looks at its results."""
+"""``ats-stress run``, ``validate``, ``scenarios`` and ``observe``: one scenario, and what looks at its results."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 
 from ats_stress.cluster.results.summary import write_json
-from ats_stress.cluster.scenario import ScenarioError
+from ats_stress.cluster.scenario import ScenarioError, library
 
 from .app import (
+    SCENARIO_HELP,
     EXIT_EXPECT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -29,7 +30,7 @@ from .app import (
 
 @app.command()
 def run(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (virtual time) or ray (live actors)"),
     policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario seed"),
@@ -114,13 +115,29 @@ def _sim_progress(sc):
 
 @app.command()
 def validate(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
 ) -> None:
     """Check a scenario without running it (exit 0 valid, 2 invalid)."""
     sc = _load(scenario, set_)
-    out_console.print(f"{scenario}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
-                      f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s", highlight=False)
+    out_console.print(f"{library.resolve(scenario)}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
+                      f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the built-in scenario library: each name (for run, validate, compare, sweep) and what it shows."""
+    from rich.table import Table
+
+    t = Table(box=None, show_header=True, pad_edge=False)
+    t.add_column("scenario", no_wrap=True)
+    t.add_column("what it shows")
+    for name in library.names():
+        t.add_row(name, library.describe(library.LIBRARY / f"{name}.yaml"))
+    out_console.print(t)
+    out_console.print(f"files: {library.LIBRARY}  (run one: ats-stress run NAME; copy one to edit it)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from ats_stress.iommu_actor.policy import PolicyError, get_policy
 from .chaos import FAULTS
 from .config import Scenario
 from .fields import ScenarioError
+from . import library
 
 # --- loading -----------------------------------------------------------------------------------
 
@@ -29,8 +30,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file. Give the path of a scenario YAML file "
-                            "(the library is in configs/scenarios/).") from None
+        raise ScenarioError(f"{path}: no such file. Give the path of a scenario YAML file or a name "
+                            "from the built-in library (`ats-stress scenarios`).") from None
     except IsADirectoryError:
         raise ScenarioError(f"{path}: is a directory, not a scenario file.") from None
     except OSError as exc:
@@ -164,11 +165,12 @@ def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: st
                   seed: int | None = None) -> Scenario:
     """Read, extend, override and validate a scenario; ScenarioError on anything wrong.
 
+    ``path`` is a file or the name of a scenario of the built-in library (``library.resolve``).
     ``policy`` replaces policy.name and keeps only the parameters the new policy has (so a
     scenario written for one policy can be replayed under another); ``seed`` replaces the seed.
     ``sets`` (``key.path=value``) apply last.
     """
-    path = Path(path)
+    path = library.resolve(path)
     data = _load_tree(path, ())
     if policy is not None:
         try:
