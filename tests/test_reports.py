@@ -50,13 +50,13 @@ def test_samples_are_on_scenario_time_and_follow_the_model():
 def test_report_of_a_fenced_hang_tells_who_was_fenced_and_that_nothing_leaked(tmp_path):
     sc = fence_scenario()
     summary, samples = sampled(sc)
-    path = write_report(sc, summary, samples, tmp_path)
+    path = write_report(sc, summary, samples, tmp_path)[0]
     md = path.read_text()
     assert "SAFE: no UAF exposure" in md
     assert "| 0 | 2s | hang | 5 |" in md  # what the scenario did
     assert "| stream | fenced at | fault began |" in md and "| 5 |" in md and "culprit" in md
     assert "worst stall" in md and "software CMD_SYNC timeout" in md
-    assert "| uaf_exposures |" in md and "| fenced_healthy |" in md  # the expectations
+    assert "| uaf_exposures | <= 0 | 0 | ok |" in md and "| fenced_healthy | <= 0 | 0 | ok |" in md
     for name in ("latency.png", "cmdq.png", "endpoints.png"):
         assert f"]({name})" in md
         assert (tmp_path / name).read_bytes()[:8] == PNG
@@ -66,7 +66,7 @@ def test_report_of_a_mainline_hang_says_unsafe_with_first_uaf_and_culprit_stream
     sc = scenario(duration=8, chaos=HANG_5)
     summary, samples = sampled(sc)
     assert summary["uaf_exposures"] > 0
-    md = write_report(sc, summary, samples, tmp_path).read_text()
+    md = write_report(sc, summary, samples, tmp_path)[0].read_text()
     assert f"UNSAFE: {summary['uaf_exposures']} UAF exposure(s)" in md
     assert "stream 5" in md and "No stream was fenced." in md
 
@@ -74,7 +74,7 @@ def test_report_of_a_mainline_hang_says_unsafe_with_first_uaf_and_culprit_stream
 def test_report_without_time_series_still_has_the_story(tmp_path):
     sc = scenario(duration=4, chaos=HANG_5)
     summary = run_sim(sc)
-    md = write_report(sc, summary, None, tmp_path).read_text()
+    md = write_report(sc, summary, None, tmp_path)[0].read_text()
     assert "Verdict" in md and "no time plots" in md
     assert not list(tmp_path.glob("*.png"))
 
@@ -87,9 +87,11 @@ def test_cli_run_writes_summary_report_plots_and_openmetrics(tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["run", str(scen), "-q", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    for name in ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om"):
+    names = ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om")
+    for name in names:
         assert (out / name).exists(), name
-    assert "report:" in r.output
+    listed = r.output[r.output.index("written:"):].split()[1:]
+    assert listed == [str(out / name) for name in names]  # every file it wrote, the PNGs too
     om = (out / "metrics.om").read_text()
     assert om.endswith("# EOF\n") and "ats_uaf_exposures_total{" in om
     assert json.loads((out / "summary.json").read_text())["uaf_exposures"] > 0
@@ -108,6 +110,6 @@ def test_report_of_a_live_run_names_lost_actors_and_transport_saturation(tmp_pat
     summary = dict(run_sim(sc), runtime="ray",
                    lost={"actors": [{"kind": "device", "index": 1}], "endpoints": [16, 17], "nodes": []},
                    transport={"saturation": ["the actors ran up to 265 ms wall behind"]})
-    md = write_report(sc, summary, None, tmp_path).read_text()
+    md = write_report(sc, summary, None, tmp_path)[0].read_text()
     assert "actors lost: 1, endpoints lost with them: 2" in md
     assert "265 ms wall behind" in md

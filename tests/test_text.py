@@ -18,6 +18,8 @@ from helpers import HANG_5, scenario
      "fence_after_sync_max <= 1.1 s: observed 1.0 s, ok"),
     ({"name": "healthy_unmap_latency_p99", "ok": True, "observed": 0.000123, "bound": {"max": 0.05}},
      "healthy_unmap_latency_p99 <= 50.0 ms: observed 0.123 ms, ok"),
+    ({"name": "healthy_unmap_latency_p99", "ok": False, "observed": 3.931, "bound": {"max": 0.05}},
+     "healthy_unmap_latency_p99 <= 50.0 ms: observed 3931 ms, VIOLATED"),
     ({"name": "uaf_exposures", "ok": False, "observed": 7, "bound": {"max": 0.0}},
      "uaf_exposures <= 0: observed 7, VIOLATED"),
     ({"name": "fences", "ok": True, "observed": 3, "bound": {"max": 5.0, "min": 1.0}},

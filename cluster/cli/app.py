@@ -49,8 +49,9 @@ def _load(scenario: Path, sets: list[str], policy: Optional[str] = None, seed: O
         _fail_input(str(exc))
 
 
-def _default_out(name: str, policy: str) -> Path:
-    return Path("runs") / f"{name}-{policy}".replace(" ", "_")
+def _default_out(name: str, policy: str, runtime: str) -> Path:
+    """runs/NAME-POLICY-RUNTIME: a sim run and a live run of one scenario keep their own results."""
+    return Path("runs") / f"{name}-{policy}-{runtime}".replace(" ", "_")
 
 
 def main() -> None:

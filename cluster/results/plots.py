@@ -11,8 +11,8 @@ from pathlib import Path
 from ats_stress.device_actors.endpoint import MODE_NAMES
 from ats_stress.iommu_actor.units import format_duration
 
-#: at most this many unmap-latency points per plot (evenly thinned, extremes kept)
-MAX_TRACE_POINTS = 40000
+from .sampler import MAX_TRACE_POINTS, thin
+
 
 STATE_COLORS = {"slow": "#dd8452", "hang": "#c44e52", "flap": "#8172b3", "drop": "#937860",
                 "lie": "#da8bc3", "itag_leak": "#8c8c8c", "removed": "#55a868", "resetting": "#ccb974",
@@ -133,17 +133,6 @@ def _legend(ax) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
 
 
-def _thin(points: list, limit: int) -> list:
-    if len(points) <= limit:
-        return points
-    step = len(points) / limit
-    keep = {int(i * step) for i in range(limit)}
-    # keep the slowest unmaps: the stall must not vanish in the thinning
-    worst = sorted(range(len(points)), key=lambda i: points[i][1])[-limit // 20:]
-    keep.update(worst)
-    return [points[i] for i in sorted(keep)]
-
-
 def _software_timeout(summary: dict) -> float | None:
     """The policy's software CMD_SYNC timeout (its parameters, else its default), if it has one."""
     from ats_stress.iommu_actor.policy import PolicyError, validate_params
@@ -163,7 +152,7 @@ def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
     plt, fig, strip, (ax,) = _figure(sc, 1, [4.0], 4.2)
     _timeline(strip, sc, samples, end)
     strip.set_title(f"{sc.name} · {summary['policy']}: unmap latency (arrival to reported complete)")
-    pts = _thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
+    pts = thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
     for affected, color, name in ((False, "#4c72b0", "healthy"), (True, "#c44e52", "affected")):
         fast = [p for p in pts if bool(p[2]) == affected and p[1] < 1e-2]
         slow = [p for p in pts if bool(p[2]) == affected and p[1] >= 1e-2]

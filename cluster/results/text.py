@@ -56,8 +56,9 @@ def _num(v: Any, unit: str, scale: float) -> str:
             return "; ".join(map(str, v)) or "none"
         return "-" if v is None else str(v)
     if unit:
-        text = f"{v / scale:.3g}"
-        if "." not in text and "e" not in text:
+        x = v / scale
+        text = f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+        if "." not in text and "e" not in text and abs(x) < 100:
             text += ".0"
         return f"{text} {unit}"
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
@@ -110,7 +111,7 @@ def print_summary(s: dict, console: Console | None = None) -> None:
         ("healthy unmap latency p50 / p99 / max", f"{_d(hl.get('p50'))} / {_d(hl.get('p99'))} / {_d(hl.get('max'))}"),
         ("software sync timeouts", s.get("sync_timeouts")),
         ("hardware ATC timeouts (CERROR_ATC_INV_SYNC)", f"{s.get('hw_atc_timeouts')} ({s.get('cmdq_errors')})"),
-        ("completion errors", ", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
+        ("completion errors (code: count)", ", ".join(f"{k}: {v}" for k, v in errors.items()) if errors else "none"),
         ("fences (healthy fenced)", f"{s.get('fence_count')} ({s.get('fenced_healthy')})"),
         ("fence latency max", _d(_get(s, "fence_latency_s", "max"))),
         ("unfences / recovery max", f"{s.get('unfence_count')} / {_d(_get(s, 'recovery_s', 'max'))}"),
