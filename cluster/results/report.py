@@ -13,6 +13,7 @@ from pathlib import Path
 from ats_stress.iommu_actor.units import format_duration
 
 from .plots import _targets, plot_cmdq, plot_endpoints, plot_latency
+from .sampler import wedged_intervals
 from .text import bound_text, observed_text
 
 # --- the report ----------------------------------------------------------------------------------
@@ -23,23 +24,20 @@ def _d(v) -> str:
 
 
 def _queue_story(samples: dict | None) -> str | None:
-    """How long command queues stayed wedged, from the sampled oldest pending CMD_SYNC."""
+    """Which command queues an unanswered CMD_SYNC wedged for a second or more, and until when."""
     if not samples or not samples.get("t"):
         return None
-    t = samples["t"]
-    parts = []
-    for sm in samples["smmus"]:
-        ages = sm["oldest_sync_s"]
-        worst = max(ages, default=0.0)
-        if worst < 1.0:
-            continue
-        at = t[ages.index(worst)]
-        tail = " and was still pending at the end" if ages[-1] >= 1.0 else ""
-        parts.append(f"smmu {sm['index']}: a CMD_SYNC waited up to {_d(worst)} (at {_d(at)}){tail}")
-    if not parts:
+    long = [w for w in wedged_intervals(samples) if w["longest_s"] >= 1.0]
+    if not long:
         return "No command queue was wedged for a second or more."
-    return ("Command queue wedged by an unanswered ATC_INV: " + "; ".join(parts) +
-            ". Work queued behind it waits (or, with spare queues, the driver moves off it).")
+    parts = [f"smmu {w['smmu']} queue {w['queue']} from {_d(w['start'])} "
+             + (f"until {_d(w['end'])}" if w["end"] is not None else "to the end of the run")
+             + f" (a CMD_SYNC waited up to {_d(w['longest_s'])})"
+             for w in sorted(long, key=lambda w: -w["longest_s"])[:5]]
+    more = f"; {len(long) - 5} more" if len(long) > 5 else ""
+    return ("Command queues wedged by an unanswered CMD_SYNC: " + "; ".join(parts) + more +
+            ". Work queued behind it waits (or, with spare queues, the driver moves off it); a queue clears "
+            "when its CMD_SYNC completes: the device answers, or the hardware's ATC_INV timeout gives up.")
 
 
 def _verdict(s: dict, samples: dict | None = None) -> list[str]:
@@ -146,8 +144,11 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
         md += ["Shaded: chaos steps; red lines: a fence took effect; green dashed: an unfence.", "",
                "Unmap latency over time (each dot one completed unmap; the black line is the oldest unmap still "
                "waiting, so a stall shows while it grows):", "", "![unmap latency](latency.png)", "",
-               "Command queues: commands queued, and how long the oldest CMD_SYNC has waited (a wedged queue "
-               "climbs until the device answers, is fenced, or the hardware gives up):", "", "![command queues](cmdq.png)", "",
+               "Command queues: commands queued, and each queue an unanswered CMD_SYNC wedged, from when that "
+               "CMD_SYNC was queued until the queue was clear again. It clears only when the CMD_SYNC "
+               "completes (the device answers, or the hardware's ATC_INV timeout gives up), so a queue can stay "
+               "wedged after its device is fenced while the driver works on other queues:", "",
+               "![command queues](cmdq.png)", "",
                "Endpoints by state, streams fenced, and UAF exposures:", "", "![endpoints](endpoints.png)"]
     else:
         plots = []

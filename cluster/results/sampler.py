@@ -27,6 +27,8 @@ from ats_stress.device_actors.endpoint import MODE_NAMES
 SAMPLE_EVERY = 0.25
 #: at most this many unmap-latency points leave a live SMMU actor (evenly thinned, slowest kept)
 MAX_TRACE_POINTS = 40000
+#: a command queue is wedged while its oldest pending CMD_SYNC has waited this long (scenario s)
+WEDGED_AFTER = 0.1
 #: the per-sample fields of an SMMU row that become one series each
 SMMU_SERIES = ("cmdq_depth", "cmdq_depth_max", "halted_queues", "oldest_sync_s", "queue_sync_s",
                "oldest_open_s", "fenced", "uaf")
@@ -162,10 +164,43 @@ class LiveSeries:
                         self.step_targets)
 
 
+def wedged_intervals(samples: dict) -> list[dict[str, Any]]:
+    """Every stretch of samples in which a command queue was wedged (its oldest pending CMD_SYNC
+    had waited WEDGED_AFTER or more): smmu, queue, start (when the CMD_SYNC that wedged it was
+    queued), end (the first sample that found it clear; None: still wedged at the end) and the
+    longest wait seen. In start order."""
+    t = samples["t"]
+    out = []
+    for sm in samples["smmus"]:
+        rows = sm.get("queue_sync_s") or []
+        for q in range(max((len(r) for r in rows), default=0)):
+            cur = None
+            for ti, ages in zip(t, rows):
+                age = ages[q] if q < len(ages) else 0.0
+                if age >= WEDGED_AFTER:
+                    if cur is None:
+                        cur = {"smmu": sm["index"], "queue": q, "start": ti - age, "end": None, "longest_s": 0.0}
+                        out.append(cur)
+                    cur["longest_s"] = max(cur["longest_s"], age)
+                elif cur is not None:
+                    cur["end"] = ti
+                    cur = None
+    return sorted(out, key=lambda w: (w["start"], w["smmu"], w["queue"]))
+
+
+def _wedged_counts(samples: dict) -> list[int]:
+    """Per sample, how many command queues (all SMMUs) were wedged."""
+    counts = [0] * len(samples["t"])
+    for sm in samples["smmus"]:
+        for i, ages in enumerate(sm.get("queue_sync_s") or []):
+            counts[i] += sum(1 for age in ages if age >= WEDGED_AFTER)
+    return counts
+
+
 def compact_series(samples: dict) -> dict[str, list]:
     """The report's time series reduced to what the compare charts draw (small enough to pickle back
     from a worker): per sample step, the worst unmap latency completed or still open (healthy domains
-    and all), queue depth, oldest pending CMD_SYNC, endpoints not healthy, fenced streams, UAF."""
+    and all), queue depth, wedged queues, endpoints not healthy, fenced streams, UAF."""
     t = list(samples["t"])
     smmus = samples["smmus"]
     worst_h = [0.0] * len(t)
@@ -182,7 +217,7 @@ def compact_series(samples: dict) -> dict[str, list]:
         "worst_healthy_s": worst_h,
         "worst_s": [max(a, b) for a, b in zip(worst_all, oldest)],
         "cmdq_depth": [sum(v) for v in zip(*(s["cmdq_depth"] for s in smmus))],
-        "oldest_sync_s": [max(v) for v in zip(*(s["oldest_sync_s"] for s in smmus))],
+        "wedged_queues": _wedged_counts(samples),
         "not_healthy": [sum(v) for v in zip(*(eps[m] for m in MODE_NAMES if m != "healthy"))],
         "fenced": [sum(v) for v in zip(*(s["fenced"] for s in smmus))],
         "uaf": [sum(v) for v in zip(*(s["uaf"] for s in smmus))],
