@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ats_stress.cluster.results.text import COMPARE_COLUMNS, expectation_line, print_compare, print_summary
 from ats_stress.cluster.runtime.sim import run_sim
-from helpers import HANG_5, scenario
+from helpers import scenario
 
 
 @pytest.mark.parametrize("e,line", [
