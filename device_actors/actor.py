@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ats_stress.cluster.runtime.live import LiveShell, bucket_by_sid, node_location
+from ats_stress.cluster.results.sampler import group_row
 from ats_stress.cluster.results.summary import group_stats
 
 from .endpoint import EndpointGroup
@@ -60,7 +61,11 @@ class DeviceActor(LiveShell):
         self.set_exporter_time(self.last)
         return {**self.progress_base(), "group": group_stats(self.group)}
 
-    async def stats(self) -> dict[str, Any]:
+    def sample_row(self, now: float) -> dict[str, Any]:
+        return group_row(self.group, now)
+
+    async def stats(self, final: bool = False) -> dict[str, Any]:
         now = self.end_time()
         self.set_exporter_time(now)
-        return {"group": group_stats(self.group), "transport": self.transport_stats(), "end_s": now}
+        return {"group": group_stats(self.group), "transport": self.transport_stats(), "end_s": now,
+                "samples": self.take_samples()}

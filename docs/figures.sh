@@ -24,4 +24,5 @@ $A sweep configs/scenarios/lazy-flush.yaml --param policy.name=amd-iommu,intel-v
 # the limit of fencing
 $A compare configs/scenarios/lying-device.yaml --seeds 2 --set hardware.command_queues=33 \
    --policies arm-smmu-v3,amd-iommu,intel-vtd,quarantine,fence-on-timeout,iommu-core --out runs/docs/compare-lying
+cp runs/docs/compare-q1/compare.png docs/img/compare-q1.png
 $PY docs/render.py

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ats_stress.cluster.results.sampler import MAX_TRACE_POINTS, smmu_row, thin
 from ats_stress.cluster.results.summary import node_stats, oracle_stats
 from ats_stress.cluster.runtime.live import LOCAL, LiveShell, bucket_by_sid, node_location
 from ats_stress.device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
@@ -124,10 +125,18 @@ class SmmuActor(LiveShell):
                 "syncs": node.sync_count(), "fenced": len(oracle.fenced), "uaf": oracle.uaf_exposures,
                 "unmaps": len(node.latencies_healthy) + len(node.latencies_affected)}
 
-    async def stats(self) -> dict[str, Any]:
+    def sample_row(self, now: float) -> dict[str, Any]:
+        return smmu_row(self.node, self.oracle, now)
+
+    async def stats(self, final: bool = False) -> dict[str, Any]:
+        """Everything so far; ``final``: also the unmap latency trace (thinned) for the plots."""
         now = self.end_time()
         self.set_exporter_time(now)
         transport = self.transport_stats()
         transport["synthesised_root_complex_replies"] = self.synthesised
-        return {"node": node_stats(self.node, now), "oracle": oracle_stats(self.oracle),
-                "transport": transport, "end_s": now, "lost_sids": len(self.lost_sids)}
+        out = {"node": node_stats(self.node, now), "oracle": oracle_stats(self.oracle),
+               "transport": transport, "end_s": now, "lost_sids": len(self.lost_sids),
+               "samples": self.take_samples()}
+        if final:
+            out["latency_trace"] = thin(self.node.latency_trace, MAX_TRACE_POINTS)
+        return out

@@ -363,7 +363,8 @@ def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:
         allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
         problems = "; ".join(
             f"policy.{'.'.join(str(p) for p in e['loc'])}: "
-            + (f"policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden" else e["msg"])
+            + (f"unknown field, policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden"
+               else e["msg"])
             for e in exc.errors())
         raise PolicyError(f"{problems} (parameters of policy {name!r}: {allowed})") from None
 

@@ -19,8 +19,12 @@ HANG = {"at": 1, "fault": "hang", "endpoints": [1]}
 
 # (case id, file content (str or bytes), substrings the error must contain)
 CORPUS = [
-    ("unknown-top-level-key", with_(colour="blue"), ["colour: unknown key"]),
-    ("unknown-nested-key", with_(topology__nodez=3), ["topology.nodez: unknown key"]),
+    ("unknown-top-level-key", with_(colour="blue"), ["unknown field colour (allowed: name, description, seed"]),
+    ("unknown-nested-key", with_(topology__nodez=3), ["unknown field topology.nodez (allowed: smmus, endpoints"]),
+    ("unknown-step-field", with_(chaos=[{**HANG, "colour": 1}]), ["unknown field chaos.0.colour (allowed: at,",
+                                                                  "recover_on_reset"]),
+    ("unknown-bound-field", with_(expect={"fences": {"max": 1, "mox": 2}}),
+     ["unknown field expect.fences.mox (allowed: min, max, at)"]),
     ("wrong-type", with_(topology__endpoints="many"), ["topology.endpoints"]),
     ("negative-duration", with_(duration="-5s"), ["duration", "cannot be negative"]),
     ("zero-duration", with_(duration=0), ["duration", "greater than 0"]),
@@ -32,7 +36,8 @@ CORPUS = [
     ("more-domains-than-endpoints", with_(topology__domains=64), ["domains (64) cannot exceed endpoints (32)"]),
     ("queue-depth-above-32", with_(topology__invalidate_queue_depth=33), ["topology.invalidate_queue_depth", "32"]),
     ("unknown-policy", with_(policy={"name": "linux-9000"}), ["policy.name", "unknown policy 'linux-9000'", "quarantine"]),
-    ("unknown-policy-parameter", with_(policy={"name": "arm-smmu-v3", "bogus": 1}), ["policy.bogus", "sync_timeout"]),
+    ("unknown-policy-parameter", with_(policy={"name": "arm-smmu-v3", "bogus": 1}),
+     ["policy.bogus: unknown field", "sync_timeout"]),
     ("policy-parameter-wrong-type", with_(policy={"name": "arm-smmu-v3", "sync_timeout": "soon"}), ["policy.sync_timeout"]),
     ("yaml-list", "- a\n- b\n", ["must be a mapping"]),
     ("yaml-scalar", "just words\n", ["must be a mapping"]),
@@ -42,7 +47,13 @@ CORPUS = [
     ("huge-count", with_(topology__endpoints=10**30), ["topology.endpoints"]),
     ("huge-duration", with_(duration=1e30), ["duration", "one day"]),
     ("invalid-yaml", "name: [unclosed\nduration: 3\n", ["not valid YAML", "line"]),
-    ("unknown-fault", with_(chaos=[{**HANG, "fault": "explode"}]), ["chaos.0", "unknown fault", "hang"]),
+    ("unknown-fault", with_(chaos=[{**HANG, "fault": "explode"}]), ["chaos.0", "unknown fault 'explode'", "hang"]),
+    ("duplicate-key", with_() + "name: again\n", ["the key 'name' appears twice", "(lines ", "keep the last"]),
+    ("duplicate-nested-key", with_().replace("  cpus: 4\n", "  cpus: 4\n  cpus: 2\n"),
+     ["the key 'cpus' appears twice"]),
+    ("nested-5000-deep", with_() + "chaos: " + "[" * 5000 + "]" * 5000 + "\n", ["nests", "at most 32 levels"]),
+    ("nested-100-deep", with_() + "description: " + "[" * 100 + "]" * 100 + "\n",
+     ["nests more than 32 levels deep (at description.0.0.0"]),
     ("missing-fault", with_(chaos=[{"at": 1, "endpoints": [1]}]), ["chaos.0", "needs fault"]),
     ("step-without-target", with_(chaos=[{"at": 1, "fault": "hang"}]), ["chaos.0", "needs a target"]),
     ("endpoints-and-count", with_(chaos=[{**HANG, "count": 2}]), ["chaos.0", "either endpoints"]),
@@ -128,6 +139,32 @@ def test_bad_set_options_are_bad_input(tmp_path, bad_set, needle):
     path.write_text(with_(chaos=[HANG]))
     r = runner.invoke(app, ["validate", str(path), "--set", bad_set])
     assert r.exit_code == 2 and needle in r.output, r.output
+
+
+@pytest.mark.parametrize("bad_set,needle", [
+    ("topology.endpoints=abc", "--set 'topology.endpoints=abc': topology.endpoints: Input should be a valid integer"),
+    ("topology.domains=64", "--set 'topology.domains=64': topology: domains (64) cannot exceed endpoints"),
+    ("chaos.0.at=100", "--set 'chaos.0.at=100': chaos.0.at: 100 s is not before the end"),
+    ("chaos.0.fault=explod", "--set 'chaos.0.fault=explod': chaos.0: unknown fault 'explod'"),
+    ("topology={cpus: 2, cpus: 3}", "--set 'topology={cpus: 2, cpus: 3}': the key 'cpus' appears twice"),
+])
+def test_a_bad_set_value_is_blamed_on_the_set_option_not_the_file(tmp_path, bad_set, needle):
+    path = tmp_path / "s.yaml"
+    path.write_text(with_(chaos=[HANG]))
+    r = runner.invoke(app, ["validate", str(path), "--set", bad_set])
+    assert r.exit_code == 2
+    flat = " ".join(r.output.split())
+    assert needle in flat and "s.yaml" not in flat, flat
+
+
+def test_problems_in_the_file_and_in_a_set_option_are_each_blamed_on_their_source(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(with_(colour="blue"))
+    r = runner.invoke(app, ["validate", str(path), "--set", "topology.endpoints=abc"])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2
+    assert "s.yaml: invalid scenario: unknown field colour" in flat
+    assert "--set 'topology.endpoints=abc': topology.endpoints" in flat
 
 
 def test_bad_runtime_and_sweep_params_are_bad_input(tmp_path):

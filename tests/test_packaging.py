@@ -77,3 +77,50 @@ def test_the_installed_command_runs_from_another_directory(installed, tmp_path):
     r = subprocess.run([str(bindir / "ats-stress"), "validate", str(scenario)], cwd=where,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+
+
+def test_from_another_directory_the_library_runs_and_observe_serves_it_with_the_shipped_rules(installed, tmp_path):
+    """The issue's "done when": in a fresh venv elsewhere, `ats-stress scenarios`, `ats-stress run
+    single-hang --runtime sim` and `ats-stress observe <that run's dir>` work with the shipped
+    library, alert rules and dashboard."""
+    from test_prometheus import PROMETHEUS, PROMTOOL, Prom, free_port, need
+
+    wheel, bindir, site = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for shipped in ("configs/scenarios/single-hang.yaml", "configs/alerts.yml", "configs/prometheus.yml",
+                    "grafana/dashboards/ats-stress.json", "grafana/provisioning/datasources/ats-stress.yaml"):
+        assert f"ats_stress/{shipped}" in names, shipped
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    cli = str(bindir / "ats-stress")
+    r = subprocess.run([cli, "scenarios"], cwd=where, capture_output=True, text=True)
+    assert r.returncode == 0 and "single-hang" in r.stdout and "the hazard itself" in r.stdout, r.stderr
+    assert str(site / "ats_stress" / "configs" / "scenarios") in r.stdout.replace("\n", "")
+    r = subprocess.run([cli, "run", "single-hang", "--runtime", "sim"], cwd=where, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = where / "runs" / "single-hang-arm-smmu-v3-sim"
+    for name in ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om"):
+        assert (run_dir / name).is_file() and str(run_dir.relative_to(where) / name) in r.stdout, name
+    need(PROMETHEUS, "prometheus")
+    need(PROMTOOL, "promtool")
+    port = free_port()
+    log = tmp_path / "observe.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([cli, "observe", str(run_dir), "--port", str(port)], cwd=where, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        prom = Prom(f"http://127.0.0.1:{port}", proc, log)
+        prom.wait("observe's prometheus", prom.ready)
+        rules = prom.get("/api/v1/rules")["groups"]
+        assert rules and len(rules[0]["rules"]) == 4  # the shipped alert rules
+        assert str(site / "ats_stress" / "configs" / "alerts.yml") in prom.get("/api/v1/status/config")["yaml"]
+        text = log.read_text()
+        dashboard = site / "ats_stress" / "grafana" / "dashboards" / "ats-stress.json"
+        assert dashboard.is_file() and str(dashboard) in text
+        assert "the sim run of single-hang" in text
+        to_ms = int(text.split("&to=")[1].split(" ")[0])
+        res = prom.get("/api/v1/query", query="max(ats_uaf_exposures_total)", time=to_ms / 1000)["result"]
+        assert float(res[0]["value"][1]) > 0  # the run's data, served
+    finally:
+        proc.terminate()  # observe takes its Prometheus with it
+        proc.wait(timeout=30)

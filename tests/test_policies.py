@@ -378,3 +378,12 @@ def test_iommu_core_on_vtd_uses_the_ite_source_id_instead_of_searching():
     probes = [s for s in only(a, Submit) if s.cmds[0].op == CMDQ_OP_ATC_INV]
     assert [sorted(c.sid for c in s.cmds[:-1]) for s in probes] == [[10, 12]]  # the rest, not halves
     assert all(c.size == ATC_INV_SIZE_ALL for s in probes for c in s.cmds[:-1])
+
+
+def test_iommu_core_on_amd_fences_the_device_its_iotlb_inv_timeout_event_names():
+    # one queue: the search cannot pass the wedge, but AMD's hardware gives the invalidation up
+    # after CTRL_INV_TO (1 s) and its event log names the device, so the core fences it at once
+    s = run(policy={"name": "iommu-core", "driver": "amd-iommu"}, hardware={"command_queues": 1}, chaos=HANG_5)
+    assert [f["sid"] for f in s["fences"]] == [5] and s["fenced_healthy"] == 0
+    assert s["fences"][0]["at_s"] >= s["event_records"][0]["at_s"] >= 3.0  # after the first event, 1 s in
+    assert s["uaf_exposures"] == 0

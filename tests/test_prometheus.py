@@ -420,3 +420,30 @@ def test_observe_serves_a_sim_run_and_watches_a_live_runs_targets(tmp_path):
             proc.terminate()  # observe forwards it to its Prometheus
             proc.wait(timeout=30)
             log.close()
+
+
+def test_observe_reimports_a_sim_run_only_when_a_new_run_replaced_its_metrics(tmp_path):
+    need(PROMETHEUS, "prometheus")
+    need(PROMTOOL, "promtool")
+    from ats_stress.cluster.results import observe
+
+    sc = small_fence_scenario(duration=3)
+    run_dir = tmp_path / "run"
+
+    def sim_run(run_id: str) -> None:
+        sampler = RunSampler(sc, run_id=run_id, start_wall=time.time() - 20)
+        run_sim(sc, sample=sampler)
+        sampler.write_openmetrics(run_dir / "metrics.om")
+
+    def blocks() -> set[str]:
+        return {p.parent.name for p in (run_dir / "prometheus-data").glob("*/meta.json")}
+
+    sim_run("first")
+    observe.plan(run_dir, free_port())
+    first = blocks()
+    assert first
+    observe.plan(run_dir, free_port())
+    assert blocks() == first  # the same metrics.om: not imported again
+    sim_run("second")
+    observe.plan(run_dir, free_port())
+    assert blocks() and not blocks() & first  # the earlier run's data is gone

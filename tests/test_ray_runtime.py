@@ -79,6 +79,51 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
 
 
 @pytest.mark.ray
+def test_a_live_run_samples_the_time_series_in_the_actors_and_draws_the_three_plots(local_ray, tmp_path):
+    from ats_stress.cluster.results.report import write_report
+    from ats_stress.cluster.results.sampler import SAMPLE_EVERY, LiveSeries
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+
+    sc = hang_scenario("arm-smmu-v3")
+    series = LiveSeries(sc)
+    s = run_ray(sc, quiet=True, sampler=series)
+    assert s["status"] == "complete"
+    samples = series.samples()
+    t = samples["t"]
+    assert t == [k * SAMPLE_EVERY for k in range(int(sc.duration / SAMPLE_EVERY) + 1)]  # scenario time, to the end
+    hang = samples["endpoints"]["hang"]
+    assert hang[t.index(0.5)] == 0 and hang[t.index(3.0)] == 1 and hang[-1] == 0  # endpoint 5, 1 s to 7 s
+    assert sum(samples["endpoints"][m][-1] for m in samples["endpoints"]) == 16
+    ages = [max(q) for q in samples["smmus"][0]["queue_sync_s"]]
+    assert max(ages) >= 1.0 and ages[0] == 0.0  # the hang wedges a queue
+    assert len(samples["latency_trace"]) == s["unmaps"]["count"]
+    assert samples["step_targets"] == [[5]]
+    written = write_report(sc, s, samples, tmp_path)
+    assert [p.name for p in written] == ["report.md", "latency.png", "cmdq.png", "endpoints.png"]
+    assert "no time plots" not in written[0].read_text()
+
+
+@pytest.mark.ray
+def test_a_live_cli_run_names_its_start_up_stages_and_lists_every_file(local_ray, tmp_path):
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text(yaml.safe_dump(hang_scenario("arm-smmu-v3", duration=3, chaos=[]).model_dump(mode="json")))
+    out = tmp_path / "live"
+    r = CliRunner().invoke(app, ["run", str(scenario_file), "--runtime", "ray", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    stages = [line.split("] ", 1)[1] for line in r.stderr.splitlines() if line.startswith("[")]
+    assert len(stages) == 6, stages
+    assert stages[0].startswith("measuring arm-smmu-v3's CMD_SYNCs per unmap")
+    assert stages[1] == "using the Ray this process already joined"  # the module's local Ray
+    assert stages[2] == "placing 3 actors: 1 SMMU, 2 device (16 endpoints)"
+    assert stages[3].startswith("connecting the actors (stream transport)")
+    assert stages[4].startswith("measuring the SMMU <-> device actor round trip")
+    assert stages[5].startswith("running 3 scenario s at time_scale 0.4")
+    listed = r.stdout[r.stdout.index("written:"):].split()[1:]
+    assert listed == [str(out / n) for n in ("summary.json", "report.md", "latency.png", "cmdq.png",
+                                             "endpoints.png", "prometheus-targets.json")]
+
+
+@pytest.mark.ray
 def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
     from ats_stress.cluster.runtime.ray_runtime import run_ray
 
@@ -96,15 +141,19 @@ def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
 @pytest.mark.ray
 @pytest.mark.parametrize("transport", ["stream", "ray"])
 def test_kill_actor_mid_run(local_ray, tmp_path, transport):
+    from ats_stress.cluster.results.sampler import LiveSeries
     from ats_stress.cluster.runtime.ray_runtime import run_ray
 
     chaos = [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2},
              {"at": 2, "fault": "kill_actor", "endpoints": [9]}]
     sc = hang_scenario("fence-on-timeout", chaos=chaos, duration=5)
     sc = sc.model_copy(update={"runtime": sc.runtime.model_copy(update={"transport": transport})})
-    s = run_ray(sc, quiet=True, out_dir=tmp_path)
+    series = LiveSeries(sc)
+    s = run_ray(sc, quiet=True, out_dir=tmp_path, sampler=series)
     assert s["status"] == "complete"
     assert s["transport"]["kind"] == transport
+    removed = series.samples()["endpoints"]["removed"]
+    assert removed[0] == 0 and removed[-1] == 8  # the lost actor's endpoints, from the kill on
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["status"] == "complete"
     lost = s["lost"]

@@ -8,8 +8,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {"ray", "asyncio", "time", "prometheus_client", "socket", "threading"}
 #: the thin actor shells are the only modules of the model packages allowed to touch Ray/asyncio
 SHELLS = {"iommu_actor/actor.py", "device_actors/actor.py"}
-#: what the shells may use of cluster/: the live event loop and the summary helpers
-SHELL_MAY_IMPORT = {"ats_stress.cluster.runtime.live", "ats_stress.cluster.results.summary"}
+#: what the shells may use of cluster/: the live event loop, the summary and sampling helpers
+SHELL_MAY_IMPORT = {"ats_stress.cluster.runtime.live", "ats_stress.cluster.results.summary",
+                    "ats_stress.cluster.results.sampler"}
 #: the names the old layout installed at the top level of site-packages
 OLD_TOP_LEVEL = {"cluster", "iommu_actor", "device_actors"}
 
@@ -50,7 +51,7 @@ def test_model_modules_import_no_ray_asyncio_time_prometheus_client_or_cluster()
     assert any(rel == "iommu_actor/oracle.py" for rel, _ in model_modules())
 
 
-def test_actor_shells_use_only_the_event_loop_and_the_summary_helpers_of_cluster():
+def test_actor_shells_use_only_the_event_loop_and_the_summary_and_sampling_helpers_of_cluster():
     for rel in sorted(SHELLS):
         used = {m for m in imported_modules(ROOT / rel) if m.startswith("ats_stress.cluster")}
         assert used and used <= SHELL_MAY_IMPORT, f"{rel} imports {sorted(used - SHELL_MAY_IMPORT)}"

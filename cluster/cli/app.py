@@ -9,7 +9,6 @@ marked ``failed``).
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +19,13 @@ from ats_stress.cluster.scenario import ScenarioError, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distributed fault-injection testbed for IOMMU ATC-invalidation recovery.")
-# wide enough for the compare table when the output is a file or a pipe
-out_console = Console(width=None if sys.stdout.isatty() else 220)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 220)
+# the terminal's width; in a file or a pipe, $COLUMNS or 80 (every table fits it: results/text.py)
+out_console = Console()
+err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_EXPECT, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: what every command's SCENARIO argument takes (``library.resolve``, through ``load_scenario``)
+SCENARIO_HELP = "scenario YAML file, or the name of one in the built-in library (`ats-stress scenarios`)"
 
 
 def _fail_input(msg: str) -> None:
@@ -48,8 +49,9 @@ def _load(scenario: Path, sets: list[str], policy: Optional[str] = None, seed: O
         _fail_input(str(exc))
 
 
-def _default_out(name: str, policy: str) -> Path:
-    return Path("runs") / f"{name}-{policy}".replace(" ", "_")
+def _default_out(name: str, policy: str, runtime: str) -> Path:
+    """runs/NAME-POLICY-RUNTIME: a sim run and a live run of one scenario keep their own results."""
+    return Path("runs") / f"{name}-{policy}-{runtime}".replace(" ", "_")
 
 
 def main() -> None:

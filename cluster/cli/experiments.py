@@ -11,7 +11,17 @@ import typer
 from ats_stress.cluster.scenario import ScenarioError
 from ats_stress.iommu_actor.policy import PolicyError, get_policy, policy_names
 
-from .app import EXIT_FAILED, EXIT_INTERRUPTED, _fail_input, _load, _sigterm_as_interrupt, app, err_console, out_console
+from .app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    SCENARIO_HELP,
+    _fail_input,
+    _load,
+    _sigterm_as_interrupt,
+    app,
+    err_console,
+    out_console,
+)
 from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
 from .progress import RunProgress
 
@@ -54,7 +64,7 @@ def finish(report: dict, what: str) -> None:
 
 @app.command()
 def compare(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     policies_: Optional[str] = typer.Option(None, "--policies", help="comma-separated policy names (default: every "
                                             "policy, plug-ins included)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per policy (scenario seed, +1, ...)"),
@@ -90,7 +100,7 @@ def compare(
 
 @app.command()
 def sweep(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     param: list[str] = typer.Option(..., "--param", help="an axis: key.path=v1,v2,... (repeatable)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per point (scenario seed, +1, ...)"),
     runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (points as Ray tasks, in parallel) or ray "
@@ -126,8 +136,8 @@ def sweep(
 
 @app.command()
 def explore(
-    scenario: Path = typer.Argument(..., help="scenario YAML file (its topology and workload are kept; the fault "
-                                    "grammar is its explore: section)"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP + "; its topology and workload are kept, the fault "
+                                    "grammar is its explore: section"),
     policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
     budget: Optional[int] = typer.Option(None, "--budget", min=1, max=1_000_000,
                                          help="variants to run (default 100, or unbounded with --time)"),

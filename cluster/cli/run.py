@@ -1,18 +1,18 @@
-"""``ats-stress run``, ``validate`` and ``observe``: one scenario, and what looks at its results."""
+"""``ats-stress run``, ``validate``, ``scenarios`` and ``observe``: one scenario, and what looks at its results."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ats_stress.cluster.results.summary import write_json
-from ats_stress.cluster.scenario import ScenarioError
+from ats_stress.cluster.scenario import ScenarioError, library
 
 from .app import (
+    SCENARIO_HELP,
     EXIT_EXPECT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -30,68 +30,58 @@ from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
 
 @app.command()
 def run(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (virtual time) or ray (live actors)"),
     policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario seed"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for summary.json (default runs/NAME-POLICY)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for the results (default "
+                                       "runs/NAME-POLICY-RUNTIME); a run first removes an earlier run's files there"),
     address: Optional[str] = typer.Option(None, "--address", help="ray runtime: auto, ray://head:10001 or head:6379 (for http://head:8265 use `ray job submit`); none starts a local Ray"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display (a sim run shows a bar only "
+                               "when stderr is a terminal)"),
     metrics_bind: str = typer.Option("auto", "--metrics-bind", help="ray runtime: where each actor serves /metrics "
                                      "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
                                      "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
-    """Run one scenario and write DIR/summary.json."""
+    """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
     if runtime == "ray":
         _refuse_live_plugin(sc.policy.name)
-    out_dir = out or _default_out(sc.name, sc.policy.name)
+    bind = _metrics_bind(metrics_bind, address) if runtime == "ray" else None
+    out_dir = out or _default_out(sc.name, sc.policy.name, runtime)
+    from ats_stress.cluster.results.report import clear_run_outputs, run_outputs, write_run_outputs
+
+    if clear_run_outputs(out_dir) and not quiet:
+        err_console.print(f"{out_dir}: removed the previous run's files", highlight=False, soft_wrap=True)
     _sigterm_as_interrupt()
-    summary = sampler = None
     try:
         if runtime == "sim":
-            from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler
-            from ats_stress.cluster.runtime.sim import run_sim
-
-            sampler = RunSampler(sc)  # metrics.om and the report's time series, on scenario time
-            summary = run_sim(sc, progress=None if quiet else _sim_progress(sc), progress_every=SAMPLE_EVERY,
-                              sample=sampler)
+            summary, sampler = _run_sim(sc, quiet)
         else:
-            from ats_stress.cluster.runtime.ray_runtime import (
-                RuntimeInputError,
-                run_ray,
-            )
+            from ats_stress.cluster.results.sampler import LiveSeries
+            from ats_stress.cluster.runtime.ray_runtime import RuntimeInputError, run_ray
 
+            sampler = LiveSeries(sc)  # the actors' time series, for the report's plots
             try:
-                bind = {"off": None, "auto": "127.0.0.1" if address is None else "0.0.0.0"}.get(metrics_bind, metrics_bind)
-                if bind is not None:
-                    from ats_stress.cluster.results.metrics import (
-                        MetricsError,
-                        parse_bind,
-                    )
-
-                    try:
-                        parse_bind(bind)
-                    except MetricsError as exc:
-                        _fail_input(f"--metrics-bind: {exc}")
-                summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet, metrics_bind=bind)
+                summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet, metrics_bind=bind,
+                                  sampler=sampler)
             except RuntimeInputError as exc:
                 _fail_input(str(exc))
     except ScenarioError as exc:
         _fail_input(str(exc))
     write_json(out_dir / "summary.json", summary)
-    from ats_stress.cluster.results.report import write_run_outputs
-
-    write_run_outputs(sc, summary, sampler, out_dir, out_console, err_console)
+    write_run_outputs(sc, summary, sampler, out_dir, err_console)
     from ats_stress.cluster.results.text import print_summary
 
     print_summary(summary, out_console)
-    out_console.print(f"summary: {out_dir / 'summary.json'}")
+    out_console.print("written:", highlight=False)
+    for path in run_outputs(out_dir):
+        out_console.print(f"  {path}", highlight=False, soft_wrap=True)
     if summary["status"] == "interrupted":
         err_console.print("interrupted: the summary above covers the run up to the interruption", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -102,32 +92,81 @@ def run(
     raise typer.Exit(EXIT_OK if summary["ok"] else EXIT_EXPECT)
 
 
-def _sim_progress(sc):
-    if not (sys.stderr.isatty() or os.environ.get("ATS_STRESS_PROGRESS") == "1"):
-        return None
-    last = [-1e9]
+def _metrics_bind(metrics_bind: str, address: Optional[str]) -> Optional[str]:
+    bind = {"off": None, "auto": "127.0.0.1" if address is None else "0.0.0.0"}.get(metrics_bind, metrics_bind)
+    if bind is not None:
+        from ats_stress.cluster.results.metrics import MetricsError, parse_bind
 
-    def progress(t, world):
-        if t - last[0] >= max(1.0, sc.duration / 20) or t >= sc.duration:
-            last[0] = t
-            uaf = sum(o.uaf_exposures for o in world.oracles)
-            fenced = sum(len(o.fenced) for o in world.oracles)
-            err_console.print(f"  t={t:7.2f}s  events={world.loop.events:>10}  fenced={fenced}  uaf={uaf}",
-                              highlight=False)
-    return progress
+        try:
+            parse_bind(bind)
+        except MetricsError as exc:
+            _fail_input(f"--metrics-bind: {exc}")
+    return bind
+
+
+def _run_sim(sc, quiet: bool):
+    """The sim runtime with its sampler and, unless quiet, progress on stderr: a bar of scenario
+    seconds on a terminal; elsewhere nothing, or with ATS_STRESS_PROGRESS=1 a line now and then."""
+    from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler
+    from ats_stress.cluster.runtime.sim import run_sim
+
+    sampler = RunSampler(sc)  # metrics.om and the report's time series, on scenario time
+    lines = os.environ.get("ATS_STRESS_PROGRESS") == "1"
+    if quiet or not (err_console.is_terminal or lines):
+        return run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler), sampler
+
+    def now(world) -> str:
+        return (f"fenced now={sum(len(o.fenced) for o in world.oracles)} "
+                f"uaf={sum(o.uaf_exposures for o in world.oracles)}")
+
+    if not err_console.is_terminal:
+        last = [-1e9]
+
+        def line(t, world):
+            if t - last[0] >= max(1.0, sc.duration / 20) or t >= sc.duration:
+                last[0] = t
+                err_console.print(f"  t={t:.2f}/{sc.duration:g} scenario s  {now(world)}", highlight=False)
+        return run_sim(sc, progress=line, progress_every=SAMPLE_EVERY, sample=sampler), sampler
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:.1f}/{task.total:g} scenario s"), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[now]}"),
+                   console=err_console)
+    task = bar.add_task(f"{sc.name} · {sc.policy.name} · sim", total=sc.duration, now="")
+    with bar:
+        summary = run_sim(sc, progress=lambda t, world: bar.update(task, completed=t, now=now(world)),
+                          progress_every=SAMPLE_EVERY, sample=sampler)
+    return summary, sampler
 
 
 @app.command()
 def validate(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
     """Check a scenario without running it (exit 0 valid, 2 invalid)."""
     _plugins(policy_file)
     sc = _load(scenario, set_)
-    out_console.print(f"{scenario}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
-                      f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s", highlight=False)
+    out_console.print(f"{library.resolve(scenario)}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
+                      f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the built-in scenario library: each name (for run, validate, compare, sweep) and what it shows."""
+    from rich.table import Table
+
+    t = Table(box=None, show_header=True, pad_edge=False)
+    t.add_column("scenario", no_wrap=True)
+    t.add_column("what it shows")
+    for name in library.names():
+        t.add_row(name, library.describe(library.LIBRARY / f"{name}.yaml"))
+    out_console.print(t)
+    out_console.print(f"files: {library.LIBRARY}  (run one: ats-stress run NAME; copy one to edit it)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()

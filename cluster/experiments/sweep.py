@@ -131,6 +131,8 @@ def plot_sweep(rows: list[dict], params: list[str], path: Path, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ats_stress.cluster.results.plots import none_panel, plain_ticks
+
     x_key = params[0]
     series: dict[str, list[dict]] = {}
     for r in rows:
@@ -138,12 +140,18 @@ def plot_sweep(rows: list[dict], params: list[str], path: Path, title: str = "")
         series.setdefault(rest, []).append(r)
     fig, axes = plt.subplots(1, len(SWEEP_FIGURES), figsize=(4.2 * len(SWEEP_FIGURES), 3.8))
     for ax, (key, label) in zip(axes, SWEEP_FIGURES):
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(x_key, fontsize=8)
+        values = [r.get(key) for r in rows]
+        if not any(values):  # all zero or missing: say so rather than draw an empty axis
+            none_panel(ax)
+            ax.set_xticks([])
+            continue
         for name, pts in series.items():
             xs = [str(p["point"][x_key]) for p in pts]
             ys = [p.get(key) if p.get(key) is not None else float("nan") for p in pts]
             ax.plot(xs, ys, marker="o", label=name)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel(x_key, fontsize=8)
+        plain_ticks(ax, [v for v in values if v is not None])  # no offset labels (1e-5+1.99981e1)
     if len(series) > 1:
         axes[0].legend(fontsize=7)
     fig.suptitle(title)

@@ -11,8 +11,8 @@ from pathlib import Path
 from ats_stress.device_actors.endpoint import MODE_NAMES
 from ats_stress.iommu_actor.units import format_duration
 
-#: at most this many unmap-latency points per plot (evenly thinned, extremes kept)
-MAX_TRACE_POINTS = 40000
+from .sampler import MAX_TRACE_POINTS, WEDGED_AFTER, thin, wedged_intervals
+
 
 STATE_COLORS = {"slow": "#dd8452", "hang": "#c44e52", "flap": "#8172b3", "drop": "#937860",
                 "lie": "#da8bc3", "itag_leak": "#8c8c8c", "removed": "#55a868", "resetting": "#ccb974",
@@ -133,15 +133,34 @@ def _legend(ax) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
 
 
-def _thin(points: list, limit: int) -> list:
-    if len(points) <= limit:
-        return points
-    step = len(points) / limit
-    keep = {int(i * step) for i in range(limit)}
-    # keep the slowest unmaps: the stall must not vanish in the thinning
-    worst = sorted(range(len(points)), key=lambda i: points[i][1])[-limit // 20:]
-    keep.update(worst)
-    return [points[i] for i in sorted(keep)]
+def none_panel(ax, text: str = "none") -> None:
+    """An empty panel that says so, instead of an axis around nothing."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#777777")
+    ax.tick_params(axis="y", left=False, labelleft=False)  # this panel only (others may share the axis)
+
+
+def count_axis(ax, values: list[float]) -> None:
+    """A count axis from zero: symmetric-log when the counts span two orders of magnitude or more
+    (zero stays on the axis), linear otherwise with whole-number ticks and never an offset."""
+    from matplotlib.ticker import MaxNLocator
+
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) >= 100 * min(positive):
+        ax.set_yscale("symlog", linthresh=1.0)
+    else:
+        plain_ticks(ax)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
+
+
+def plain_ticks(ax, values: list[float] | None = None) -> None:
+    """Linear tick labels without an offset or a power (no '1e-5+1.99981e1'); flat data (within
+    0.1%) is drawn against zero rather than magnified."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    nums = [v for v in values or [] if v == v]  # not nan
+    if nums and max(nums) - min(nums) <= 1e-3 * max(abs(v) for v in nums):
+        top = max(nums)
+        ax.set_ylim(*((0, top * 1.15) if top > 0 else (top * 1.15, 0) if top < 0 else (-1, 1)))
 
 
 def _software_timeout(summary: dict) -> float | None:
@@ -163,7 +182,7 @@ def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
     plt, fig, strip, (ax,) = _figure(sc, 1, [4.0], 4.2)
     _timeline(strip, sc, samples, end)
     strip.set_title(f"{sc.name} · {summary['policy']}: unmap latency (arrival to reported complete)")
-    pts = _thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
+    pts = thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
     for affected, color, name in ((False, "#4c72b0", "healthy"), (True, "#c44e52", "affected")):
         fast = [p for p in pts if bool(p[2]) == affected and p[1] < 1e-2]
         slow = [p for p in pts if bool(p[2]) == affected and p[1] >= 1e-2]
@@ -191,28 +210,62 @@ def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
     plt.close(fig)
 
 
+#: at most this many queues get a row of their own in cmdq.png (the longest wedged)
+MAX_QUEUE_ROWS = 16
+
+
 def plot_cmdq(sc, summary: dict, samples: dict, path: Path) -> None:
+    """Commands queued per SMMU, and one row per wedged command queue: a bar from when the CMD_SYNC
+    that wedged it was queued to when the queue was found clear, saying when (or that it never was)."""
     end = float(summary.get("sim_time_s") or sc.duration)
-    plt, fig, strip, (ax1, ax2) = _figure(sc, 2, [2.5, 2.5], 5.5)
+    wedged = wedged_intervals(samples)
+    total: dict[tuple[int, int], float] = {}
+    for w in wedged:
+        key = (w["smmu"], w["queue"])
+        total[key] = total.get(key, 0.0) + (w["end"] if w["end"] is not None else end) - w["start"]
+    rows = sorted(sorted(total, key=lambda k: -total[k])[:MAX_QUEUE_ROWS])
+    plt, fig, strip, (ax1, ax2) = _figure(sc, 2, [2.5, 0.6 + 0.3 * max(1, len(rows))],
+                                          3.4 + 0.3 * max(1, len(rows)))
     _timeline(strip, sc, samples, end)
     strip.set_title(f"{sc.name} · {summary['policy']}: command queues")
     t = samples["t"]
     for s in samples["smmus"]:
         ax1.step(t, s["cmdq_depth"], where="post", lw=1.2, label=f"smmu {s['index']}")
-        ax2.step(t, s["oldest_sync_s"], where="post", lw=1.2, label=f"smmu {s['index']}")
     _decorate(ax1, sc, summary, end)
-    _decorate(ax2, sc, summary, end)
     ax1.set_ylabel("commands queued\n(PROD - CONS)")
-    ax2.set_ylabel("oldest pending\nCMD_SYNC age (s)")
-    ax2.set_xlabel("scenario time (s)")
     _legend(ax1)
-    _legend(ax2)
+    one_smmu = len(samples["smmus"]) == 1
+    for w in wedged:
+        if (w["smmu"], w["queue"]) not in rows:
+            continue
+        y = rows.index((w["smmu"], w["queue"]))
+        stop = w["end"] if w["end"] is not None else end
+        ax2.barh(y, max(stop - w["start"], end / 400), left=w["start"], height=0.6, color="#c44e52", alpha=0.8)
+        if stop - w["start"] >= end / 50:  # say when it cleared, after the bar or inside it
+            text = f"cleared at {stop:.1f} s" if w["end"] is not None else "still wedged at the end"
+            inside = stop > end * 0.85
+            ax2.text(stop - end / 200 if inside else stop + end / 200, y, text, va="center", fontsize=7,
+                     ha="right" if inside else "left", color="white" if inside else "black")
+    _decorate(ax2, sc, summary, end)
+    ax2.set_ylim(max(1, len(rows)) - 0.5, -0.5)
+    ax2.set_yticks(range(len(rows)), [f"queue {q}" if one_smmu else f"smmu {s} · queue {q}" for s, q in rows],
+                   fontsize=7)
+    more = len(total) - len(rows)
+    ax2.set_title(f"wedged queues: a CMD_SYNC waited {WEDGED_AFTER * 1e3:.0f} ms or more; the queue clears when it "
+                  f"completes (the device answers, or the hardware gives up after "
+                  f"{format_duration(sc.hardware.atc_inv_completion_timeout)})"
+                  + (f"; {more} more queue(s) not shown" if more > 0 else ""), fontsize=8, loc="left")
+    if not rows:
+        none_panel(ax2, "no queue was wedged")
+    ax2.set_xlabel("scenario time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def plot_endpoints(sc, summary: dict, samples: dict, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     end = float(summary.get("sim_time_s") or sc.duration)
     plt, fig, strip, (ax1, ax2) = _figure(sc, 2, [3.0, 1.2], 5.0)
     _timeline(strip, sc, samples, end)
@@ -228,10 +281,12 @@ def plot_endpoints(sc, summary: dict, samples: dict, path: Path) -> None:
     ax1.step(t, fenced, where="post", color="black", lw=1.5, label="streams fenced")
     _decorate(ax1, sc, summary, end)
     ax1.set_ylabel("endpoints")
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(ax1)
     uaf = [sum(v) for v in zip(*(s["uaf"] for s in samples["smmus"]))]
     ax2.step(t, uaf, where="post", color="black", lw=1.2, label="UAF exposures\n(cumulative)")
     ax2.set_ylim(0, max(1, max(uaf, default=0)) * 1.1)
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     _decorate(ax2, sc, summary, end)
     ax2.set_ylabel("UAF")
     ax2.set_xlabel("scenario time (s)")
@@ -242,22 +297,24 @@ def plot_endpoints(sc, summary: dict, samples: dict, path: Path) -> None:
 
 
 
-# --- compare: one chart per figure across policies ---------------------------------------------------
+# --- compare: one chart per figure, one row of panels per policy -----------------------------------
 
 
+#: (file, title, [(series key, column heading, "time" (seconds, log) or "count")])
 COMPARE_SERIES_FIGURES = [
-    ("compare-latency.png", "unmap latency", [("worst_healthy_s", "worst healthy unmap (s, log)", True),
-                                              ("worst_s", "worst unmap, done or open (s, log)", True)]),
-    ("compare-cmdq.png", "command queues", [("cmdq_depth", "commands queued", False),
-                                            ("oldest_sync_s", "oldest pending CMD_SYNC (s)", False)]),
-    ("compare-endpoints.png", "endpoints, fences and UAF", [("not_healthy", "endpoints not healthy", False),
-                                                            ("fenced", "streams fenced", False),
-                                                            ("uaf", "UAF exposures (cumulative)", False)]),
+    ("compare-latency.png", "unmap latency", [("worst_healthy_s", "worst healthy unmap (s)", "time"),
+                                              ("worst_s", "worst unmap, done or still open (s)", "time")]),
+    ("compare-cmdq.png", "command queues", [("cmdq_depth", "commands queued", "count"),
+                                            ("wedged_queues", f"queues wedged (a CMD_SYNC waiting >= "
+                                                              f"{WEDGED_AFTER * 1e3:.0f} ms)", "count")]),
+    ("compare-endpoints.png", "endpoints, fences and UAF", [("not_healthy", "endpoints not healthy", "count"),
+                                                            ("fenced", "streams fenced", "count"),
+                                                            ("uaf", "UAF exposures (cumulative)", "count")]),
 ]
 
 
 def plot_compare_series(sc, runs: list[dict], series: list[dict | None], out_dir) -> list[Path]:
-    """One chart per report figure with one line per policy (the scenario's own seed), chaos shaded."""
+    """One chart per report figure (``compare_figure``) for the scenario's own seed of each policy."""
     out = Path(out_dir)
     first: dict[str, tuple[dict, dict]] = {}
     for r, s in zip(runs, series):
@@ -265,28 +322,56 @@ def plot_compare_series(sc, runs: list[dict], series: list[dict | None], out_dir
             first[r["policy"]] = (r, s)
     if not first:
         return []
-    end = max(float(r["sim_time_s"]) for r, _ in first.values())
     written = []
-    for fname, title, rows in COMPARE_SERIES_FIGURES:
-        plt, fig, strip, axes = _figure(sc, len(rows), [2.2] * len(rows), 2.4 * len(rows))
-        _timeline(strip, sc, None, end)
-        strip.set_title(f"{sc.name}: {title} by policy (seed {sc.seed})")
-        for ax, (key, label, log) in zip(axes, rows):
-            for k, (policy, (r, s)) in enumerate(first.items()):
-                ys = s[key]
-                if log:
-                    ys = [v if v > 0 else float("nan") for v in ys]
-                ax.step(s["t"], ys, where="post", lw=1.6 - 0.2 * (k % 4), ls=("-", "--", ":", "-.")[k % 4],
-                        label=policy)
-            if log:
-                ax.set_yscale("log")
-            _decorate(ax, sc, {}, end)
-            ax.set_ylabel(label, fontsize=8)
-            _legend(ax)
-        axes[-1].set_xlabel("scenario time (s)")
-        fig.tight_layout()
+    for fname, title, columns in COMPARE_SERIES_FIGURES:
+        fig = compare_figure(sc, first, title, columns)
         out.mkdir(parents=True, exist_ok=True)
         fig.savefig(out / fname, dpi=90)
-        plt.close(fig)
+        _plt().close(fig)
         written.append(out / fname)
     return written
+
+
+def compare_figure(sc, runs: dict[str, tuple[dict, dict]], title: str, columns: list[tuple[str, str, str]]):
+    """A row of panels per policy (``runs``: policy -> (summary, compact series)) on shared axes, a
+    column per series under its own chaos timeline; times in seconds on a log axis, counts from
+    zero (symmetric-log when they span orders of magnitude); a panel with nothing to draw says
+    "none". Chaos shaded, each policy's own fences marked."""
+    plt = _plt()
+    end = max(float(r["sim_time_s"]) for r, _ in runs.values())
+    strip_h = 0.35 + 0.22 * max(len(sc.chaos), 1)
+    fig = plt.figure(figsize=(12, strip_h + 0.6 + 1.25 * len(runs)))
+    grid = fig.add_gridspec(len(runs) + 1, len(columns), height_ratios=[strip_h] + [1.25] * len(runs))
+    fig.suptitle(f"{sc.name}: {title} by policy (seed {sc.seed}; red lines: fences)")
+    strip = None
+    for j, (key, heading, kind) in enumerate(columns):
+        strip = fig.add_subplot(grid[0, j], sharex=strip)  # every panel shares one time axis
+        _timeline(strip, sc, None, end)
+        strip.set_xlim(0, end)
+        strip.tick_params(labelbottom=False)
+        strip.set_title(heading, fontsize=9)
+        if j:
+            strip.set_ylabel("")
+        values = [v for _, s in runs.values() for v in s[key]]
+        top = None
+        for i, (policy, (r, s)) in enumerate(runs.items()):
+            ax = fig.add_subplot(grid[i + 1, j], sharex=strip, sharey=top)
+            top = top or ax
+            if any(v > 0 for v in s[key]):
+                ys = [v if v > 0 else float("nan") for v in s[key]] if kind == "time" else s[key]
+                ax.step(s["t"], ys, where="post", lw=1.3, color="#4c72b0")
+            else:
+                none_panel(ax)
+            _decorate(ax, sc, r, end)
+            if j == 0:
+                ax.set_ylabel(policy, fontsize=9, rotation=0, ha="right", va="center")
+            if i < len(runs) - 1:
+                ax.tick_params(labelbottom=False)
+            else:
+                ax.set_xlabel("scenario time (s)")
+        if kind == "time" and any(v > 0 for v in values):
+            top.set_yscale("log")
+        elif kind == "count":
+            count_axis(top, values)
+    fig.tight_layout()
+    return fig

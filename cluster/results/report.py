@@ -13,7 +13,8 @@ from pathlib import Path
 from ats_stress.iommu_actor.units import format_duration
 
 from .plots import _targets, plot_cmdq, plot_endpoints, plot_latency
-from .sampler import RunSampler
+from .sampler import wedged_intervals
+from .text import bound_text, observed_text
 
 # --- the report ----------------------------------------------------------------------------------
 
@@ -22,32 +23,21 @@ def _d(v) -> str:
     return "-" if v is None else format_duration(v)
 
 
-def _bound(b: dict) -> str:
-    return ", ".join(f"{'<=' if k == 'max' else '>='} {v:g}" for k, v in b.items())
-
-
-def _obs(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def _queue_story(samples: dict | None) -> str | None:
-    """How long command queues stayed wedged, from the sampled oldest pending CMD_SYNC."""
+    """Which command queues an unanswered CMD_SYNC wedged for a second or more, and until when."""
     if not samples or not samples.get("t"):
         return None
-    t = samples["t"]
-    parts = []
-    for sm in samples["smmus"]:
-        ages = sm["oldest_sync_s"]
-        worst = max(ages, default=0.0)
-        if worst < 1.0:
-            continue
-        at = t[ages.index(worst)]
-        tail = " and was still pending at the end" if ages[-1] >= 1.0 else ""
-        parts.append(f"smmu {sm['index']}: a CMD_SYNC waited up to {_d(worst)} (at {_d(at)}){tail}")
-    if not parts:
+    long = [w for w in wedged_intervals(samples) if w["longest_s"] >= 1.0]
+    if not long:
         return "No command queue was wedged for a second or more."
-    return ("Command queue wedged by an unanswered ATC_INV: " + "; ".join(parts) +
-            ". Work queued behind it waits (or, with spare queues, the driver moves off it).")
+    parts = [f"smmu {w['smmu']} queue {w['queue']} from {_d(w['start'])} "
+             + (f"until {_d(w['end'])}" if w["end"] is not None else "to the end of the run")
+             + f" (a CMD_SYNC waited up to {_d(w['longest_s'])})"
+             for w in sorted(long, key=lambda w: -w["longest_s"])[:5]]
+    more = f"; {len(long) - 5} more" if len(long) > 5 else ""
+    return ("Command queues wedged by an unanswered CMD_SYNC: " + "; ".join(parts) + more +
+            ". Work queued behind it waits (or, with spare queues, the driver moves off it); a queue clears "
+            "when its CMD_SYNC completes: the device answers, or the hardware's ATC_INV timeout gives up.")
 
 
 def _verdict(s: dict, samples: dict | None = None) -> list[str]:
@@ -77,8 +67,9 @@ def _verdict(s: dict, samples: dict | None = None) -> list[str]:
     return lines
 
 
-def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
-    """Write ``out_dir/report.md`` (and the PNG plots when there are samples); return its path."""
+def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]:
+    """Write ``out_dir/report.md`` (and the PNG plots when there are samples); the paths written,
+    report.md first."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = summary
@@ -141,22 +132,26 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     if s["expectations"]:
         md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]
         for e in s["expectations"]:
-            md.append(f"| {e['name']} | {_bound(e['bound'])} | {_obs(e['observed'])} | "
+            md.append(f"| {e['name']} | {bound_text(e)} | {observed_text(e)} | "
                       f"{'ok' if e['ok'] else '**VIOLATED**'} |")
     else:
         md.append("The scenario sets none.")
     md += ["", "## Plots", ""]
+    plots = [out / "latency.png", out / "cmdq.png", out / "endpoints.png"]
     if samples and samples.get("t"):
-        plot_latency(sc, s, samples, out / "latency.png")
-        plot_cmdq(sc, s, samples, out / "cmdq.png")
-        plot_endpoints(sc, s, samples, out / "endpoints.png")
+        for plot, path in zip((plot_latency, plot_cmdq, plot_endpoints), plots):
+            plot(sc, s, samples, path)
         md += ["Shaded: chaos steps; red lines: a fence took effect; green dashed: an unfence.", "",
                "Unmap latency over time (each dot one completed unmap; the black line is the oldest unmap still "
                "waiting, so a stall shows while it grows):", "", "![unmap latency](latency.png)", "",
-               "Command queues: commands queued, and how long the oldest CMD_SYNC has waited (a wedged queue "
-               "climbs until the device answers, is fenced, or the hardware gives up):", "", "![command queues](cmdq.png)", "",
+               "Command queues: commands queued, and each queue an unanswered CMD_SYNC wedged, from when that "
+               "CMD_SYNC was queued until the queue was clear again. It clears only when the CMD_SYNC "
+               "completes (the device answers, or the hardware's ATC_INV timeout gives up), so a queue can stay "
+               "wedged after its device is fenced while the driver works on other queues:", "",
+               "![command queues](cmdq.png)", "",
                "Endpoints by state, streams fenced, and UAF exposures:", "", "![endpoints](endpoints.png)"]
     else:
+        plots = []
         md.append("This runtime gave no time series, so there are no time plots.")
     if s.get("log"):
         md += ["", "## Driver log (first lines)", "", "```"] + s["log"][:12] + ["```"]
@@ -164,37 +159,44 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> Path:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(md) + "\n")
     tmp.replace(path)
-    return path
+    return [path] + plots
 
 
-def load_samples(out_dir) -> dict | None:
-    """Time series a runtime left in ``out_dir/samples.json`` (the sim runtime passes its sampler instead)."""
-    import json
-
-    path = Path(out_dir) / "samples.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+#: every file a run writes into its directory, in the order ``run`` lists them. ``run`` removes
+#: them before it starts, so no file of an earlier run stays beside this one's (observe's
+#: prometheus.yml and prometheus-data are observe's, and stay)
+RUN_FILES = ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om",
+             "prometheus-targets.json")
 
 
-def write_run_outputs(sc, summary: dict, sampler: RunSampler | None, out_dir, console=None, err_console=None) -> list[Path]:
-    """After summary.json: metrics.om (sim runs), report.md and its plots. A failure here is reported
-    in one line and never changes the run's result."""
+def clear_run_outputs(out_dir) -> list[Path]:
+    """Remove what an earlier run wrote into ``out_dir``; the paths removed."""
+    removed = []
+    for name in RUN_FILES:
+        for path in (Path(out_dir) / name, Path(out_dir) / f"{name}.tmp"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def run_outputs(out_dir) -> list[Path]:
+    """The files of RUN_FILES in ``out_dir``: after ``clear_run_outputs``, what this run wrote."""
+    return [Path(out_dir) / n for n in RUN_FILES if (Path(out_dir) / n).is_file()]
+
+
+def write_run_outputs(sc, summary: dict, sampler, out_dir, err_console=None) -> list[Path]:
+    """After summary.json: metrics.om (sim runs), report.md and its plots; the paths written. A
+    failure here is reported in one line and never changes the run's result."""
     out = Path(out_dir)
     written: list[Path] = []
     try:
-        if sampler is not None:
-            om = sampler.write_openmetrics(out / "metrics.om")
-            if om is not None:
-                written.append(om)
-        samples = sampler.samples() if sampler is not None else load_samples(out)
-        written.append(write_report(sc, summary, samples, out))
+        om = sampler.write_openmetrics(out / "metrics.om") if sampler is not None else None
+        if om is not None:
+            written.append(om)
+        written += write_report(sc, summary, sampler.samples() if sampler is not None else None, out)
     except Exception as exc:  # noqa: BLE001 - a report must never take the run's result down
         if err_console is not None:
             err_console.print(f"warning: the run report was not written: {type(exc).__name__}: {exc}",
                               highlight=False, soft_wrap=True)
-        return written
-    if console is not None:
-        console.print("report: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
     return written

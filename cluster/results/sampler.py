@@ -1,10 +1,16 @@
 """Time series of a run, sampled from the model on scenario time (for report.md, compare charts, metrics.om).
 
-``RunSampler`` is the sim runtime's ``sample`` hook (``run_sim(sc, sample=...)``); every call
-reads queue depth, endpoint states, fences and UAF counts from the live objects, and every
-``om_every`` scenario seconds also snapshots the Prometheus metric families into an OpenMetrics
-file. Unmap latencies come from ``SmmuNode.latency_trace`` (one point per completed unmap).
-``compact_series`` reduces the samples to what the compare charts draw.
+Both runtimes take the same samples every ``SAMPLE_EVERY`` scenario seconds: ``smmu_row`` of each
+SmmuNode and its oracle (queue depths, each queue's oldest pending CMD_SYNC, the oldest open unmap,
+fences, UAF) and ``group_row`` of each EndpointGroup (endpoints by state).
+
+- ``RunSampler`` is the sim runtime's ``sample`` hook (``run_sim(sc, sample=...)``); every
+  ``om_every`` scenario seconds it also snapshots the Prometheus metric families into an
+  OpenMetrics file.
+- ``LiveSeries`` gathers the rows the live actors took on their own clocks (``cluster/runtime/live.py``).
+
+``samples()`` gives the same dict on both; unmap latencies come from ``SmmuNode.latency_trace``
+(one point per completed unmap). ``compact_series`` reduces it to what the compare charts draw.
 """
 
 from __future__ import annotations
@@ -17,15 +23,68 @@ from typing import Any
 
 from ats_stress.device_actors.endpoint import MODE_NAMES
 
-from .metrics import OpenMetricsRecorder, device_families, run_labels, smmu_families, step_faults
-
-#: scenario seconds between report samples on the sim runtime
+#: scenario seconds between report samples (both runtimes)
 SAMPLE_EVERY = 0.25
+#: at most this many unmap-latency points leave a live SMMU actor (evenly thinned, slowest kept)
+MAX_TRACE_POINTS = 40000
+#: a command queue is wedged while its oldest pending CMD_SYNC has waited this long (scenario s)
+WEDGED_AFTER = 0.1
+#: the per-sample fields of an SMMU row that become one series each
+SMMU_SERIES = ("cmdq_depth", "cmdq_depth_max", "halted_queues", "oldest_sync_s", "queue_sync_s",
+               "oldest_open_s", "fenced", "uaf")
 
 
 def new_run_id(sc, started: float | None = None) -> str:
     stamp = datetime.fromtimestamp(started or time.time(), tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{sc.name}-{sc.policy.name}-{stamp}"
+
+
+def smmu_row(node, oracle, t: float) -> dict[str, Any]:
+    """One sample of an SMMU: its queues (each queue's oldest pending CMD_SYNC age: a wedged queue
+    is one whose age keeps growing), its oldest open unmap, its fences and UAF exposures."""
+    smmu = node.smmu
+    depths = smmu.queue_depths()
+    ages = [t - q.sync_submitted[0][1] if q.sync_submitted else 0.0 for q in smmu.queues]
+    h, a = node.open_unmap_ages(t)
+    return {"t": t, "cmdq_depth": sum(depths), "cmdq_depth_max": max(depths, default=0),
+            "halted_queues": sum(1 for q in smmu.queues if q.err != 0),
+            "oldest_sync_s": smmu.oldest_sync_age(t), "queue_sync_s": [max(0.0, x) for x in ages],
+            "oldest_open_s": max(h + a, default=0.0), "fenced": len(oracle.fenced), "uaf": oracle.uaf_exposures}
+
+
+def group_row(group, t: float) -> dict[str, Any]:
+    """One sample of an EndpointGroup: its endpoints by state."""
+    return {"t": t, "modes": group.modes()}
+
+
+def thin(points: list, limit: int) -> list:
+    """At most about ``limit`` points, evenly spaced, keeping the slowest twentieth (a stall must
+    not vanish in the thinning)."""
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    keep = {int(i * step) for i in range(limit)}
+    keep.update(sorted(range(len(points)), key=lambda i: points[i][1])[-limit // 20:])
+    return [points[i] for i in sorted(keep)]
+
+
+def assemble(run_id: str, smmu_rows: dict[int, list[dict]], group_rows: dict[int, list[dict]],
+             group_sizes: dict[int, int], trace: list, step_targets: list) -> dict[str, Any]:
+    """The samples dict from per-SMMU and per-group rows (as many samples as every SMMU has; a
+    group short of rows, lost with its actor, counts its endpoints as removed from then on)."""
+    n = min((len(rows) for rows in smmu_rows.values()), default=0)
+    first = next(iter(smmu_rows.values()), [])
+    smmus = [{"index": index, **{k: [r[k] for r in rows[:n]] for k in SMMU_SERIES}}
+             for index, rows in sorted(smmu_rows.items())]
+    endpoints = {m: [0] * n for m in MODE_NAMES}
+    for g, rows in group_rows.items():
+        for i in range(n):
+            modes = rows[i]["modes"] if i < len(rows) else {"removed": group_sizes.get(g, 0)}
+            for m, count in modes.items():
+                endpoints[m][i] += count
+    return {"run": run_id, "t": [r["t"] for r in first[:n]], "smmus": smmus, "endpoints": endpoints,
+            "step_targets": [sorted(s) for s in step_targets],
+            "latency_trace": [list(p) for p in sorted(trace, key=lambda p: p[0])]}
 
 
 class RunSampler:
@@ -37,49 +96,34 @@ class RunSampler:
         self.start_wall = time.time() if start_wall is None else start_wall
         self.run_id = run_id or new_run_id(sc, self.start_wall)
         self.runtime = runtime
-        self.om = OpenMetricsRecorder(self.start_wall) if om_every else None
+        self.om = None
+        if om_every:
+            from .metrics import OpenMetricsRecorder, step_faults  # prometheus_client: only when wanted
+
+            self.om = OpenMetricsRecorder(self.start_wall)
+            self._steps = step_faults(sc)
         self.om_every = om_every or 0.0
         self._next_om = 0.0
-        self._steps = step_faults(sc)
-        self.t: list[float] = []
-        self.smmus: list[dict[str, list]] = []
-        self.endpoints: dict[str, list[int]] = {m: [] for m in MODE_NAMES}
-        self.chaos_active: list[int] = []
-        self.step_targets: list[list[int]] | None = None
+        self.smmu_rows: dict[int, list[dict]] = {}
+        self.group_rows: dict[int, list[dict]] = {}
+        self.group_sizes: dict[int, int] = {}
+        self.step_targets: list = []
         self._nodes: list = []
 
     def __call__(self, t: float, world) -> None:
-        if self.step_targets is None:
-            self.step_targets = [sorted(s) for s in world.plan.step_targets]
+        self.step_targets = world.plan.step_targets
         self.take(t, world.nodes, world.oracles, world.groups)
 
     def take(self, t: float, nodes, oracles, groups) -> None:
         self._nodes = list(nodes)
-        self.t.append(t)
-        if not self.smmus:
-            self.smmus = [{"index": n.spec.index, "cmdq_depth": [], "cmdq_depth_max": [], "halted_queues": [],
-                           "oldest_sync_s": [], "oldest_open_s": [], "fenced": [], "uaf": []} for n in nodes]
-        for row, node, oracle in zip(self.smmus, nodes, oracles):
-            depths = node.smmu.queue_depths()
-            row["cmdq_depth"].append(sum(depths))
-            row["cmdq_depth_max"].append(max(depths) if depths else 0)
-            row["halted_queues"].append(sum(1 for q in node.smmu.queues if q.err != 0))
-            row["oldest_sync_s"].append(node.smmu.oldest_sync_age(t))
-            h, a = node.open_unmap_ages(t)
-            row["oldest_open_s"].append(max(h + a, default=0.0))
-            row["fenced"].append(len(oracle.fenced))
-            row["uaf"].append(oracle.uaf_exposures)
-        states = dict.fromkeys(MODE_NAMES, 0)
-        active = set()
+        for node, oracle in zip(nodes, oracles):
+            self.smmu_rows.setdefault(node.spec.index, []).append(smmu_row(node, oracle, t))
         for g in groups:
-            for ep in g.eps:
-                states[MODE_NAMES[ep.mode]] += 1
-                if ep.step >= 0 and ep.mode != 0:
-                    active.add(ep.step)
-        for m in MODE_NAMES:
-            self.endpoints[m].append(states[m])
-        self.chaos_active.append(len(active))
+            self.group_rows.setdefault(g.index, []).append(group_row(g, t))
+            self.group_sizes[g.index] = len(g.eps)
         if self.om is not None and t + 1e-9 >= self._next_om:
+            from .metrics import device_families, run_labels, smmu_families
+
             self._next_om = t + self.om_every
             ts = self.om.timestamp(t)
             base = run_labels(self.run_id, self.sc)
@@ -92,18 +136,71 @@ class RunSampler:
         return self.om.write(path) if self.om is not None else None
 
     def samples(self) -> dict[str, Any]:
-        trace = sorted((p for n in self._nodes for p in n.latency_trace), key=lambda p: p[0])
-        return {"run": self.run_id, "t": list(self.t), "smmus": self.smmus, "endpoints": self.endpoints,
-                "chaos_active": self.chaos_active, "step_targets": self.step_targets or [],
-                "latency_trace": [list(p) for p in trace]}
+        trace = [p for n in self._nodes for p in n.latency_trace]
+        return assemble(self.run_id, self.smmu_rows, self.group_rows, self.group_sizes, trace, self.step_targets)
 
 
+class LiveSeries:
+    """The live runtime's time series: the rows each actor sampled on its own clock, sent with its
+    progress reports and its final statistics (``run_ray(sc, sampler=...)``)."""
+
+    def __init__(self, sc, run_id: str | None = None):
+        self.sc = sc
+        self.run_id = run_id or new_run_id(sc)
+        self.smmu_rows: dict[int, list[dict]] = {}
+        self.group_rows: dict[int, list[dict]] = {}
+        self.group_sizes: dict[int, int] = {}
+        self.trace: list = []
+        self.step_targets: list = []
+
+    def add(self, kind: str, index: int, rows: list[dict]) -> None:
+        (self.smmu_rows if kind == "smmu" else self.group_rows).setdefault(index, []).extend(rows)
+
+    def write_openmetrics(self, path) -> None:
+        return None  # a live run's metrics are scraped from its actors while it runs
+
+    def samples(self) -> dict[str, Any]:
+        return assemble(self.run_id, self.smmu_rows, self.group_rows, self.group_sizes, self.trace,
+                        self.step_targets)
+
+
+def wedged_intervals(samples: dict) -> list[dict[str, Any]]:
+    """Every stretch of samples in which a command queue was wedged (its oldest pending CMD_SYNC
+    had waited WEDGED_AFTER or more): smmu, queue, start (when the CMD_SYNC that wedged it was
+    queued), end (the first sample that found it clear; None: still wedged at the end) and the
+    longest wait seen. In start order."""
+    t = samples["t"]
+    out = []
+    for sm in samples["smmus"]:
+        rows = sm.get("queue_sync_s") or []
+        for q in range(max((len(r) for r in rows), default=0)):
+            cur = None
+            for ti, ages in zip(t, rows):
+                age = ages[q] if q < len(ages) else 0.0
+                if age >= WEDGED_AFTER:
+                    if cur is None:
+                        cur = {"smmu": sm["index"], "queue": q, "start": ti - age, "end": None, "longest_s": 0.0}
+                        out.append(cur)
+                    cur["longest_s"] = max(cur["longest_s"], age)
+                elif cur is not None:
+                    cur["end"] = ti
+                    cur = None
+    return sorted(out, key=lambda w: (w["start"], w["smmu"], w["queue"]))
+
+
+def _wedged_counts(samples: dict) -> list[int]:
+    """Per sample, how many command queues (all SMMUs) were wedged."""
+    counts = [0] * len(samples["t"])
+    for sm in samples["smmus"]:
+        for i, ages in enumerate(sm.get("queue_sync_s") or []):
+            counts[i] += sum(1 for age in ages if age >= WEDGED_AFTER)
+    return counts
 
 
 def compact_series(samples: dict) -> dict[str, list]:
     """The report's time series reduced to what the compare charts draw (small enough to pickle back
     from a worker): per sample step, the worst unmap latency completed or still open (healthy domains
-    and all), queue depth, oldest pending CMD_SYNC, endpoints not healthy, fenced streams, UAF."""
+    and all), queue depth, wedged queues, endpoints not healthy, fenced streams, UAF."""
     t = list(samples["t"])
     smmus = samples["smmus"]
     worst_h = [0.0] * len(t)
@@ -120,7 +217,7 @@ def compact_series(samples: dict) -> dict[str, list]:
         "worst_healthy_s": worst_h,
         "worst_s": [max(a, b) for a, b in zip(worst_all, oldest)],
         "cmdq_depth": [sum(v) for v in zip(*(s["cmdq_depth"] for s in smmus))],
-        "oldest_sync_s": [max(v) for v in zip(*(s["oldest_sync_s"] for s in smmus))],
+        "wedged_queues": _wedged_counts(samples),
         "not_healthy": [sum(v) for v in zip(*(eps[m] for m in MODE_NAMES if m != "healthy"))],
         "fenced": [sum(v) for v in zip(*(s["fenced"] for s in smmus))],
         "uaf": [sum(v) for v in zip(*(s["uaf"] for s in smmus))],

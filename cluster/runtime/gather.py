@@ -30,7 +30,7 @@ class Gathering:
         import ray
 
         live = [a for a in self.smmus + self.devices if a.alive]
-        refs = [a.handle.stats.remote() for a in live]
+        refs = [a.handle.stats.remote(final) for a in live]
         try:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=60.0 if final else 10.0)
         except Exception:
@@ -41,7 +41,8 @@ class Gathering:
         for a, ref in zip(live, refs):
             if ref in ready:
                 try:
-                    got[(a.kind, a.index)] = ray.get(ref)
+                    got[(a.kind, a.index)] = st = ray.get(ref)
+                    self.keep_samples(a, st)
                     continue
                 except Exception as exc:
                     self._actor_died(a, t, f"died ({last_line(exc)})")
@@ -72,6 +73,12 @@ class Gathering:
                                                  "batches_sent": d.last.get("batches_sent", 0)},
                                    "partial": True})
         return nodes, oracles, groups, smmu_tr, dev_tr
+
+    def keep_samples(self, a, report: dict) -> None:
+        """The time-series rows (and at the end the latency trace) an actor sent, for the plots."""
+        if self.sampler is not None:
+            self.sampler.add(a.kind, a.index, report.get("samples") or [])
+            self.sampler.trace += report.get("latency_trace") or []
 
     def placement(self) -> dict[str, Any]:
         actors = []

@@ -51,11 +51,12 @@ GC_THRESHOLDS = tuple(int(x) for x in os.environ.get("ATS_LIVE_GC", "100000,50,1
 # heap tag kinds that are not the model's (model tags start with an int)
 CHAOS = "chaos"
 LOCAL = "local"
+SAMPLE = "sample"
 
 
 class LiveShell(Transport):
     """Base of both actor shells. Subclasses set ``self.model`` and implement ``route``,
-    ``apply_chaos`` and ``stats``; ``on_dead`` is optional."""
+    ``apply_chaos``, ``sample_row`` and ``stats``; ``on_dead`` is optional."""
 
     kind = "?"
 
@@ -85,6 +86,8 @@ class LiveShell(Transport):
         self.fired = 0
         self.delivered = 0
         self.exporter = None
+        self.sample_every = 0.0  # scenario s between time-series samples (0: none)
+        self.sample_rows: list[dict] = []  # taken and not yet sent to the driver
 
     # --- subclass hooks ------------------------------------------------------------------------
 
@@ -92,6 +95,10 @@ class LiveShell(Transport):
         raise NotImplementedError
 
     def apply_chaos(self, now: float, action: tuple) -> None:
+        raise NotImplementedError
+
+    def sample_row(self, now: float) -> dict[str, Any]:
+        """One sample of the model for the report's time series (``cluster/results/sampler.py``)."""
         raise NotImplementedError
 
     def start_exporter(self, kind: str, bind: str, *model) -> None:
@@ -113,12 +120,16 @@ class LiveShell(Transport):
 
     # --- set-up (called by the driver) ------------------------------------------------------------
 
-    async def start(self, t0: float, time_scale: float, duration: float, chaos: list) -> bool:
+    async def start(self, t0: float, time_scale: float, duration: float, chaos: list,
+                    sample_every: float | None = None) -> bool:
         self.t0 = t0
         self.scale = time_scale
         self.duration = duration
         for action in chaos:  # (at, step, phase, fault, sids, params)
             self._push(action[0], (CHAOS, action))
+        if sample_every:  # the time series, sampled on this actor's clock like the sim's
+            self.sample_every = sample_every
+            self._push(0.0, (SAMPLE, 0))
         self._finished = asyncio.Event()
         self.started = True
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -213,6 +224,12 @@ class LiveShell(Transport):
         elif kind == ECHO:
             self._enqueue_echo(tag[1], (ECHO_REPLY, self.index, tag[2]))
             return
+        elif kind == SAMPLE:  # read at the model's clock, filed under the sample's own time
+            k = tag[1]
+            self.sample_rows.append({**self.sample_row(t), "t": k * self.sample_every})
+            if (k + 1) * self.sample_every <= self.duration + 1e-9:
+                self._push((k + 1) * self.sample_every, (SAMPLE, k + 1))
+            return
         else:
             self.model.on_timer(t, tag)
         self._drain()
@@ -270,12 +287,17 @@ class LiveShell(Transport):
             return False
         return True
 
+    def take_samples(self) -> list[dict]:
+        """The time-series rows taken since the last call (the driver keeps them)."""
+        rows, self.sample_rows = self.sample_rows, []
+        return rows
+
     def progress_base(self) -> dict[str, Any]:
         lag, self.recent_lag = self.recent_lag, 0.0
         echoes, self.recent_echo_samples = self.recent_echo_samples, []
         return {"t": self.last, "lag_wall_s": lag, "echo_wall_s": sorted(echoes),
                 "errors": list(self.errors), "done": self.done,
-                "msgs_sent": self.msgs_sent, "batches_sent": self.batches_sent}
+                "msgs_sent": self.msgs_sent, "batches_sent": self.batches_sent, "samples": self.take_samples()}
 
     def end_time(self) -> float:
         if self.stop_at is not None:

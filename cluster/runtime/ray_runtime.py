@@ -21,6 +21,7 @@ or actors that will not start raise RuntimeInputError (one paragraph; the CLI ex
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,17 @@ from ats_stress.cluster.scenario.plan import Plan, build_plan
 from .chaos import ChaosKills
 from .connect import RuntimeInputError, connect, last_line, remote, say as _say
 from .gather import Gathering
-from .startup import STALL_FRACTION, SUSTAINED, Startup, _Actor, _knobs, policy_timeout, probe_syncs_per_unmap, transport_ceiling
+from .startup import (
+    RTT_SAMPLES,
+    STALL_FRACTION,
+    SUSTAINED,
+    Startup,
+    _Actor,
+    _knobs,
+    policy_timeout,
+    probe_syncs_per_unmap,
+    transport_ceiling,
+)
 
 #: the driver looks at the actors this often (wall s)
 POLL_EVERY = 0.5
@@ -45,10 +56,14 @@ class LiveRun(Startup, ChaosKills, Gathering):
 
     def __init__(self, sc: Scenario, plan: Plan, *, quiet: bool, metrics_bind: str | None,
                  node_killer: Callable[[str], Any] | None, startup_timeout: float,
-                 device_options: dict | None, smmu_options: dict | None):
+                 device_options: dict | None, smmu_options: dict | None, sampler=None):
         self.sc = sc
         self.plan = plan
         self.quiet = quiet
+        self.sampler = sampler  # a LiveSeries: the actors' time series for the report's plots
+        if sampler is not None:
+            sampler.step_targets = plan.step_targets
+            sampler.group_sizes = {g.index: len(g.endpoints) for g in plan.groups}
         self.metrics_bind = metrics_bind
         self.targets_file: Path | None = None  # file_sd targets, kept current (write_targets)
         self.node_killer = node_killer
@@ -76,6 +91,11 @@ class LiveRun(Startup, ChaosKills, Gathering):
         self.live_loads: list[float] = []
         self.driver_node: str | None = None
         self.started_wall = time.time()
+
+    def stage(self, text: str) -> None:
+        """Name a start-up stage on stderr, with the wall time since the run began (unless quiet)."""
+        if not self.quiet:
+            _say(f"[{time.time() - self.started_wall:5.1f} s] {text}")
 
     # set-up ---------------------------------------------------------------------------------------
 
@@ -144,6 +164,7 @@ class LiveRun(Startup, ChaosKills, Gathering):
                 self._actor_died(a, t, f"died ({last_line(exc)})")
                 continue
             a.last = p
+            self.keep_samples(a, p)
             if p.get("echo_wall_s"):
                 self.echo_window.extend(p["echo_wall_s"])
             if p["errors"]:
@@ -193,7 +214,8 @@ class LiveRun(Startup, ChaosKills, Gathering):
         uaf = sum((a.last or {}).get("uaf", 0) for a in self.smmus)
         rate = (cmds - prev[1]) / (t - prev[0]) if t > prev[0] else 0.0
         lost = len(self.lost_actors)
-        _say(f"  t={t:7.2f}/{self.sc.duration:g}s  commands/s={rate:9.0f}  fenced={fenced}  uaf={uaf}"
+        # each field is explained in README.md, "Live runtime"
+        _say(f"  t={t:7.2f}/{self.sc.duration:g}s  commands/s={rate:9.0f}  fenced now={fenced}  uaf={uaf}"
              f"  lag={self.max_lag_wall * 1e3:.0f}ms{'  lost actors=' + str(lost) if lost else ''}")
         return (t, cmds)
 
@@ -224,10 +246,19 @@ class LiveRun(Startup, ChaosKills, Gathering):
 # --- the entry point -------------------------------------------------------------------------------
 
 
+def _ray_stage(address: str | None) -> str:
+    import ray
+
+    if ray.is_initialized():
+        return "using the Ray this process already joined"
+    joining = address or os.environ.get("RAY_ADDRESS")
+    return f"joining the Ray cluster at {joining}" if joining else "starting an embedded local Ray"
+
+
 def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | None = None, quiet: bool = False,
             metrics_bind: str | None = None, node_killer: Callable[[str], Any] | None = None,
             startup_timeout: float = 120.0, device_options: dict | None = None,
-            smmu_options: dict | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+            smmu_options: dict | None = None, num_cpus: int | None = None, sampler=None) -> dict[str, Any]:
     """Run ``sc`` on live Ray actors and return its summary (also written to out_dir/summary.json).
 
     address: None starts an embedded local Ray (or joins RAY_ADDRESS, as inside a Ray Job); "auto",
@@ -235,6 +266,8 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
     the `ray job submit` command to use instead. If Ray is already initialised it is used as is.
     node_killer(node_id) kills a cluster node for ``kill_node`` chaos (default: kill the device
     actors on that node). metrics_bind ("host:port", port 0 for any) starts the actors' exporters.
+    sampler (a ``LiveSeries``) receives the time series the actors sample, for the report's plots.
+    Unless ``quiet``, each start-up stage is named on stderr as it begins.
     """
     plan = build_plan(sc)
     if metrics_bind:
@@ -243,22 +276,27 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         except ImportError as exc:
             raise RuntimeInputError(f"metrics_bind={metrics_bind!r}: the metrics exporters are not available "
                                     f"({exc}); run without metrics.") from None
+    run = LiveRun(sc, plan, quiet=quiet, metrics_bind=metrics_bind, node_killer=node_killer,
+                  startup_timeout=startup_timeout, device_options=device_options, smmu_options=smmu_options,
+                  sampler=sampler)
+    run.stage(f"measuring {sc.policy.name}'s CMD_SYNCs per unmap (a short sim run, for the transport ceiling)")
     spu = probe_syncs_per_unmap(sc)
+    run.stage(_ray_stage(address))
     owned = connect(address, num_cpus=num_cpus)
-    run = None
     try:
-        run = LiveRun(sc, plan, quiet=quiet, metrics_bind=metrics_bind, node_killer=node_killer,
-                      startup_timeout=startup_timeout, device_options=device_options, smmu_options=smmu_options)
         startup = time.time()
         started = False
         status = "complete"
         try:
             run.create()
+            run.stage(f"measuring the SMMU <-> device actor round trip ({RTT_SAMPLES} samples)")
             run.measure(spu)
             if metrics_bind and out_dir is not None:
                 run.targets_file = Path(out_dir) / "prometheus-targets.json"
                 run.write_targets()
             run.start()
+            run.stage(f"running {sc.duration:g} scenario s at time_scale {run.scale:g} "
+                      f"(about {sc.duration * run.scale:.0f} s of wall time)")
             started = True
         except KeyboardInterrupt:  # before scenario time began: an empty, interrupted summary
             status = "interrupted"
@@ -312,8 +350,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
             write_json(Path(out_dir) / "summary.json", summary)
         return summary
     finally:
-        if run is not None:
-            run.kill_all()
+        run.kill_all()
         if owned:
             import ray
 

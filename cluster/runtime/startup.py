@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any
 
+from ats_stress.cluster.results.sampler import SAMPLE_EVERY
 from ats_stress.cluster.results.summary import percentile
 from ats_stress.cluster.scenario import Scenario
 
@@ -128,6 +129,8 @@ class Startup:
         dev_opts: dict[str, Any] = {"num_cpus": DEVICE_NUM_CPUS, "max_restarts": 0, "max_concurrency": 1000,
                                     "scheduling_strategy": "SPREAD"}
         dev_opts.update(self.device_options)
+        self.stage(f"placing {len(plan.nodes) + len(plan.groups)} actors: {len(plan.nodes)} SMMU, "
+                   f"{len(plan.groups)} device ({sc.topology.endpoints} endpoints)")
         SmmuCls = remote(SmmuActor, **smmu_opts)
         DevCls = remote(DeviceActor, **dev_opts)
         hw = {"command_queues": sc.hardware.command_queues, "cpus": sc.topology.cpus,
@@ -160,6 +163,7 @@ class Startup:
         self._await_ready()
         dev_handles = [d.handle for d in self.devices]
         smmu_handles = [s.handle for s in self.smmus]
+        self.stage(f"connecting the actors ({sc.runtime.transport} transport)")
         if sc.runtime.transport == "stream":
             # every actor listens on its node; each then opens one TCP connection per peer, and
             # batches travel as frames on it instead of one Ray call each (cluster/runtime/stream.py)
@@ -278,12 +282,13 @@ class Startup:
             else:
                 for sid in a.sids:
                     dev_actions.setdefault(self.plan.sid_group[sid], {}).setdefault(id(a), (a, []))[1].append(sid)
-        refs = [s.handle.start.remote(self.t0, self.scale, self.sc.duration, smmu_actions.get(s.index, []))
+        every = SAMPLE_EVERY if self.sampler is not None else None
+        refs = [s.handle.start.remote(self.t0, self.scale, self.sc.duration, smmu_actions.get(s.index, []), every)
                 for s in self.smmus]
         for d in self.devices:
             acts = [(a.at, a.step, a.phase, a.fault, tuple(sids), a.params)
                     for a, sids in dev_actions.get(d.index, {}).values()]
-            refs.append(d.handle.start.remote(self.t0, self.scale, self.sc.duration, acts))
+            refs.append(d.handle.start.remote(self.t0, self.scale, self.sc.duration, acts, every))
         self._get(refs, 60, "start")
         del ray
         if time.time() > self.t0:

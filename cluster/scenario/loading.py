@@ -8,29 +8,87 @@ allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ats_stress.iommu_actor.policy import PolicyError, get_policy
 
 from .chaos import FAULTS
 from .config import Scenario
 from .fields import ScenarioError
+from . import library
 
 # --- loading -----------------------------------------------------------------------------------
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_EXTENDS_DEPTH = 16
+#: a scenario nests a few levels (chaos.0.latency.median); deeper is a mistake or an attack
+MAX_NESTING = 32
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: merged keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the constructor says so below
+                    pass
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """``yaml.safe_load`` that refuses duplicate keys and deep nesting with a ScenarioError
+    naming ``where`` (a file, or a --set option)."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        lines = f" (lines {exc.first} and {exc.again})" if exc.first != exc.again else ""
+        raise ScenarioError(f"{where}: the key {exc.key!r} appears twice in one mapping{lines}; YAML would "
+                            "silently keep the last one. Remove one of them.") from None
+    except RecursionError:
+        raise ScenarioError(f"{where}: nests lists or mappings hundreds of levels deep; a scenario nests "
+                            f"at most {MAX_NESTING} levels.") from None
+    _check_nesting(data, where)
+    return data
+
+
+def _check_nesting(data: Any, where: str) -> None:
+    stack = [(data, 0, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_NESTING:
+            raise ScenarioError(f"{where}: nests more than {MAX_NESTING} levels deep (at "
+                                f"{path[:60]}{'...' if len(path) > 60 else ''}); a scenario nests a few levels.")
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1, f"{path}.{k}" if path else str(k)))
 
 
 def _read_yaml(path: Path) -> dict:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file. Give the path of a scenario YAML file "
-                            "(the library is in configs/scenarios/).") from None
+        raise ScenarioError(f"{path}: no such file. Give the path of a scenario YAML file or a name "
+                            "from the built-in library (`ats-stress scenarios`).") from None
     except IsADirectoryError:
         raise ScenarioError(f"{path}: is a directory, not a scenario file.") from None
     except OSError as exc:
@@ -44,7 +102,7 @@ def _read_yaml(path: Path) -> dict:
     except UnicodeDecodeError:
         raise ScenarioError(f"{path}: is not UTF-8 text; a scenario is a YAML file.") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -97,7 +155,7 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ScenarioError(f"--set {item!r}: the key path {key!r} has an empty part.")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = parse_yaml(value, f"--set {item!r}") if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return parts, parsed
@@ -128,47 +186,100 @@ def apply_sets(data: dict, sets: list[str]) -> dict:
     return data
 
 
-def _loc(loc: tuple) -> str:
+def _loc_parts(loc: tuple) -> list[str]:
     # pydantic puts the union tag in the path (chaos.0.hang.at): drop it
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in FAULTS)]
-    return ".".join(parts) or "(top level)"
+    return [str(p) for p in loc if not (isinstance(p, str) and p in FAULTS)]
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    problems = []
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation can hold (through Optional, Union, list, dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models(arg)]
+
+
+def allowed_fields(loc: tuple) -> list[str]:
+    """The fields allowed beside the unknown one at ``loc`` (a pydantic error location)."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc[:-1]:
+        fields = [m.model_fields[part].annotation for m in models if isinstance(part, str) and part in m.model_fields]
+        if fields:
+            models = [m for a in fields for m in _models(a)]
+        elif isinstance(part, str):  # a union tag (the chaos step's fault) or a mapping key
+            tagged = [m for m in models if any(part in get_args(f.annotation) for f in m.model_fields.values())]
+            models = tagged or models
+    names: list[str] = []
+    for m in models:
+        names += [n for n in m.model_fields if n not in names]
+    return names
+
+
+def _problem(e: dict) -> tuple[list[str], str]:
+    """(field path, what is wrong) of one pydantic error."""
+    parts = _loc_parts(e["loc"])
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = msg.replace("Extra inputs are not permitted", "unknown field")  # e.g. a policy's parameters
+    if e["type"] == "extra_forbidden":
+        field = ".".join(parts) or "?"
+        return [], f"unknown field {field} (allowed: {', '.join(allowed_fields(e['loc']))})"
+    if e["type"] == "union_tag_invalid":
+        msg = f"unknown fault {(e.get('ctx') or {}).get('tag')!r}; faults are {', '.join(FAULTS)}"
+    elif e["type"] == "union_tag_not_found":
+        msg = f"a chaos step needs fault: one of {', '.join(FAULTS)}"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    if not parts:  # a check of the whole scenario names its field in the message (chaos.0.at: ...)
+        head = msg.split(":", 1)[0]
+        if head and " " not in head:
+            return head.split("."), msg
+    return parts, (f"{'.'.join(parts)}: {msg}" if parts else msg)
+
+
+def _from_set(path: list[str], sets: list[tuple[list[str], str]]) -> str | None:
+    """The last --set option that wrote ``path`` or a field inside or around it."""
+    for parts, item in reversed(sets):
+        n = min(len(parts), len(path))
+        if path and parts[:n] == path[:n]:
+            return item
+    return None
+
+
+def format_validation_error(source: str, exc: ValidationError, sets: list[tuple[list[str], str]] = ()) -> str:
+    """One paragraph: each problem with its field path, blamed on the --set option that wrote the
+    field, else on the file."""
+    in_file, by_set = [], []
     for e in exc.errors():
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown fault; faults are {', '.join(FAULTS)}"
-        elif e["type"] == "union_tag_not_found":
-            msg = f"a chaos step needs fault: one of {', '.join(FAULTS)}"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        loc = _loc(e["loc"])
-        problems.append(msg if loc == "(top level)" else f"{loc}: {msg}")
-    return f"{source}: invalid scenario: " + "; ".join(problems) + "."
+        path, text = _problem(e)
+        item = _from_set(path, list(sets))
+        if item is None:
+            in_file.append(text)
+        else:
+            by_set.append(f"--set {item!r}: {text}")
+    parts = [f"{source}: invalid scenario: " + "; ".join(in_file)] if in_file else []
+    return "; ".join(parts + by_set) + "."
 
 
-def scenario_from_dict(data: dict, source: str = "<scenario>") -> Scenario:
+def scenario_from_dict(data: dict, source: str = "<scenario>", sets: list[str] = ()) -> Scenario:
+    """Validate ``data`` (read from ``source``, then changed by the ``--set`` options ``sets``)."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(format_validation_error(source, exc)) from None
+        parsed = [(_parse_set(item)[0], item) for item in sets]
+        raise ScenarioError(format_validation_error(source, exc, parsed)) from None
 
 
 def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: str | None = None,
                   seed: int | None = None) -> Scenario:
     """Read, extend, override and validate a scenario; ScenarioError on anything wrong.
 
+    ``path`` is a file or the name of a scenario of the built-in library (``library.resolve``).
     ``policy`` replaces policy.name and keeps only the parameters the new policy has (so a
     scenario written for one policy can be replayed under another); ``seed`` replaces the seed.
     ``sets`` (``key.path=value``) apply last.
     """
-    path = Path(path)
+    path = library.resolve(path)
     data = _load_tree(path, ())
     if policy is not None:
         try:
@@ -180,4 +291,4 @@ def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: st
     if seed is not None:
         data["seed"] = seed
     data = apply_sets(data, list(sets or []))
-    return scenario_from_dict(data, str(path))
+    return scenario_from_dict(data, str(path), list(sets or []))

@@ -41,6 +41,11 @@ class DriverHooks:
     #: the sync holds the queue until it completes (CMD_SYNC, COMPLETION_WAIT); False: VT-d's wait
     #: descriptor without the Fence flag, which Linux never sets (qi_submit_sync)
     fence_waits: bool = True
+    #: what the IOMMU does with a timed-out invalidation: "cerror" (the next sync halts the queue:
+    #: SMMUv3 CERROR_ATC_INV_SYNC, VT-d ITE) or "event" (AMD: an IOTLB_INV_TIMEOUT record, no halt)
+    inv_timeout_action: str = "cerror"
+    #: the invalidation timeout the driver programs at init (AMD CTRL_INV_TO_1S); None: the hardware's own
+    inv_timeout: float | None = None
 
     def tlbi(self, asid: int, addr: int, full: bool = False) -> Cmd:
         """The IOTLB invalidation: one page, or the whole ASID for a full flush (flush_iotlb_all)."""
@@ -87,6 +92,8 @@ AMD_IOMMU = DriverHooks(
     # wait_on_sem() runs outside iommu->lock since 2026 (d2a0cac10597), but the unmap path holds
     # dom->lock with spin_lock_irqsave around domain_flush_complete()
     irqs_off_wait=True,
+    inv_timeout_action="event",
+    inv_timeout=1.0,  # iommu_init_flags(): CTRL_INV_TO_1S
     hw_reports_ite_sid=True,  # the IOTLB_INV_TIMEOUT event log entry carries the DeviceID
 )
 

@@ -50,9 +50,7 @@ from ..policy import (
     TimerFired,
     UnmapStart,
 )
-from ..spec import (
-    ATC_INV_SIZE_ALL,
-)
+from ..spec import ATC_INV_SIZE_ALL, EVT_ID_AMD_IOTLB_INV_TO
 from .drivers import ARM_SMMU_V3, DriverHooks
 from .fence_state import FENCED, FENCING, NORMAL, VTD_ADDED_SYNC_TIMEOUT, FenceOnTimeoutParams, _Job, _Probe
 from .fencing import Fencing
@@ -71,6 +69,8 @@ class FenceCore(Fencing, Policy):
         self.irqs_off_wait = self.hooks.irqs_off_wait
         self.hw_reports_ite_sid = self.hooks.hw_reports_ite_sid
         self.fence_waits = self.hooks.fence_waits
+        self.inv_timeout_action = self.hooks.inv_timeout_action
+        self.wants_events = self.inv_timeout_action == "event"  # AMD names the device in its event log
         timeout = params.sync_timeout if params.sync_timeout is not None else self.hooks.sync_timeout
         self.sync_timeout = timeout if timeout is not None else VTD_ADDED_SYNC_TIMEOUT
         self.state: dict[int, int] = {}
@@ -91,6 +91,9 @@ class FenceCore(Fencing, Policy):
 
     def reset_queue(self) -> int:
         return self._recovery_queue(0)
+
+    def hw_inv_timeout(self, scenario_timeout):
+        return self.hooks.inv_timeout if self.hooks.inv_timeout is not None else scenario_timeout
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -113,7 +116,11 @@ class FenceCore(Fencing, Policy):
             return self._cmdq_error(now, ev)
         if t is ResetDone:
             return self._reset_done(now, ev)
-        if t in (EventRecord, PresenceReply):
+        if t is EventRecord:
+            if ev.evt_id == EVT_ID_AMD_IOTLB_INV_TO and self.state.get(ev.sid, NORMAL) == NORMAL:
+                return self._fence(now, ev.sid, 0)  # the hardware named it: no search
+            return []
+        if t is PresenceReply:
             return []
         return super().handle(now, ev)
 

@@ -97,7 +97,7 @@ class AmdIommu(FlushDriver):
     Params = AmdIommuParams
     hooks = AMD_IOMMU
     default_flush = "lazy"
-    inv_timeout_action = "event"
+    inv_timeout_action = AMD_IOMMU.inv_timeout_action
     wants_events = True
 
     def hw_inv_timeout(self, scenario_timeout):

@@ -1,0 +1,93 @@
+"""Terminal output: expectation lines with units, and compare/sweep tables that fit the console
+(transposed when that fits, else split into tables that repeat the policy or point)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from ats_stress.cluster.results.text import COMPARE_COLUMNS, expectation_line, print_compare, print_summary
+from ats_stress.cluster.runtime.sim import run_sim
+from helpers import scenario
+
+
+@pytest.mark.parametrize("e,line", [
+    ({"name": "fence_after_sync_max", "ok": True, "observed": 1.0, "bound": {"max": 1.1}},
+     "fence_after_sync_max <= 1.1 s: observed 1.0 s, ok"),
+    ({"name": "healthy_unmap_latency_p99", "ok": True, "observed": 0.000123, "bound": {"max": 0.05}},
+     "healthy_unmap_latency_p99 <= 50.0 ms: observed 0.123 ms, ok"),
+    ({"name": "healthy_unmap_latency_p99", "ok": False, "observed": 3.931, "bound": {"max": 0.05}},
+     "healthy_unmap_latency_p99 <= 50.0 ms: observed 3931 ms, VIOLATED"),
+    ({"name": "uaf_exposures", "ok": False, "observed": 7, "bound": {"max": 0.0}},
+     "uaf_exposures <= 0: observed 7, VIOLATED"),
+    ({"name": "fences", "ok": True, "observed": 3, "bound": {"max": 5.0, "min": 1.0}},
+     "fences >= 1 and <= 5: observed 3, ok"),
+    ({"name": "syncs_per_unmap", "ok": True, "observed": 2.0123, "bound": {"max": 2.5}},
+     "syncs_per_unmap <= 2.5: observed 2.01, ok"),
+    ({"name": "fence_latency_max@10s", "ok": False, "observed": None, "bound": {"max": 2.0}},
+     "fence_latency_max@10s <= 2.0 s: observed -, VIOLATED"),
+    ({"name": "transport_not_saturated", "ok": False, "observed": ["lagged 300 ms"], "bound": {"saturated": False}},
+     "transport_not_saturated saturated = False: observed lagged 300 ms, VIOLATED"),
+])
+def test_expectation_lines_name_the_bound_and_observation_in_one_unit(e, line):
+    assert expectation_line(e) == line
+
+
+def test_the_summary_prints_expectation_lines_not_dicts():
+    sc = scenario(duration=3, expect={"uaf_exposures": {"max": 0}, "healthy_unmap_latency_max": {"max": "2s"}})
+    con = Console(file=io.StringIO(), width=100)
+    print_summary(run_sim(sc), con)
+    out = con.file.getvalue()
+    assert "expect uaf_exposures <= 0: observed 0, ok" in out
+    assert "expect healthy_unmap_latency_max <= 2.0 s: observed " in out
+    assert "{" not in out
+
+
+def rows(n: int, point: bool = False) -> list[dict]:
+    out = []
+    for i in range(n):
+        r = {key: (123456 + i if fmt.__name__ == "_n" else 1.234567 + i) for key, _, fmt in COMPARE_COLUMNS}
+        r["policy"] = f"policy-number-{i}"
+        if point:
+            r["point"] = {"policy.sync_timeout": f"{i}00ms", "topology.endpoints": 1024 + i}
+            r["policy"] = ", ".join(f"{k}={v}" for k, v in r["point"].items())
+        out.append(r)
+    return out
+
+
+def printed(rows_: list[dict], width: int) -> str:
+    con = Console(file=io.StringIO(), width=width)
+    print_compare(rows_, con, title="a title")
+    return con.file.getvalue()
+
+
+@pytest.mark.parametrize("n,point,width", [(2, False, 100), (5, False, 100), (5, False, 80), (9, True, 100),
+                                           (3, True, 100), (12, False, 60)])
+def test_compare_and_sweep_tables_fit_the_console_and_show_every_cell_whole(n, point, width):
+    text = printed(rows(n, point), width)
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    assert "…" not in text
+    for r in rows(n, point):
+        for key, _, fmt in COMPARE_COLUMNS:
+            assert fmt(r[key]) in text
+        if point:
+            for v in r["point"].values():
+                assert str(v) in text
+        else:
+            assert r["policy"] in text
+
+
+def test_compare_is_transposed_when_it_fits_and_split_when_not():
+    narrow = printed(rows(5), 80)
+    assert "(1/" in narrow and "figure" not in narrow  # one row per policy, split over tables
+    wide = printed(rows(2), 100)
+    assert "(1/" not in wide and "figure" in wide  # figures down, policies across
+    assert wide.count("policy-number-0") == 1
+
+
+def test_a_sweep_table_is_headed_by_the_swept_keys_not_policy():
+    text = printed(rows(9, point=True), 100)
+    assert "policy.sync_timeout" in text and "topology.endpoints" in text
+    assert "┃ policy " not in text
