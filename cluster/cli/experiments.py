@@ -1,4 +1,4 @@
-"""``ats-stress compare`` and ``sweep``: many sim runs of one scenario, fanned out over Ray."""
+"""``ats-stress compare``, ``sweep`` and ``explore``: many sim runs of one scenario, fanned out over Ray."""
 
 from __future__ import annotations
 
