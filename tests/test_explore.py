@@ -94,6 +94,7 @@ def test_nothing_violated_is_exit_0_and_still_written(tmp_path):
     (["--lockup-bound", "0"], SMALL, "must be above 0"),
     ([], {**SMALL, "explore": {"settle": "6s"}}, "explore.settle"),
     ([], {**SMALL, "explore": {"steps": [3, 1]}}, "explore.steps"),
+    (["--address", "http://127.0.0.1:8265"], SMALL, "ray job submit"),  # refused before Ray starts
 ])
 def test_bad_explore_input_is_exit_2_with_one_paragraph(tmp_path, args, data, says):
     r, _, _ = explore(tmp_path, data, *args)
