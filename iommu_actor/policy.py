@@ -329,8 +329,13 @@ POLICIES: dict[str, type[Policy]] = {}
 
 
 def register(cls: type[Policy]) -> type[Policy]:
-    if not cls.name or cls.name in POLICIES:
-        raise PolicyError(f"policy class {cls.__name__} needs a unique name")
+    """Add a policy under its ``name`` (built-ins by decorator; plug-ins through cluster/plugins.py)."""
+    if not cls.name:
+        raise PolicyError(f"policy class {cls.__name__} needs a name")
+    taken = POLICIES.get(cls.name)
+    if taken is not None and taken is not cls:
+        raise PolicyError(f"policy class {cls.__name__}: the name {cls.name!r} is taken by "
+                          f"{taken.__module__}.{taken.__name__}")
     POLICIES[cls.name] = cls
     return cls
 
@@ -345,7 +350,8 @@ def get_policy(name: str) -> type[Policy]:
     try:
         return POLICIES[name]
     except KeyError:
-        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}") from None
+        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))} (others "
+                          "load with --policy-file FILE.py or an ats_stress.policies entry point)") from None
 
 
 def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:

@@ -1,6 +1,7 @@
 """The command line, in-process with typer's CliRunner."""
 
 import json
+from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
@@ -86,8 +87,12 @@ def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
     data = {**BASE, "duration": 6, "chaos": [{"at": 1, "fault": "hang", "endpoints": [5], "duration": 4}]}
     out = tmp_path / "cmp"
     r = runner.invoke(app, ["compare", str(write(tmp_path, data)), "--policies", "arm-smmu-v3,fence-on-timeout",
-                            "--seeds", "2", "--out", str(out)])
+                            "--seeds", "2", "--out", str(out), "--workers", "1"])
     assert r.exit_code == 0, r.output
+    written = r.output[r.output.index("written:"):].split()[1:]
+    assert written == [str(out / f) for f in ("compare.json", "compare.png", "compare-latency.png", "compare-cmdq.png",
+                                              "compare-endpoints.png")]
+    assert all(Path(f).stat().st_size > 0 for f in written)
     report = json.loads((out / "compare.json").read_text())
     assert [row["policy"] for row in report["rows"]] == ["arm-smmu-v3", "fence-on-timeout"]
     assert len(report["runs"]) == 4
@@ -97,6 +102,27 @@ def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
     assert "arm-smmu-v3" in r.output and "UAF" in r.output
 
 
+def test_sweep_on_sim_writes_json_and_chart_and_lists_them(tmp_path):
+    data = {**BASE, "duration": 3}
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", str(write(tmp_path, data)), "--param", "policy.sync_timeout=100ms,1s",
+                            "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "sweep.json").read_text())
+    assert [row["point"] for row in report["rows"]] == [{"policy.sync_timeout": "100ms"}, {"policy.sync_timeout": "1s"}]
+    assert r.output[r.output.index("written:"):].split()[1:] == [str(out / "sweep.json"), str(out / "sweep.png")]
+
+
 def test_compare_rejects_an_unknown_policy(tmp_path):
     r = runner.invoke(app, ["compare", str(write(tmp_path, BASE)), "--policies", "arm-smmu-v3,nope"])
     assert r.exit_code == 2 and "unknown policy 'nope'" in r.output
+
+
+def test_the_progress_bar_is_off_without_a_terminal_and_under_quiet(tmp_path, monkeypatch):
+    sc = str(write(tmp_path, {**BASE, "duration": 3}))
+    args = ["explore", sc, "--check", "healthy-fenced", "--budget", "2", "--workers", "1", "--out", str(tmp_path / "e")]
+    assert "runs/s" not in runner.invoke(app, args).output  # CliRunner's stderr is no terminal
+    monkeypatch.setenv("ATS_STRESS_PROGRESS", "1")  # as if it were one
+    shown = runner.invoke(app, args).output
+    assert "2/2" in shown and "runs/s" in shown and "violations 0" in shown
+    assert "runs/s" not in runner.invoke(app, args + ["--quiet"]).output

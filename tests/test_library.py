@@ -65,7 +65,7 @@ def test_an_unknown_name_is_bad_input_listing_the_library(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     for command in (["validate", "single-hangg"], ["run", "single-hangg", "-q"],
                     ["compare", "single-hangg", "--policies", "arm-smmu-v3"],
-                    ["sweep", "single-hangg", "--param", "seed=1,2"]):
+                    ["sweep", "single-hangg", "--param", "seed=1,2"], ["explore", "single-hangg"]):
         r = runner.invoke(app, command)
         assert r.exit_code == 2, (command, r.output)
         flat = " ".join(r.output.split())

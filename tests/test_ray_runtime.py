@@ -1,4 +1,5 @@
-"""The live ``ray`` runtime on a real local Ray (started once for the module)."""
+"""The live ``ray`` runtime on a real local Ray (started once for the module), and sim runs fanned out
+over it as Ray tasks."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from ats_stress.cluster import plugins
 from ats_stress.cluster.cli import app
+from ats_stress.cluster.experiments.compare import run_compare
+from ats_stress.cluster.results.summary import deterministic_view
 from ats_stress.cluster.runtime.sim import run_sim
+from helpers import HANG_5, scenario
 from live_helpers import POLICIES, ROOT, hang_scenario, verdict
 
 ray = pytest.importorskip("ray")
+PLUGINS = Path(__file__).resolve().parent / "plugins"
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +327,59 @@ def test_expect_at_is_checked_during_a_live_run(local_ray, tmp_path):
     names = [e["name"] for e in summary["expectations"]]
     assert names[:2] == ["unmaps_completed@1s", "uaf_exposures@2s"]
     assert all(e["ok"] for e in summary["expectations"][:2])
+
+
+# --- sim runs fanned out as Ray tasks (cluster/experiments/pool.py): the same results as in this
+# process, plug-in files reach the workers, and a worker killed mid-run has its run submitted
+# again, never lost or counted twice
+
+
+def _runs(report: dict) -> list[dict]:
+    return sorted((deterministic_view(r) for r in report["runs"]), key=lambda r: (r["policy"], r["seed"]))
+
+
+@pytest.mark.ray
+def test_compare_on_ray_gives_what_this_process_gives_with_a_plug_in_policy_on_the_workers(local_ray):
+    sources = plugins.load([PLUGINS / "early_complete.py"])
+    sc = scenario(duration=6, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 3}])
+    names = ["arm-smmu-v3", "test-early-complete"]
+    sharded = run_compare(sc, names, 2, None, sources=sources)
+    here = run_compare(sc, names, 2, None, workers=1)
+    assert len(sharded["runs"]) == 4 and sharded["requeued"] == 0
+    assert _runs(sharded) == _runs(here)
+    assert sharded["rows"][1]["uaf_exposures"] > 0  # the plug-in really ran there
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_run_has_its_run_requeued_once(local_ray, tmp_path):
+    sources = plugins.load([PLUGINS / "dies_once.py"])
+    marker = tmp_path / "died"
+    sc = scenario(duration=4, chaos=HANG_5, policy={"name": "test-dies-once", "marker": str(marker)})
+    names = ["test-dies-once", "arm-smmu-v3"]
+    sharded = run_compare(sc, names, 2, None, sources=sources)
+    assert marker.exists() and sharded["requeued"] == 1  # one worker process died, once
+    here = run_compare(sc, names, 2, None, workers=1)  # the marker exists: nobody dies now
+    assert len(sharded["runs"]) == 4 and [r["runs"] for r in sharded["rows"]] == [2, 2]
+    assert _runs(sharded) == _runs(here)
+
+
+@pytest.mark.ray
+def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_does(local_ray):
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.explore_report import violation_record
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.scenario import scenario_from_dict
+    from test_explore import SMALL
+
+    sc = scenario_from_dict({**SMALL, "explore": {**SMALL["explore"], "faults": ["hang", "slow", "drop"]}})
+    checks = select(sc, ["uaf", "incomplete"])
+    found = []
+    for pool in (Pool(use_ray=True), Pool(1)):
+        with pool:
+            s = run_explore(sc, pool, checks, seed=2, budget=6, shrink_max=1, shrink_runs=20)
+        found.append(([violation_record(v) for v in s.violations], s.explored, pool.use_ray, pool.capacity))
+    (sharded, n1, ray_used, capacity), (serial, n2, _, _) = found
+    assert ray_used and capacity == 2 and n1 == n2 == 6
+    assert {v["property"] for v in serial} == {"uaf", "incomplete"} and any(v["shrunk"] for v in serial)
+    assert sharded == serial

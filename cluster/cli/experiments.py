@@ -1,29 +1,83 @@
-"""``ats-stress compare`` and ``sweep``: many sim runs of one scenario."""
+"""``ats-stress compare``, ``sweep`` and ``explore``: many sim runs of one scenario, fanned out over Ray."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ats_stress.cluster.scenario import ScenarioError
-from ats_stress.iommu_actor.policy import PolicyError, get_policy
+from ats_stress.iommu_actor.policy import PolicyError, get_policy, policy_names
 
-from .app import _fail_input, _load, _sigterm_as_interrupt, app, out_console
+from .app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    SCENARIO_HELP,
+    _fail_input,
+    _load,
+    _sigterm_as_interrupt,
+    app,
+    err_console,
+    out_console,
+)
+from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
+from .progress import RunProgress
+
+WORKERS_HELP = ("sim runs in flight at once (default: every CPU of the Ray cluster); 1 with no --address runs them "
+                "in this process, without Ray")
+ADDRESS_HELP = ("the Ray cluster to fan the sim runs out to: auto, ray://HEAD:10001 or HEAD:6379 (default: an "
+                "embedded local Ray)")
+
+
+@contextmanager
+def fanout_errors():
+    """A bad --address or a dead cluster is bad input (exit 2); a run that could not be carried out exits 3."""
+    from ats_stress.cluster.experiments.pool import PoolError
+    from ats_stress.cluster.runtime.connect import RuntimeInputError
+
+    try:
+        yield
+    except RuntimeInputError as exc:
+        _fail_input(str(exc))
+    except ScenarioError as exc:
+        _fail_input(str(exc))
+    except PoolError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def print_written(files: list[str]) -> None:
+    out_console.print("written:", highlight=False)
+    for f in files:
+        out_console.print(f"  {f}", highlight=False, soft_wrap=True)
+
+
+def finish(report: dict, what: str) -> None:
+    print_written(report["files"])
+    if report.get("interrupted"):
+        err_console.print(f"interrupted: {what} covers the {len(report['runs'])} run(s) finished before it",
+                          highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @app.command()
 def compare(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
-    policies_: str = typer.Option(",".join(["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine", "iommu-core"]),
-                                  "--policies", help="comma-separated policy names"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
+    policies_: Optional[str] = typer.Option(None, "--policies", help="comma-separated policy names (default: every "
+                                            "policy, plug-ins included)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per policy (scenario seed, +1, ...)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for compare.json and compare.png"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for compare.json and the charts"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run the same scenario and seeds under each policy and print one table."""
-    names = [p.strip() for p in policies_.split(",") if p.strip()]
+    sources = _plugins(policy_file)
+    names = policy_names() if policies_ is None else [p.strip() for p in policies_.split(",") if p.strip()]
     if not names:
         _fail_input("--policies: give at least one policy name.")
     for n in names:
@@ -36,41 +90,147 @@ def compare(
     from ats_stress.cluster.experiments.compare import run_compare
     from ats_stress.cluster.results.text import print_compare
 
-    report = run_compare(sc, names, seeds, out_dir)
+    _sigterm_as_interrupt()
+    with fanout_errors(), RunProgress("compare", len(names) * seeds, quiet) as bar:
+        report = run_compare(sc, names, seeds, out_dir, workers=workers, address=address, sources=sources,
+                             on_result=lambda r: bar.advance())
     print_compare(report["rows"], out_console, title=f"{sc.name} · {seeds} seed(s) per policy · sim runtime")
-    out_console.print(f"written: {out_dir / 'compare.json'}, {out_dir / 'compare.png'}")
+    finish(report, "compare.json")
 
 
 @app.command()
 def sweep(
-    scenario: Path = typer.Argument(..., help="scenario YAML file"),
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     param: list[str] = typer.Option(..., "--param", help="an axis: key.path=v1,v2,... (repeatable)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per point (scenario seed, +1, ...)"),
-    runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (points in parallel processes) or ray (points one after another, live)"),
+    runtime: str = typer.Option("sim", "--runtime", "-r", help="sim (points as Ray tasks, in parallel) or ray "
+                                "(points one after another, live)"),
     set_: list[str] = typer.Option([], "--set", help="override a field for every point: key.path=value"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for sweep.json and sweep.png"),
-    address: Optional[str] = typer.Option(None, "--address", help="ray runtime: the cluster to join (default: an embedded local Ray)"),
+    address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster to join (default: an embedded "
+                                          "local Ray): sim points fan out to it, ray points run live on it"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sim runtime: " + WORKERS_HELP),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run a grid over scenario parameters and seeds; print a table, write JSON and a chart."""
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+    sources = _plugins(policy_file)
     sc = _load(scenario, set_)
+    if runtime == "ray":
+        _refuse_live_plugin(sc.policy.name)
     out_dir = out or Path("runs") / f"sweep-{sc.name}".replace(" ", "_")
-    from ats_stress.cluster.experiments.sweep import run_sweep
+    from ats_stress.cluster.experiments.sweep import grid, run_sweep
     from ats_stress.cluster.results.text import print_compare
 
     _sigterm_as_interrupt()
-    try:
-        if runtime == "ray":
-            from ats_stress.cluster.runtime.ray_runtime import RuntimeInputError
-
-            try:
-                report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime="ray", address=address)
-            except RuntimeInputError as exc:
-                _fail_input(str(exc))
-        else:
-            report = run_sweep(sc, param, seeds, out_dir, source=str(scenario))
-    except ScenarioError as exc:
-        _fail_input(str(exc))
+    with fanout_errors():
+        total = len(grid(sc, param, seeds, str(scenario)))
+        with RunProgress("sweep", total, quiet or runtime == "ray") as bar:
+            report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime=runtime, address=address,
+                               workers=workers, sources=sources, on_result=lambda r: bar.advance())
     print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point · {runtime} runtime")
-    out_console.print(f"written: {out_dir / 'sweep.json'}, {out_dir / 'sweep.png'}")
+    finish(report, "sweep.json")
+
+
+@app.command()
+def explore(
+    scenario: Path = typer.Argument(..., help=SCENARIO_HELP + "; its topology and workload are kept, the fault "
+                                    "grammar is its explore: section"),
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name"),
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, max=1_000_000,
+                                         help="variants to run (default 100, or unbounded with --time)"),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="stop searching and shrinking after this long "
+                                             "(e.g. 10m)"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="explore seed (default: the scenario's seed)"),
+    check: Optional[str] = typer.Option(None, "--check", help="comma-separated properties: uaf, healthy-fenced, "
+                                        "incomplete, lockup, expect, expect.FIGURE (default: all)"),
+    lockup_bound: str = typer.Option("10s", "--lockup-bound", help="lockup: the longest allowed irqs-off spin of "
+                                     "one flush (default 10 s, the hard-lockup detector's watchdog_thresh)"),
+    shrink_runs: int = typer.Option(200, "--shrink-runs", min=1, help="runs allowed to shrink one violation"),
+    shrink_max: int = typer.Option(3, "--shrink-max", min=0, help="violations shrunk per property (the first ones)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for explore.json, minimal-*.yaml and "
+                                       "report.md (default runs/explore-NAME-POLICY)"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Search chaos schedules for violated properties; shrink each to a minimal scenario that `run` reproduces.
+
+    Exit 0 when nothing was violated, 1 when something was, 2 on bad input, 130 when interrupted
+    (what was found so far is written first)."""
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.explore_report import write_outputs
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.plugins import origin
+
+    seconds = None if time_limit is None else _positive_duration("--time", time_limit)
+    bound = _positive_duration("--lockup-bound", lockup_bound)
+    budget = budget or (None if seconds else 100)
+    sources = _plugins(policy_file)
+    sc = _load(scenario, set_, policy)
+    out_dir = out or Path("runs") / f"explore-{sc.name}-{sc.policy.name}".replace(" ", "_")
+    names = None if check is None else [c.strip() for c in check.split(",") if c.strip()]
+    _sigterm_as_interrupt()
+    with fanout_errors():
+        checks = select(sc, names, bound)
+        with Pool(workers, address, sources) as pool, \
+                RunProgress("explore", budget, quiet, fields=("violations", "shrink_steps")) as bar:
+            found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed, budget=budget,
+                                time_limit=seconds, shrink_runs=shrink_runs, shrink_max=shrink_max,
+                                progress=_explore_progress(bar, quiet))
+    plugin_args = [f"--policy-file {src.path}" for src in sources]
+    res, files = write_outputs(found, out_dir, origin(sc.policy.name), plugin_args)
+    print_explore(res)
+    print_written([str(f) for f in files])
+    if res["interrupted"]:
+        err_console.print("interrupted: the files above hold what was found up to then", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(1 if res["violations"] else 0)
+
+
+def _positive_duration(opt: str, text: str) -> float:
+    from ats_stress.iommu_actor.units import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        _fail_input(f"{opt} {text!r}: {exc}.")
+    if value <= 0:
+        _fail_input(f"{opt} {text!r}: must be above 0.")
+    return value
+
+
+def _explore_progress(bar: RunProgress, quiet: bool):
+    """The bar's counts, and one line on stderr when a property is first found violated."""
+    seen: set[str] = set()
+
+    def show(s) -> None:
+        bar.update(completed=s.explored, violations=len(s.violations), shrink_steps=s.shrink_steps)
+        for v in s.violations:
+            if v.prop not in seen and not quiet:
+                seen.add(v.prop)
+                err_console.print(f"first {v.prop} violation: variant {v.variant} (seed {v.seed}), "
+                                  f"observed {v.observed}", highlight=False)
+    return show
+
+
+def print_explore(res: dict) -> None:
+    from rich.table import Table
+
+    from ats_stress.cluster.experiments.explore_report import smallest
+
+    t = Table(title=f"explore {res['scenario']} · policy {res['policy']} · seed {res['seed']} · "
+                    f"{res['explored']} variant(s), {res['runs']['shrinking']} shrink run(s)", title_justify="left")
+    for col in ("property", "violating", "shrunk", "smallest minimal (steps)"):
+        t.add_column(col)
+    for c in res["checks"]:
+        vs = [v for v in res["violations"] if v["property"] == c["property"]]
+        best = smallest(res, c["property"])
+        t.add_row(c["property"], str(len(vs)), str(sum(v["shrunk"] for v in vs)),
+                  f"{best['minimal_file']} ({best['minimal_steps']})" if best else "-")
+    out_console.print(t)

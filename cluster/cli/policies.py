@@ -1,18 +1,50 @@
-"""``ats-stress policies``: the recovery policies and their parameters."""
+"""``ats-stress policies``: the recovery policies, their parameters and where each came from; plug-in loading."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import typer
+
 from ats_stress.iommu_actor.policy import get_policy, policy_names
 
-from .app import app, out_console
+from .app import _fail_input, app, out_console
+
+POLICY_FILE_HELP = "a Python file defining Policy subclasses to load (repeatable; see README, \"Plug-in policies\")"
+
+
+def _plugins(files: list[Path]) -> tuple:
+    """Entry-point plug-ins and each --policy-file registered; the sources to ship to workers. Exit 2
+    with one paragraph on a bad plug-in."""
+    from ats_stress.cluster.plugins import PluginError, load
+
+    try:
+        return load(files)
+    except PluginError as exc:
+        _fail_input(str(exc))
 
 
 @app.command()
-def policies() -> None:
-    """List the recovery policies and their parameters."""
+def policies(
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+) -> None:
+    """List the recovery policies, their parameters and where each came from."""
+    from ats_stress.cluster.plugins import origin
+
+    _plugins(policy_file)
     for name in policy_names():
         cls = get_policy(name)
-        out_console.print(f"[bold]{name}[/bold]: {cls.summary}", highlight=False)
+        out_console.print(f"[bold]{name}[/bold] ({origin(name)}): {cls.summary}", highlight=False)
         for field, info in cls.Params.model_fields.items():
             desc = f" — {info.description}" if info.description else ""
             out_console.print(f"    {field} (default {info.default!r}){desc}", highlight=False)
+
+
+def _refuse_live_plugin(name: str) -> None:
+    """Exit 2 when a live run would need a plug-in policy (its SMMU actors build only the built-ins)."""
+    from ats_stress.cluster.plugins import PluginError, refuse_live
+
+    try:
+        refuse_live(name)
+    except PluginError as exc:
+        _fail_input(str(exc))

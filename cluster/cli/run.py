@@ -25,6 +25,7 @@ from .app import (
     err_console,
     out_console,
 )
+from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
 
 
 @app.command()
@@ -42,11 +43,15 @@ def run(
     metrics_bind: str = typer.Option("auto", "--metrics-bind", help="ray runtime: where each actor serves /metrics "
                                      "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
                                      "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
     """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+    _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
+    if runtime == "ray":
+        _refuse_live_plugin(sc.policy.name)
     bind = _metrics_bind(metrics_bind, address) if runtime == "ray" else None
     out_dir = out or _default_out(sc.name, sc.policy.name, runtime)
     from ats_stress.cluster.results.report import clear_run_outputs, run_outputs, write_run_outputs
@@ -139,8 +144,10 @@ def _run_sim(sc, quiet: bool):
 def validate(
     scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
+    policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
 ) -> None:
     """Check a scenario without running it (exit 0 valid, 2 invalid)."""
+    _plugins(policy_file)
     sc = _load(scenario, set_)
     out_console.print(f"{library.resolve(scenario)}: valid: {sc.name!r}, {sc.topology.endpoints} endpoints, "
                       f"policy {sc.policy.name}, {len(sc.chaos)} chaos step(s), {sc.duration:g} s",

@@ -1,34 +1,20 @@
 """``ats-stress compare``: one scenario, several policies, several seeds, one table.
 
-Runs are independent processes (the sim runtime is single-threaded), so they go in parallel on the
-machine's cores. Per-policy rows aggregate the seeds: counts are totals over the seeds, maxima are
-the maximum over the seeds, typical latencies and rates are means.
+Runs are independent sim runs, so they go to a ``Pool`` (``pool.py``): Ray tasks on an embedded
+local Ray or a cluster, or this process with one worker. Per-policy rows aggregate the seeds:
+counts are totals over the seeds, maxima are the maximum over the seeds, typical latencies and
+rates are means. An interruption keeps the runs finished so far (``interrupted`` in the report).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from ats_stress.cluster.scenario import Scenario
 from ats_stress.cluster.results.summary import deterministic_view, write_json
 
-
-def _run_one(args: tuple) -> dict:
-    data, runtime, *opts = args
-    from ats_stress.cluster.runtime.sim import run_sim  # in the worker process
-
-    sc = Scenario.model_validate(data)
-    if opts and opts[0]:  # compare: also the time series for the per-figure charts
-        from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
-
-        sampler = RunSampler(sc, om_every=None)
-        summary = run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler)
-        summary["series"] = compact_series(sampler.samples())
-        return summary
-    return run_sim(sc)
+from .pool import Pool
 
 
 def variants(sc: Scenario, policies: list[str], seeds: int) -> list[Scenario]:
@@ -88,43 +74,49 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
-def run_matrix(scenarios: list[Scenario], workers: int | None = None,
-               on_result: Callable[[dict], None] | None = None, series: bool = False) -> list[dict]:
-    """Run every scenario on the sim runtime, in parallel on the machine's cores; results in order.
-    ``series``: each summary also carries its compact time series under "series"."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(scenarios)))
-    jobs = [(v.model_dump(mode="python"), "sim", series) for v in scenarios]
-    results: list[dict] = []
-    if workers == 1:
-        for j in jobs:
-            results.append(_run_one(j))
-            if on_result:
-                on_result(results[-1])
-        return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for r in pool.map(_run_one, jobs):
-            results.append(r)
-            if on_result:
-                on_result(r)
-    return results
+def run_matrix(scenarios: list[Scenario], pool: Pool, on_result: Callable[[dict], None] | None = None,
+               series: bool = False) -> tuple[list[dict | None], bool]:
+    """Run every scenario on the sim runtime through ``pool``: (summaries in scenario order, whether
+    an interruption cut it short; then the runs not finished are None). ``series``: each summary
+    also carries its compact time series under "series"."""
+    jobs = [("summary", {"scenario": v.model_dump(mode="python"), "series": series}) for v in scenarios]
+    results: list[dict | None] = [None] * len(jobs)
+
+    def got(i: int, r: dict) -> None:
+        results[i] = r
+        if on_result:
+            on_result(r)
+    try:
+        pool.map(jobs, got)
+    except KeyboardInterrupt:
+        pool.cancel()
+        return results, True
+    return results, False
 
 
-def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
-                workers: int | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
-    results = run_matrix(variants(sc, policies, seeds), workers, on_result, series=out is not None)
-    series = [r.pop("series", None) for r in results]
-    rows = []
-    for name in policies:
-        runs = [r for r in results if r["policy"] == name]
-        rows.append(aggregate(name, runs))
+def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None, workers: int | None = None,
+                on_result: Callable[[dict], None] | None = None, address: str | None = None,
+                sources: tuple = ()) -> dict:
+    """``report["files"]``: what was written under ``out``."""
+    with Pool(workers, address, sources) as pool:
+        results, interrupted = run_matrix(variants(sc, policies, seeds), pool, on_result, series=out is not None)
+        requeued = pool.requeued
+    done = [r for r in results if r is not None]
+    series = [r.pop("series", None) for r in done]
+    rows = [aggregate(name, [r for r in done if r["policy"] == name]) for name in policies]
     report = {"scenario": sc.name, "policies": policies, "seeds": [sc.seed + k for k in range(seeds)],
-              "rows": rows, "runs": results}
+              "rows": rows, "runs": done, "requeued": requeued}
+    if interrupted:
+        report["interrupted"] = True
+    files: list[Path] = []
     if out is not None:
         write_json(out / "compare.json", report)
         plot_compare(rows, out / "compare.png", title=f"{sc.name}: {seeds} seed(s) per policy")
+        files = [out / "compare.json", out / "compare.png"]
         from ats_stress.cluster.results.plots import plot_compare_series
 
-        plot_compare_series(sc, results, series, out)  # compare-latency/cmdq/endpoints.png
+        files += plot_compare_series(sc, done, series, out)  # compare-latency/cmdq/endpoints.png
+    report["files"] = [str(f) for f in files]
     return report
 
 

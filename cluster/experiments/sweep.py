@@ -1,21 +1,23 @@
 """``ats-stress sweep``: a grid over scenario parameters and seeds, with a table and a chart.
 
-Each ``--param key.path=v1,v2,...`` is one axis; every combination runs with every seed (in
-parallel processes on the sim runtime, one after another on the ray runtime). Rows aggregate the
-seeds the way ``compare`` does.
+Each ``--param key.path=v1,v2,...`` is one axis; every combination runs with every seed (on the
+sim runtime as Ray tasks through ``pool.py``, like ``compare``; on the ray runtime one live run
+after another). Rows aggregate the seeds the way ``compare`` does.
 """
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from .compare import aggregate, run_matrix
 from ats_stress.cluster.scenario import Scenario, ScenarioError, apply_sets, scenario_from_dict
 from ats_stress.cluster.results.summary import write_json
+
+from .compare import aggregate, run_matrix
+from .pool import Pool
 
 MAX_RUNS = 2000
 
@@ -75,16 +77,23 @@ def run_points_live(scenarios: list[Scenario], address: str | None) -> list[dict
 
 
 def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, source: str = "<scenario>",
-              workers: int | None = None, runtime: str = "sim", address: str | None = None) -> dict:
+              workers: int | None = None, runtime: str = "sim", address: str | None = None,
+              sources: tuple = (), on_result: Callable[[dict], None] | None = None) -> dict:
+    """``report["files"]``: what was written under ``out``."""
     points = grid(sc, params, seeds, source)
+    interrupted, requeued = False, 0
     if runtime == "ray":
-        results = run_points_live([s for _, s in points], address)
+        results: list[dict | None] = list(run_points_live([s for _, s in points], address))
     else:
-        results = run_matrix([s for _, s in points], workers)
+        with Pool(workers, address, sources) as pool:
+            results, interrupted = run_matrix([s for _, s in points], pool, on_result)
+            requeued = pool.requeued
     rows: list[dict] = []
     by_label: dict[str, list[dict]] = {}
     labels: dict[str, dict] = {}
     for (point, _), r in zip(points, results):
+        if r is None:
+            continue
         label = ", ".join(f"{k}={v}" for k, v in point.items())
         by_label.setdefault(label, []).append(r)
         labels[label] = point
@@ -93,10 +102,18 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
         row["point"] = labels[label]
         rows.append(row)
     report = {"scenario": sc.name, "runtime": runtime, "params": [parse_param(p)[0] for p in params],
-              "seeds": [sc.seed + k for k in range(seeds)], "rows": rows, "runs": results}
+              "seeds": [sc.seed + k for k in range(seeds)], "rows": rows,
+              "runs": [r for r in results if r is not None], "requeued": requeued}
+    if interrupted:
+        report["interrupted"] = True
+    files: list[Path] = []
     if out is not None:
         write_json(out / "sweep.json", report)
-        plot_sweep(rows, report["params"], out / "sweep.png", title=f"{sc.name}: sweep, {seeds} seed(s) per point")
+        files.append(out / "sweep.json")
+        if rows:
+            plot_sweep(rows, report["params"], out / "sweep.png", title=f"{sc.name}: sweep, {seeds} seed(s) per point")
+            files.append(out / "sweep.png")
+    report["files"] = [str(f) for f in files]
     return report
 
 

@@ -16,6 +16,7 @@ from ats_stress.iommu_actor.policy import PolicyError, validate_params
 from ats_stress.iommu_actor.units import Duration, parse_duration
 
 from .chaos import ChaosStep
+from .explore import Explore
 from .fields import MAX_COUNT, Latency, ScenarioError, Strict
 
 __all__ = ["Scenario", "ScenarioError", "EXPECTABLE", "Bound", "Topology", "Hardware", "Workload", "Host",
@@ -168,6 +169,7 @@ class Scenario(Strict):
     runtime: Runtime = Field(default_factory=Runtime)
     chaos: list[ChaosStep] = Field(default_factory=list)
     expect: dict[str, Bound] = Field(default_factory=dict)
+    explore: Optional[Explore] = Field(None, description="ats-stress explore: the fault grammar (cluster/scenario/explore.py)")
 
     @field_validator("expect")
     @classmethod
