@@ -11,7 +11,6 @@ Run: python -m bench.sim_reference
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time

@@ -176,11 +176,3 @@ def ensure(sources: tuple[PluginSource, ...] | list) -> None:
     load_entry_points()
     for src in sources:
         register_source(src)
-
-
-def refuse_live(name: str) -> None:
-    """The live runtime builds its policy inside the SMMU actors, which load only the built-ins."""
-    if name in ORIGINS:
-        raise PluginError(f"policy {name!r} comes from {ORIGINS[name]}; plug-in policies run on the sim runtime "
-                          "(run, compare, sweep and explore), not on --runtime ray, whose SMMU actors build "
-                          "only the built-in policies.")

@@ -29,8 +29,10 @@ class SmmuActor(LiveShell):
 
     def __init__(self, spec: NodeSpec, policy_name: str, policy_params: dict, hw: dict,
                  fault_starts: dict[int, list[float]], sid_group: dict[int, int], group_sids: dict[int, list[int]],
-                 flr_time: float, metrics_bind: str | None = None, labels: dict[str, str] | None = None):
+                 flr_time: float, metrics_bind: str | None = None, labels: dict[str, str] | None = None,
+                 plugins: tuple = ()):
         super().__init__(spec.index)
+        self.load_plugins(plugins)  # --policy-file policies, as the driver registered them
         self.oracle = Oracle(fault_starts)
         self.node = SmmuNode(spec, make_policy(policy_name, policy_params, HwInfo(**hw)), self.oracle)
         self.model = self.node

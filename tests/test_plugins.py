@@ -78,12 +78,9 @@ def test_a_second_file_taking_a_plugin_name_collides_with_the_first(tmp_path):
     assert f"from {EXAMPLE.resolve()}" in one_paragraph_exit_2(r)
 
 
-def test_a_missing_file_and_the_live_runtime_are_exit_2(tmp_path):
+def test_a_missing_file_is_exit_2(tmp_path):
     r = runner.invoke(app, ["run", str(write(tmp_path, BASE)), "--policy-file", str(tmp_path / "nope.py")])
     assert "no such file" in one_paragraph_exit_2(r)
-    sc = write(tmp_path, {**BASE, "policy": {"name": "patient-smmu"}}, "p.yaml")
-    r = runner.invoke(app, ["run", str(sc), "--policy-file", str(EXAMPLE), "--runtime", "ray", "-q"])
-    assert "plug-in policies run on the sim runtime" in one_paragraph_exit_2(r)
 
 
 def test_entry_point_policies_are_registered_with_their_distribution(tmp_path, monkeypatch):

@@ -383,3 +383,15 @@ def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_d
     assert ray_used and capacity == 2 and n1 == n2 == 6
     assert {v["property"] for v in serial} == {"uaf", "incomplete"} and any(v["shrunk"] for v in serial)
     assert sharded == serial
+
+
+def test_a_plug_in_policy_file_runs_live_in_the_smmu_actors(local_ray):
+    # the SMMU actors register the --policy-file source before they build the policy
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+
+    sources = plugins.load([ROOT / "examples" / "policies" / "patient.py"])
+    sc = hang_scenario("arm-smmu-v3", duration=5, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 2}])
+    sc = sc.model_copy(update={"policy": sc.policy.model_copy(update={"name": "patient-smmu"})})
+    live = run_ray(sc, quiet=True, plugins=sources)
+    assert live["status"] == "complete" and live["policy"] == "patient-smmu"
+    assert live["unmaps"]["count"] > 0 and live["uaf_exposures"] == 0  # it never frees a page early

@@ -22,7 +22,7 @@ from .app import (
     err_console,
     out_console,
 )
-from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
+from .policies import POLICY_FILE_HELP, _plugins
 from .progress import RunProgress
 
 WORKERS_HELP = ("sim runs in flight at once (default: every CPU of the Ray cluster); 1 with no --address runs them "
@@ -118,8 +118,6 @@ def sweep(
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_)
-    if runtime == "ray":
-        _refuse_live_plugin(sc.policy.name)
     out_dir = out or Path("runs") / f"sweep-{sc.name}".replace(" ", "_")
     from ats_stress.cluster.experiments.sweep import grid, run_sweep
     from ats_stress.cluster.results.text import print_compare

@@ -38,13 +38,3 @@ def policies(
         for field, info in cls.Params.model_fields.items():
             desc = f" — {info.description}" if info.description else ""
             out_console.print(f"    {field} (default {info.default!r}){desc}", highlight=False)
-
-
-def _refuse_live_plugin(name: str) -> None:
-    """Exit 2 when a live run would need a plug-in policy (its SMMU actors build only the built-ins)."""
-    from ats_stress.cluster.plugins import PluginError, refuse_live
-
-    try:
-        refuse_live(name)
-    except PluginError as exc:
-        _fail_input(str(exc))

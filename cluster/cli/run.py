@@ -25,7 +25,7 @@ from .app import (
     err_console,
     out_console,
 )
-from .policies import POLICY_FILE_HELP, _plugins, _refuse_live_plugin
+from .policies import POLICY_FILE_HELP, _plugins
 
 
 @app.command()
@@ -48,10 +48,8 @@ def run(
     """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
-    _plugins(policy_file)
+    sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
-    if runtime == "ray":
-        _refuse_live_plugin(sc.policy.name)
     bind = _metrics_bind(metrics_bind, address) if runtime == "ray" else None
     out_dir = out or _default_out(sc.name, sc.policy.name, runtime)
     from ats_stress.cluster.results.report import clear_run_outputs, run_outputs, write_run_outputs
@@ -69,7 +67,7 @@ def run(
             sampler = LiveSeries(sc)  # the actors' time series, for the report's plots
             try:
                 summary = run_ray(sc, address=address, out_dir=out_dir, quiet=quiet, metrics_bind=bind,
-                                  sampler=sampler)
+                                  sampler=sampler, plugins=sources)
             except RuntimeInputError as exc:
                 _fail_input(str(exc))
     except ScenarioError as exc:

@@ -61,7 +61,7 @@ def grid(sc: Scenario, params: list[str], seeds: int, source: str) -> list[tuple
     return out
 
 
-def run_points_live(scenarios: list[Scenario], address: str | None) -> list[dict]:
+def run_points_live(scenarios: list[Scenario], address: str | None, sources: tuple = ()) -> list[dict]:
     """The ray runtime: the points one after another on one Ray connection (each point is a
     whole live cluster run; running two at once would share the transport and skew both)."""
     import ray
@@ -70,7 +70,7 @@ def run_points_live(scenarios: list[Scenario], address: str | None) -> list[dict
 
     owned = connect(address)
     try:
-        return [run_ray(s, address=address, quiet=True) for s in scenarios]
+        return [run_ray(s, address=address, quiet=True, plugins=sources) for s in scenarios]
     finally:
         if owned:
             ray.shutdown()
@@ -83,7 +83,7 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
     points = grid(sc, params, seeds, source)
     interrupted, requeued = False, 0
     if runtime == "ray":
-        results: list[dict | None] = list(run_points_live([s for _, s in points], address))
+        results: list[dict | None] = list(run_points_live([s for _, s in points], address, sources))
     else:
         with Pool(workers, address, sources) as pool:
             results, interrupted = run_matrix([s for _, s in points], pool, on_result)

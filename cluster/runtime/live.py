@@ -101,6 +101,13 @@ class LiveShell(Transport):
         """One sample of the model for the report's time series (``cluster/results/sampler.py``)."""
         raise NotImplementedError
 
+    def load_plugins(self, sources: tuple) -> None:
+        """Register plug-in policies from their sources (``cluster/plugins.py``) in this process."""
+        if sources:
+            from ats_stress.cluster.plugins import ensure
+
+            ensure(sources)
+
     def start_exporter(self, kind: str, bind: str, *model) -> None:
         """Serve this actor's model on /metrics (``cluster/results/metrics.py``); ``self.target``
         says where, for the driver's Prometheus targets file."""

@@ -56,9 +56,10 @@ class LiveRun(Startup, ChaosKills, Gathering):
 
     def __init__(self, sc: Scenario, plan: Plan, *, quiet: bool, metrics_bind: str | None,
                  node_killer: Callable[[str], Any] | None, startup_timeout: float,
-                 device_options: dict | None, smmu_options: dict | None, sampler=None):
+                 device_options: dict | None, smmu_options: dict | None, sampler=None, plugins: tuple = ()):
         self.sc = sc
         self.plan = plan
+        self.plugins = tuple(plugins)  # --policy-file sources: the SMMU actors register them too
         self.quiet = quiet
         self.sampler = sampler  # a LiveSeries: the actors' time series for the report's plots
         if sampler is not None:
@@ -258,7 +259,8 @@ def _ray_stage(address: str | None) -> str:
 def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | None = None, quiet: bool = False,
             metrics_bind: str | None = None, node_killer: Callable[[str], Any] | None = None,
             startup_timeout: float = 120.0, device_options: dict | None = None,
-            smmu_options: dict | None = None, num_cpus: int | None = None, sampler=None) -> dict[str, Any]:
+            smmu_options: dict | None = None, num_cpus: int | None = None, sampler=None,
+            plugins: tuple = ()) -> dict[str, Any]:
     """Run ``sc`` on live Ray actors and return its summary (also written to out_dir/summary.json).
 
     address: None starts an embedded local Ray (or joins RAY_ADDRESS, as inside a Ray Job); "auto",
@@ -267,7 +269,8 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
     node_killer(node_id) kills a cluster node for ``kill_node`` chaos (default: kill the device
     actors on that node). metrics_bind ("host:port", port 0 for any) starts the actors' exporters.
     sampler (a ``LiveSeries``) receives the time series the actors sample, for the report's plots.
-    Unless ``quiet``, each start-up stage is named on stderr as it begins.
+    Unless ``quiet``, each start-up stage is named on stderr as it begins. ``plugins`` (the
+    ``PluginSource``s of --policy-file) are registered in the SMMU actors before they build the policy.
     """
     plan = build_plan(sc)
     if metrics_bind:
@@ -278,7 +281,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
                                     f"({exc}); run without metrics.") from None
     run = LiveRun(sc, plan, quiet=quiet, metrics_bind=metrics_bind, node_killer=node_killer,
                   startup_timeout=startup_timeout, device_options=device_options, smmu_options=smmu_options,
-                  sampler=sampler)
+                  sampler=sampler, plugins=plugins)
     run.stage(f"measuring {sc.policy.name}'s CMD_SYNCs per unmap (a short sim run, for the transport ceiling)")
     spu = probe_syncs_per_unmap(sc)
     run.stage(_ray_stage(address))

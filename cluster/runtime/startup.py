@@ -147,7 +147,7 @@ class Startup:
                                {s: t for s, t in plan.fault_starts.items() if s in sids},
                                dict(plan.sid_group), group_sids, sc.hardware.flr_time,
                                metrics_bind=self.metrics_bind,
-                               labels={**base, "kind": "smmu", "index": str(spec.index)})
+                               labels={**base, "kind": "smmu", "index": str(spec.index)}, plugins=self.plugins)
             self.smmus.append(_Actor("smmu", spec.index, h, sorted(sids)))
         lat = sc.workload.inv_latency
         gkw = {"atc_entries": sc.topology.atc_entries, "pages_per_domain": sc.topology.pages_per_domain,
