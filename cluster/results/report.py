@@ -121,6 +121,7 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
            f"- affected domains: p50 {_d(a['p50'])}, p99 {_d(a['p99'])}, max {_d(a['max'])}",
            f"- translated requests: {s['translated_allowed']} reached memory, {s['translated_blocked']} blocked by a fence",
            f"- commands per unmap {s['commands_per_unmap'] or 0:.3g}, CMD_SYNCs per unmap {s['syncs_per_unmap'] or 0:.3g}"]
+    md += _cost_details(s)
     if s.get("runtime") == "ray":
         lost = s.get("lost") or {}
         sat = (s.get("transport") or {}).get("saturation") or []
@@ -200,3 +201,39 @@ def write_run_outputs(sc, summary: dict, sampler, out_dir, err_console=None) -> 
             err_console.print(f"warning: the run report was not written: {type(exc).__name__}: {exc}",
                               highlight=False, soft_wrap=True)
     return written
+
+
+#: Linux error numbers a waited sync returns, by name
+_ERRNO = {"0": "0", "-110": "-ETIMEDOUT", "-5": "-EIO"}
+
+
+def _cost_details(s: dict) -> list[str]:
+    """What the driver's waits returned, lazy flushing, untranslated DMA and logged event records."""
+    lines = []
+    returns = s.get("sync_returns") or {}
+    if returns:
+        lines.append("- each waited CMD_SYNC returned: " + ", ".join(
+            f"{_ERRNO.get(code, code)} x{n}" for code, n in sorted(returns.items(), key=lambda kv: -kv[1])))
+    flush = s.get("flush") or {}
+    if flush.get("mode") == "lazy":
+        per = flush.get("iovas_per_flush")
+        lines.append(f"- lazy flushing: {flush['flushes']} flushes of whole domains, "
+                     f"{'-' if per is None else f'{per:.3g}'} IOVAs each; {s.get('lazy_window_dma', 0)} translated "
+                     "requests in lazy mode's window (after the unmap returned, before its flush): by design, not UAF")
+    if (s.get("dma") or {}).get("untranslated_sent"):
+        lines.append(f"- ATS disabled: {s['dma']['untranslated_sent']} untranslated requests, "
+                     f"{s.get('untranslated_allowed', 0)} through the SMMU's page walk, "
+                     f"{s.get('untranslated_faulted', 0)} faulted")
+    records = s.get("event_records") or []
+    if records:
+        kinds: dict[str, set] = {}
+        for r in records:
+            kinds.setdefault(r["event"], set()).add(r["sid"])
+        lines.append("- event records: " + "; ".join(
+            f"{k} x{sum(r['event'] == k for r in records)} (devices {', '.join(map(str, sorted(v)))})"
+            for k, v in kinds.items()))
+    if s.get("resets_requested"):
+        lines.append(f"- resets asked for: {s['resets_requested']} (each through the blocking domain; "
+                     f"{s.get('ats_disables_deferred', 0)} waited for outstanding invalidations before the FLR)")
+    return lines
+
