@@ -16,10 +16,21 @@ from typing import Any
 
 from ats_stress.cluster.results.sampler import MAX_TRACE_POINTS, smmu_row, thin
 from ats_stress.cluster.results.summary import node_stats, oracle_stats
-from ats_stress.cluster.runtime.live import LOCAL, LiveShell, bucket_by_sid, node_location
-from ats_stress.device_actors.pcie import MSG_FLR, MSG_FLR_DONE, MSG_PRESENCE, MSG_PRESENCE_QUERY
+from ats_stress.cluster.runtime.live import (
+    LOCAL,
+    LiveShell,
+    bucket_by_sid,
+    node_location,
+)
+from ats_stress.device_actors.pcie import (
+    MSG_FLR,
+    MSG_FLR_DONE,
+    MSG_PRESENCE,
+    MSG_PRESENCE_QUERY,
+)
 
-from .node import NodeSpec, SmmuNode
+from .host import NodeSpec
+from .node import SmmuNode
 from .oracle import Oracle
 from .policy import HwInfo, make_policy
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 
 from ats_stress.device_actors.pcie import (
     FLR_FAILS,
@@ -33,7 +32,9 @@ from ats_stress.device_actors.pcie import (
     MSG_UNTRANSLATED,
 )
 
-from .flushq import IOVA_DEFAULT_FQ_TIMEOUT, FlushQueue
+from .cpus import T_FQ, CpuJobs
+from .flushq import FlushQueue
+from .host import UNMAP, Domain, Job, NodeSpec, PageAllocator
 from .oracle import BY_POLICY
 from .policy import (
     AckCmdqError,
@@ -56,12 +57,16 @@ from .policy import (
     SyncDone,
     SyncReturned,
     TimerFired,
-    UnmapStart,
     WriteSte,
 )
 from .reset import ResetPath
 from .smmu import Smmu
-from .spec import ATC_INV_SIZE_ALL, CMDQ_OP_CMD_SYNC, EVT_NAMES, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+from .spec import (
+    CMDQ_OP_CMD_SYNC,
+    EVT_NAMES,
+    STRTAB_STE_0_CFG_S1_TRANS,
+    STRTAB_STE_1_EATS_TRANS,
+)
 from .stats import Histogram
 
 # timer tags: (kind, arg)
@@ -69,89 +74,11 @@ T_ARRIVAL = 0
 T_HW = 1
 T_POLICY = 2
 T_STORM = 3
-T_FQ = 4  # a domain's flush-queue timer
 
 #: Log lines and event records kept per node (the rest are only counted).
 MAX_LOG_LINES = 200
 
-#: job kinds
-UNMAP, FLUSH = 0, 1
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    asid: int
-    sids: tuple[int, ...]  # ATS-enabled masters attached to the domain
-    affected: bool  # ground truth for the statistics only: a chaos step targets one of its masters
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """Everything one SMMU node needs, in plain values (built by cluster/scenario/plan.py)."""
-
-    index: int
-    domains: tuple[DomainSpec, ...]
-    cpus: int
-    command_queues: int
-    invalidate_queue_depth: int
-    atc_inv_completion_timeout: float
-    pages_per_domain: int
-    spare_pages: int
-    unmaps_per_s: float
-    seed: str
-    tag_stride: int = 1  # mapping tags are index + k * tag_stride: unique across nodes
-    flush: str = "strict"  # "strict" or "lazy" (host.flush, resolved against the policy)
-
-    @property
-    def sids(self) -> tuple[int, ...]:
-        return tuple(s for d in self.domains for s in d.sids)
-
-
-class Job:
-    """One CPU's work item: an unmap, or a lazy flush of a whole domain."""
-
-    __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing")
-
-    def __init__(self, jid: int, kind: int, cpu: int, dom: int, slot: int, arrived: float):
-        self.id = jid
-        self.kind = kind
-        self.cpu = cpu
-        self.dom = dom
-        self.slot = slot
-        self.pa = -1
-        self.tag = -1
-        self.arrived = arrived
-        self.started = -1.0
-        self.spin_end = -1.0
-        self.flushing = False  # a lazy unmap flushing its domain because its CPU's ring is full
-
-
-class _Domain:
-    __slots__ = ("spec", "pt", "mapped", "pos", "fq")
-
-    def __init__(self, spec: DomainSpec, pages: int, fq: FlushQueue | None):
-        self.spec = spec
-        self.pt: list = [None] * pages  # IOVA page -> (pa, tag) or None
-        self.mapped: list[int] = []  # IOVA pages with a PTE and no unmap pending
-        self.pos: dict[int, int] = {}
-        self.fq = fq
-
-    def add_mapped(self, slot: int) -> None:
-        self.pos[slot] = len(self.mapped)
-        self.mapped.append(slot)
-
-    def take_mapped(self, i: int) -> int:
-        mapped = self.mapped
-        slot = mapped[i]
-        last = mapped.pop()
-        if last != slot:
-            mapped[i] = last
-            self.pos[last] = i
-        del self.pos[slot]
-        return slot
-
-
-class SmmuNode:
+class SmmuNode(CpuJobs):
     """Host software + SMMU + policy. The runtime's only handle on the SMMU side."""
 
     def __init__(self, spec: NodeSpec, policy: Policy, oracle):
@@ -169,7 +96,7 @@ class SmmuNode:
         self._storm_gen = 0
         self.lazy = spec.flush == "lazy"
 
-        self.domains = [_Domain(d, spec.pages_per_domain, FlushQueue(i, spec.cpus) if self.lazy else None)
+        self.domains = [Domain(d, spec.pages_per_domain, FlushQueue(i, spec.cpus) if self.lazy else None)
                         for i, d in enumerate(spec.domains)]
         self.smmu = Smmu(self, command_queues=spec.command_queues,
                          invalidate_queue_depth=spec.invalidate_queue_depth,
@@ -183,14 +110,12 @@ class SmmuNode:
         self.core = ResetPath(self)
         self.ste_writer: dict[int, str] = {}  # who wrote each STE last: the policy or the core
 
-        self._next_tag = 0
-        self._next_pa = 0
-        self.free_pages: deque[int] = deque()
+        self.pages = PageAllocator(spec.index, spec.tag_stride, oracle)
         for d in self.domains:
             for slot in range(spec.pages_per_domain):
-                self._map(d, slot)
+                self.pages.map(d, slot)
         for _ in range(spec.spare_pages):
-            self.free_pages.append(self._new_pa())
+            self.pages.free.append(self.pages.new_page())
 
         self.cpu_current: list[Job | None] = [None] * spec.cpus
         self.cpu_pending: list[deque[Job]] = [deque() for _ in range(spec.cpus)]
@@ -321,25 +246,6 @@ class SmmuNode:
 
     # --- host software: pages and the workload ---------------------------------------------------
 
-    def _new_pa(self) -> int:
-        pa = self._next_pa * self.spec.tag_stride + self.spec.index
-        self._next_pa += 1
-        return pa
-
-    def _map(self, d: _Domain, slot: int) -> None:
-        pa = self.free_pages.popleft() if self.free_pages else self._new_pa()
-        tag = self._next_tag * self.spec.tag_stride + self.spec.index
-        self._next_tag += 1
-        d.pt[slot] = (pa, tag)
-        d.add_mapped(slot)
-        self.oracle.on_map(tag, pa)
-
-    def _release(self, d: _Domain, slot: int, pa: int, tag: int) -> None:
-        """The flush covering this IOVA is complete: free the page, map the IOVA again."""
-        self.oracle.on_unmap_complete(tag, pa)
-        self.free_pages.append(pa)  # freed: FIFO reuse, so it goes to whoever maps next
-        self._map(d, slot)  # the IOVA is mapped again, to a page from the allocator
-
     def apply_storm(self, now: float, factor: float) -> None:
         """An invalidation storm begins: unmaps arrive ``factor`` times as often."""
         self.now = now
@@ -376,102 +282,6 @@ class SmmuNode:
     def _new_job_id(self) -> int:
         self._next_job += 1
         return self._next_job - 1
-
-    # --- CPUs and their jobs -------------------------------------------------------------------
-
-    def _queue_job(self, job: Job, first: bool = False) -> None:
-        if self.cpu_current[job.cpu] is None:
-            self._start_job(job)
-        elif first:  # the flush-queue timer runs (softirq) before the next process-context unmap
-            self.cpu_pending[job.cpu].appendleft(job)
-        else:
-            self.cpu_pending[job.cpu].append(job)
-
-    def _flush_sids(self, d: _Domain) -> tuple[int, ...]:
-        """The domain's ATS masters as the driver lists them: not those in the blocking domain."""
-        blocked = self.core.blocked
-        return tuple(s for s in d.spec.sids if s not in blocked) if blocked else d.spec.sids
-
-    def _start_job(self, job: Job) -> None:
-        d = self.domains[job.dom]
-        job.started = self.now
-        self.cpu_current[job.cpu] = job
-        if job.kind == FLUSH:
-            d.fq.timer_on = False  # fq_flush_timeout(): the next unmap arms the timer again
-            self._start_flush(job, d)
-            return
-        job.pa, job.tag = d.pt[job.slot]
-        d.pt[job.slot] = None  # the page-table update: the PTE is gone from now on
-        if not self.lazy:
-            self.inflight[job.id] = job
-            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, 0, self._flush_sids(d)))
-            return
-        # queue_iova(): dma_unmap returns at once unless this CPU's ring is full
-        self.oracle.on_unmap_returned(job.tag)
-        self._free_entries(d, d.fq.free(job.cpu))
-        if d.fq.full(job.cpu):
-            job.flushing = True
-            self._start_flush(job, d)
-            return
-        self._queue_iova(job, d)
-        self._job_done(job)
-
-    def _start_flush(self, job: Job, d: _Domain) -> None:
-        """fq_flush_iotlb(): the driver's flush_iotlb_all for the whole domain."""
-        d.fq.flush_started()
-        self.inflight[job.id] = job
-        self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, self._flush_sids(d),
-                                       full=True))
-
-    def _queue_iova(self, job: Job, d: _Domain) -> None:
-        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag)):
-            self.timers.append((self.now + IOVA_DEFAULT_FQ_TIMEOUT, (T_FQ, job.dom)))
-
-    def _fq_timer(self, dom: int) -> None:
-        d = self.domains[dom]
-        self._queue_job(Job(self._new_job_id(), FLUSH, d.fq.timer_cpu, dom, -1, self.now), first=True)
-
-    def _free_entries(self, d: _Domain, entries: list) -> int:
-        for slot, pa, tag in entries:
-            self._release(d, slot, pa, tag)
-        return len(entries)
-
-    def _complete(self, jid: int, err: int) -> None:
-        """The policy's CompleteUnmap: the driver's flush for job ``jid`` returned ``err``."""
-        job = self.inflight.pop(jid, None)
-        if job is None:
-            raise RuntimeError(f"policy {self.policy.name!r} completed flush {jid} twice or never started it")
-        if err:
-            self.completion_errors[err] = self.completion_errors.get(err, 0) + 1
-        d = self.domains[job.dom]
-        if job.kind == UNMAP and not self.lazy:
-            self._release(d, job.slot, job.pa, job.tag)
-        else:  # a lazy flush returned: what it covers is freed (this CPU's ring, or all of them)
-            d.fq.flush_finished()
-            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all())
-            self.flushes += 1
-            self.iovas_flushed += freed
-            self.flush_latencies.append(self.now - job.started)
-            if job.kind == UNMAP:
-                self._queue_iova(job, d)
-        self._job_done(job)
-
-    def _job_done(self, job: Job) -> None:
-        now = self.now
-        if self.policy.irqs_off_wait and (job.kind == FLUSH or job.flushing or not self.lazy):
-            spun = (job.spin_end if job.spin_end >= 0 else now) - job.started
-            self.lockup_s += spun
-            self.lockup_max_s = max(self.lockup_max_s, spun)
-        if job.kind == UNMAP:
-            affected = self.domains[job.dom].spec.affected
-            latency = now - job.arrived
-            (self.latencies_affected if affected else self.latencies_healthy).append(latency)
-            self.latency_trace.append((now, latency, affected))
-            self.unmap_duration[affected].observe(latency)
-        self.cpu_current[job.cpu] = None
-        pending = self.cpu_pending[job.cpu]
-        if pending:
-            self._start_job(pending.popleft())
 
     # --- the policy -----------------------------------------------------------------------------
 

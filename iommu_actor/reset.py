@@ -22,12 +22,22 @@ Sans-IO: the node calls in with the scenario time; messages leave through the no
 
 from __future__ import annotations
 
-from ats_stress.device_actors.pcie import FLR_AS_DEVICE, MSG_ATS_CTRL, MSG_BUS_MASTER, MSG_FLR
+from ats_stress.device_actors.pcie import (
+    FLR_AS_DEVICE,
+    MSG_ATS_CTRL,
+    MSG_BUS_MASTER,
+    MSG_FLR,
+)
 
 from .commands import cmd_cfgi_ste, cmd_sync
 from .oracle import BY_CORE, BY_POLICY
 from .policy import ResetDone
-from .spec import STRTAB_STE_0_CFG_ABORT, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_ABT, STRTAB_STE_1_EATS_TRANS
+from .spec import (
+    STRTAB_STE_0_CFG_ABORT,
+    STRTAB_STE_0_CFG_S1_TRANS,
+    STRTAB_STE_1_EATS_ABT,
+    STRTAB_STE_1_EATS_TRANS,
+)
 
 #: CMD_SYNC tokens of the core's STE changes (the policies' own count up from 1)
 CORE_TOKEN_BASE = 1 << 48

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 
 from ats_stress.device_actors.endpoint import ENDPOINT_FAULTS
-from ats_stress.iommu_actor.node import DomainSpec, NodeSpec
+from ats_stress.iommu_actor.host import DomainSpec, NodeSpec
 
 from .config import Scenario
 

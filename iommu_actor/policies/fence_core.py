@@ -52,7 +52,15 @@ from ..policy import (
 )
 from ..spec import ATC_INV_SIZE_ALL, EVT_ID_AMD_IOTLB_INV_TO
 from .drivers import ARM_SMMU_V3, DriverHooks
-from .fence_state import FENCED, FENCING, NORMAL, VTD_ADDED_SYNC_TIMEOUT, FenceOnTimeoutParams, _Job, _Probe
+from .fence_state import (
+    FENCED,
+    FENCING,
+    NORMAL,
+    VTD_ADDED_SYNC_TIMEOUT,
+    FenceOnTimeoutParams,
+    _Job,
+    _Probe,
+)
 from .fencing import Fencing
 
 

@@ -8,8 +8,6 @@ Linux cannot do); the reset goes through the core's reset path, whose done() res
 
 from __future__ import annotations
 
-
-
 from ..policy import (
     AckCmdqError,
     CmdqError,

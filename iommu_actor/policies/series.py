@@ -35,7 +35,16 @@ from typing import Literal
 from pydantic import Field
 
 from ..commands import cmd_cfgi_ste
-from ..policy import DisableAts, Note, PolicyParams, ReportBroken, ResetDevice, SetBusMaster, WriteSte, register
+from ..policy import (
+    DisableAts,
+    Note,
+    PolicyParams,
+    ReportBroken,
+    ResetDevice,
+    SetBusMaster,
+    WriteSte,
+    register,
+)
 from ..spec import (
     CMDQ_ERR_CERROR_ATC_INV_IDX,
     CMDQ_OP_ATC_INV,
