@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every figure quoted in docs/policies.md (sim runtime; seeds fixed, so the figures are
-# exactly reproducible), then rewrites its tables (docs/render.py). About 25 minutes on 2 cores.
+# exactly reproducible), then rewrites its tables (docs/render.py). About 20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ATS_STRESS:-.venv/bin/ats-stress}
@@ -24,5 +24,7 @@ $A sweep configs/scenarios/lazy-flush.yaml --param policy.name=amd-iommu,intel-v
 # the limit of fencing
 $A compare configs/scenarios/lying-device.yaml --seeds 2 --set hardware.command_queues=33 \
    --policies arm-smmu-v3,amd-iommu,intel-vtd,quarantine,fence-on-timeout,iommu-core --out runs/docs/compare-lying
+# what explore finds against each policy (fixed budget and seed)
+./docs/explore.sh > runs/docs/explore.md
 cp runs/docs/compare-q1/compare.png docs/img/compare-q1.png
 $PY docs/render.py

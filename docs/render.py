@@ -206,7 +206,37 @@ def t_lying() -> list[str]:
     return table(["policy", "UAF", "fences", "software sync timeouts"], rows)
 
 
-TABLES = {"drivers": t_drivers, "series-uaf": t_series_uaf, "series-fenced": t_series_fenced,
+EXPLORED = ["arm-smmu-v3", "amd-iommu", "intel-vtd", "quarantine-v1", "quarantine-v2", "quarantine-v3", "quarantine",
+            "fence-on-timeout", "iommu-core"]
+
+
+def _explored_name(label: str) -> str:
+    return "quarantine v4" if label == "quarantine" else label.replace("quarantine-", "quarantine ")
+
+
+def t_explore() -> list[str]:
+    """What docs/explore.sh's runs found: per policy and property, the smallest shrunk schedule."""
+    from ats_stress.cluster.experiments.explore_report import smallest, step_text
+
+    rows = []
+    for label in EXPLORED:
+        res = json.loads((RUNS / f"explore-{label}" / "explore.json").read_text())
+        for check in res["checks"]:
+            prop = check["property"]
+            n_viol = sum(v["property"] == prop for v in res["violations"])
+            if not n_viol:
+                continue
+            best = smallest(res, prop)
+            steps = "; ".join(step_text(s) for s in best["minimal"]["chaos"]) if best else "-"
+            rows.append([f"`{_explored_name(label)}`", prop, f"{n_viol} of {res['explored']}", steps])
+    clean = [f"`{_explored_name(lb)}`" for lb in EXPLORED]
+    found = {r[0] for r in rows}
+    note = [f"No property was violated under {', '.join(c for c in clean if c not in found)}."] if found != set(clean) else []
+    return table(["policy", "property", "violating variants", "smallest schedule that still violates it"], rows) + (
+        [""] + note if note else [])
+
+
+TABLES = {"explore": t_explore, "drivers": t_drivers, "series-uaf": t_series_uaf, "series-fenced": t_series_fenced,
           "series-stall": t_series_stall, "series-spin": t_series_spin, "queues": t_queues, "search": t_search,
           "lazy": t_lazy, "lying": t_lying}
 BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
