@@ -144,9 +144,16 @@ def plot_compare(rows: list[dict], path: Path, title: str = "") -> None:
         ax.set_title(label + (f" ({unit})" if unit else ""), fontsize=10)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
-        for b, r in zip(bars, rows):
-            if r.get(key) is None:
-                ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom", fontsize=7)
+        for b, r in zip(bars, rows):  # a bar of height 0 is invisible: say 0 or n/a under it
+            if not r.get(key):
+                ax.annotate("n/a" if r.get(key) is None else "0", (b.get_x() + b.get_width() / 2, 0),
+                            ha="center", va="bottom", fontsize=7)
+        if not any(values):  # no scale to show: one sentence instead of an empty axis around 0
+            ax.set_ylim(0, 1)
+            ax.set_yticks([])
+            none = all(r.get(key) is None for r in rows)
+            ax.text(0.5, 0.5, "n/a under every policy" if none else "0 under every policy",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
