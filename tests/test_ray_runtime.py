@@ -107,6 +107,10 @@ def test_a_live_run_samples_the_time_series_in_the_actors_and_draws_the_three_pl
     written = write_report(sc, s, samples, tmp_path)
     assert [p.name for p in written] == ["report.md", "latency.png", "cmdq.png", "endpoints.png"]
     assert "no time plots" not in written[0].read_text()
+    # the hang's irqs-off spins: the report says the live lockup total carries the transport's round trips
+    from ats_stress.cluster.results.text import live_lockup_note
+    assert s["lockup_s"] > 0 and live_lockup_note(s) in written[0].read_text()
+    assert "one transport round trip" in live_lockup_note(s) and live_lockup_note({**s, "runtime": "sim"}) is None
 
 
 @pytest.mark.ray

@@ -14,7 +14,7 @@ from ats_stress.iommu_actor.units import format_duration
 
 from .plots import _targets, plot_cmdq, plot_endpoints, plot_latency
 from .sampler import wedged_intervals
-from .text import bound_text, observed_text
+from .text import bound_text, live_lockup_note, observed_text
 
 # --- the report ----------------------------------------------------------------------------------
 
@@ -129,6 +129,9 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
                f"- actors lost: {len(lost.get('actors') or [])}, endpoints lost with them: "
                f"{len(lost.get('endpoints') or [])}, nodes lost: {len(lost.get('nodes') or [])}",
                "- transport: " + ("; ".join(map(str, sat)) if sat else "kept up with the scenario (no saturation)")]
+        note = live_lockup_note(s)
+        if note:
+            md.append(f"- {note}")
     md += ["", "## Expectations", ""]
     if s["expectations"]:
         md += ["| expectation | bound | observed | result |", "|---|---|---|---|"]

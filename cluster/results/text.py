@@ -123,8 +123,26 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     for k, v in rows:
         t.add_row(k, "-" if v is None else str(v))
     console.print(t)
+    note = live_lockup_note(s)
+    if note:
+        console.print(note, style="dim")
     for e in s.get("expectations") or []:
         console.print(_expectation_text(e), soft_wrap=True)
+
+
+def live_lockup_note(s: dict) -> str | None:
+    """On the live runtime each CMD_SYNC waiting on a device spins for at least a transport round
+    trip, where the sim's PCIe link takes microseconds: the lockup total adds those up."""
+    if s.get("runtime") != "ray" or not s.get("lockup_s"):
+        return None
+    rt = (s.get("transport") or {}).get("device_round_trip_wall_s") or {}
+    scale = (s.get("transport") or {}).get("time_scale") or 1.0
+    mean = rt.get("mean")
+    trip = f" (mean {_d(mean / scale)} of scenario time here)" if mean else ""
+    return (f"CPU lockup on the live runtime: every CMD_SYNC that waits on a device spins for at least "
+            f"one transport round trip{trip}, where a PCIe round trip on sim takes microseconds, so the "
+            f"total ({_d(s['lockup_s'])}) adds up the transport's share too; compare totals on sim. The "
+            f"longest spin ({_d(s.get('lockup_max_s'))}) compares across runtimes.")
 
 
 # --- compare and sweep tables --------------------------------------------------------------------
