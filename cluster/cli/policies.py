@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from ats_stress.iommu_actor.policy import get_policy, policy_names
 
@@ -35,6 +36,10 @@ def policies(
     for name in policy_names():
         cls = get_policy(name)
         out_console.print(f"[bold]{name}[/bold] ({origin(name)}): {cls.summary}", highlight=False)
+        params = Table.grid(padding=(0, 2))  # a long description wraps inside its own column
+        params.add_column(no_wrap=True)
+        params.add_column(no_wrap=True)
+        params.add_column()
         for field, info in cls.Params.model_fields.items():
-            desc = f" — {info.description}" if info.description else ""
-            out_console.print(f"    {field} (default {info.default!r}){desc}", highlight=False)
+            params.add_row(f"  {field}", f"default {info.default!r}", info.description or "")
+        out_console.print(params, highlight=False)
