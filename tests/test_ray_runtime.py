@@ -368,6 +368,19 @@ def test_a_worker_killed_mid_run_has_its_run_requeued_once(local_ray, tmp_path):
 
 
 @pytest.mark.ray
+def test_a_run_that_keeps_losing_its_worker_stops_compare_and_keeps_the_runs_gathered(local_ray, tmp_path):
+    from ats_stress.cluster.experiments.pool import MAX_REQUEUES
+
+    sources = plugins.load([PLUGINS / "dies_once.py"])
+    policy = {"name": "test-dies-once", "marker": str(tmp_path / "died"), "always": True}
+    sc = scenario(duration=4, chaos=HANG_5, policy=policy)
+    report = run_compare(sc, ["arm-smmu-v3", "test-dies-once"], 1, tmp_path, sources=sources)
+    assert f"lost its worker {MAX_REQUEUES + 1} times" in report["error"] and report["requeued"] == MAX_REQUEUES
+    assert {r["policy"] for r in report["runs"]} <= {"arm-smmu-v3"}  # what finished is kept, nothing invented
+    assert json.loads((tmp_path / "compare.json").read_text())["error"] == report["error"]
+
+
+@pytest.mark.ray
 def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_does(local_ray):
     from ats_stress.cluster.experiments.explore import run_explore
     from ats_stress.cluster.experiments.explore_report import violation_record
@@ -389,6 +402,7 @@ def test_explore_sharded_on_ray_finds_numbers_and_shrinks_what_a_serial_search_d
     assert sharded == serial
 
 
+@pytest.mark.ray
 def test_a_plug_in_policy_file_runs_live_in_the_smmu_actors(local_ray):
     # the SMMU actors register the --policy-file source before they build the policy
     from ats_stress.cluster.runtime.ray_runtime import run_ray

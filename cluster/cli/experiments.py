@@ -55,11 +55,33 @@ def print_written(files: list[str]) -> None:
 
 
 def finish(report: dict, what: str) -> None:
+    """The files, then why the runs are not all there or not all sound: interrupted (exit 130), the
+    pool failed (3), or runs failed with an error, whose figures in the table mean nothing (3)."""
     print_written(report["files"])
     if report.get("interrupted"):
         err_console.print(f"interrupted: {what} covers the {len(report['runs'])} run(s) finished before it",
                           highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
+    problems = []
+    if report.get("error"):
+        problems.append(f"the runs stopped: {report['error']} {what} covers the {len(report['runs'])} run(s) "
+                        "finished before it.")
+    if report.get("failed_runs"):
+        problems.append(f"{report['failed_runs']} run(s) failed with an error and count for nothing in the "
+                        f"table (first: {report['first_error']}).")
+    if problems:
+        err_console.print("[bold red]error:[/bold red] " + " ".join(problems), highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def out_dir_for(out: Optional[Path], default: str) -> Path:
+    """--out, or runs/DEFAULT; bad input (exit 2) when it cannot be a directory, found before any run."""
+    d = out or Path("runs") / default.replace(" ", "_")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail_input(f"--out {d}: cannot be used as the output directory ({exc.strerror or exc}).")
+    return d
 
 
 @app.command()
@@ -77,7 +99,8 @@ def compare(
 ) -> None:
     """Run the same scenario and seeds under each policy and print one table."""
     sources = _plugins(policy_file)
-    names = policy_names() if policies_ is None else [p.strip() for p in policies_.split(",") if p.strip()]
+    names = policy_names() if policies_ is None else list(dict.fromkeys(p.strip() for p in policies_.split(",")
+                                                                         if p.strip()))  # a repeat once
     if not names:
         _fail_input("--policies: give at least one policy name.")
     for n in names:
@@ -86,7 +109,7 @@ def compare(
         except PolicyError as exc:
             _fail_input(f"--policies: {exc}")
     sc = _load(scenario, set_)
-    out_dir = out or Path("runs") / f"compare-{sc.name}".replace(" ", "_")
+    out_dir = out_dir_for(out, f"compare-{sc.name}")
     from ats_stress.cluster.experiments.compare import run_compare
     from ats_stress.cluster.results.text import print_compare
 
@@ -118,16 +141,16 @@ def sweep(
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_)
-    out_dir = out or Path("runs") / f"sweep-{sc.name}".replace(" ", "_")
+    out_dir = out_dir_for(out, f"sweep-{sc.name}")
     from ats_stress.cluster.experiments.sweep import grid, run_sweep
     from ats_stress.cluster.results.text import print_compare
 
     _sigterm_as_interrupt()
     with fanout_errors():
-        total = len(grid(sc, param, seeds, str(scenario)))
-        with RunProgress("sweep", total, quiet or runtime == "ray") as bar:
+        points = grid(sc, param, seeds, str(scenario))
+        with RunProgress("sweep", len(points), quiet or runtime == "ray") as bar:
             report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime=runtime, address=address,
-                               workers=workers, sources=sources, on_result=lambda r: bar.advance())
+                               workers=workers, sources=sources, on_result=lambda r: bar.advance(), points=points)
     print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point · {runtime} runtime")
     finish(report, "sweep.json")
 
@@ -158,8 +181,9 @@ def explore(
 ) -> None:
     """Search chaos schedules for violated properties; shrink each to a minimal scenario that `run` reproduces.
 
-    Exit 0 when nothing was violated, 1 when something was, 2 on bad input, 130 when interrupted
-    (what was found so far is written first)."""
+    Exit 0 when nothing was violated, 1 when something was, 2 on bad input, 3 when runs failed
+    with an error or could not be carried out, 130 when interrupted (what was found so far is
+    written first)."""
     from ats_stress.cluster.experiments.explore import run_explore
     from ats_stress.cluster.experiments.explore_report import write_outputs
     from ats_stress.cluster.experiments.pool import Pool
@@ -171,7 +195,7 @@ def explore(
     budget = budget or (None if seconds else 100)
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
-    out_dir = out or Path("runs") / f"explore-{sc.name}-{sc.policy.name}".replace(" ", "_")
+    out_dir = out_dir_for(out, f"explore-{sc.name}-{sc.policy.name}")
     names = None if check is None else [c.strip() for c in check.split(",") if c.strip()]
     _sigterm_as_interrupt()
     with fanout_errors():
@@ -188,6 +212,15 @@ def explore(
     if res["interrupted"]:
         err_console.print("interrupted: the files above hold what was found up to then", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
+    problems = []
+    if res["error"]:
+        problems.append(f"the search stopped: {res['error']} The files above hold what was found up to then.")
+    if res["failed_runs"]:
+        problems.append(f"{res['failed_runs']} variant run(s) failed with an error, so they checked nothing "
+                        f"(first: {res['first_error']}).")
+    if problems:
+        err_console.print("[bold red]error:[/bold red] " + " ".join(problems), highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(1 if res["violations"] else 0)
 
 

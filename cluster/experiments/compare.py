@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ats_stress.cluster.scenario import Scenario
-from ats_stress.cluster.results.summary import deterministic_view, write_json
+from ats_stress.cluster.results.summary import write_json
 
-from .pool import Pool
+from .pool import Pool, PoolError
 
 
 def variants(sc: Scenario, policies: list[str], seeds: int) -> list[Scenario]:
@@ -75,10 +75,10 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
 
 
 def run_matrix(scenarios: list[Scenario], pool: Pool, on_result: Callable[[dict], None] | None = None,
-               series: bool = False) -> tuple[list[dict | None], bool]:
-    """Run every scenario on the sim runtime through ``pool``: (summaries in scenario order, whether
-    an interruption cut it short; then the runs not finished are None). ``series``: each summary
-    also carries its compact time series under "series"."""
+               series: bool = False) -> tuple[list[dict | None], str | None]:
+    """Run every scenario on the sim runtime through ``pool``: (summaries in scenario order, what
+    cut it short: None, "interrupted" or the pool's error; then the runs not finished are None).
+    ``series``: each summary also carries its compact time series under "series"."""
     jobs = [("summary", {"scenario": v.model_dump(mode="python"), "series": series}) for v in scenarios]
     results: list[dict | None] = [None] * len(jobs)
 
@@ -90,8 +90,23 @@ def run_matrix(scenarios: list[Scenario], pool: Pool, on_result: Callable[[dict]
         pool.map(jobs, got)
     except KeyboardInterrupt:
         pool.cancel()
-        return results, True
-    return results, False
+        return results, "interrupted"
+    except PoolError as exc:  # the runs gathered so far are still written
+        pool.cancel()
+        return results, str(exc)
+    return results, None
+
+
+def mark_stop(report: dict, stop: str | None) -> None:
+    """What cut the runs short and which runs failed, as the CLI reports them (exit 130 or 3)."""
+    if stop == "interrupted":
+        report["interrupted"] = True
+    elif stop:
+        report["error"] = stop
+    failed = [r for r in report["runs"] if r.get("status") == "failed"]
+    if failed:
+        report["failed_runs"] = len(failed)
+        report["first_error"] = failed[0].get("error")
 
 
 def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None, workers: int | None = None,
@@ -99,15 +114,14 @@ def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None,
                 sources: tuple = ()) -> dict:
     """``report["files"]``: what was written under ``out``."""
     with Pool(workers, address, sources) as pool:
-        results, interrupted = run_matrix(variants(sc, policies, seeds), pool, on_result, series=out is not None)
+        results, stop = run_matrix(variants(sc, policies, seeds), pool, on_result, series=out is not None)
         requeued = pool.requeued
     done = [r for r in results if r is not None]
     series = [r.pop("series", None) for r in done]
     rows = [aggregate(name, [r for r in done if r["policy"] == name]) for name in policies]
     report = {"scenario": sc.name, "policies": policies, "seeds": [sc.seed + k for k in range(seeds)],
               "rows": rows, "runs": done, "requeued": requeued}
-    if interrupted:
-        report["interrupted"] = True
+    mark_stop(report, stop)
     files: list[Path] = []
     if out is not None:
         write_json(out / "compare.json", report)
@@ -136,6 +150,8 @@ def plot_compare(rows: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ats_stress.cluster.results.plots import none_panel
+
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     names = [r["policy"] for r in rows]
     for ax, (key, label, scale, unit) in zip(axes.flat, CHART_FIGURES):
@@ -150,17 +166,9 @@ def plot_compare(rows: list[dict], path: Path, title: str = "") -> None:
                             ha="center", va="bottom", fontsize=7)
         if not any(values):  # no scale to show: one sentence instead of an empty axis around 0
             ax.set_ylim(0, 1)
-            ax.set_yticks([])
-            none = all(r.get(key) is None for r in rows)
-            ax.text(0.5, 0.5, "n/a under every policy" if none else "0 under every policy",
-                    transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
+            none_panel(ax, "n/a under every policy" if all(r.get(key) is None for r in rows) else "0 under every policy")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def deterministic_report(report: dict) -> dict:
-    return {**report, "runs": [deterministic_view(r) for r in report["runs"]],
-            "rows": [{k: v for k, v in r.items() if k != "events_per_s"} for r in report["rows"]]}

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ats_stress.cluster.scenario import Scenario
 
 from .grammar import draw_variant, grammar
-from .pool import Pool
+from .pool import Pool, PoolError
 from .properties import expect_of, upper_bounds
 from .shrink import Shrink
 
@@ -51,6 +51,7 @@ class Search:
     first_error: str | None = None
     violations: list[Violation] = field(default_factory=list)
     interrupted: bool = False
+    error: str | None = None  # the pool could not carry out a run: the search stopped there
     time_up: bool = False
     started: float = field(default_factory=time.monotonic)
     executed: int = 0
@@ -145,6 +146,8 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
                 progress(s)
     except KeyboardInterrupt:
         s.interrupted = True
+    except PoolError as exc:  # what was found so far is still settled and written
+        s.error = str(exc)
     pool.cancel()
     for i in sorted(verdicts):  # cut short: what finished after a gap is reported, not shrunk
         settle(i, shrink=False)

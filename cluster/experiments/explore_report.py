@@ -66,7 +66,7 @@ def result(s: Search, policy_origin: str, plugin_args: list[str]) -> dict[str, A
         "explored": s.explored, "violating": {p: sum(1 for v in s.violations if v.prop == p)
                                               for p in dict.fromkeys(v.prop for v in s.violations)},
         "failed_runs": s.failed_runs, "first_error": s.first_error,
-        "interrupted": s.interrupted, "time_up": s.time_up,
+        "interrupted": s.interrupted, "error": s.error, "time_up": s.time_up,
         "runs": {"variants": s.explored, "shrinking": sum(v.chain.spent for v in s.violations if v.chain),
                  "executed": s.executed, "requeued": s.requeued},
         "wall_s": time.monotonic() - s.started,
@@ -116,6 +116,8 @@ def report_md(res: dict) -> str:
         md.append("**Interrupted**: this covers what was found up to then.")
     if res["time_up"]:
         md.append(f"The time limit ({format_duration(res['time_limit_s'])}) ended the search.")
+    if res["error"]:
+        md.append(f"**Stopped by an error**: {res['error']} This covers what was found up to then.")
     if res["failed_runs"]:
         md.append(f"{res['failed_runs']} variant run(s) failed with an error (first: `{res['first_error']}`).")
     md += ["", "| property | holds when | violating variants | shrunk | smallest schedule |", "|---|---|---|---|---|"]

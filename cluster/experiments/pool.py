@@ -51,7 +51,8 @@ def run_job(job: tuple[str, dict], sources: tuple = ()) -> dict:
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
     from ray import exceptions as rx
 
-    names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError")
+    names = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
+             "OutOfMemoryError")  # the memory monitor killed the worker: the run itself did nothing wrong
     return tuple(getattr(rx, n) for n in names if hasattr(rx, n))
 
 
@@ -125,9 +126,10 @@ class Pool:
             self.executed += 1
             return [(key, result)]
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         from ats_stress.cluster.runtime.connect import last_line as _last_line
+        from ats_stress.cluster.scenario import ScenarioError
 
         lost_errors = _lost_worker_errors()
         while self._refs:
@@ -138,6 +140,8 @@ class Pool:
                 try:
                     result = ray.get(ref)
                 except RayTaskError as exc:
+                    if isinstance(exc.cause, ScenarioError):  # bad input the run found (kill_node on sim): exit 2
+                        raise exc.cause from None
                     raise PoolError(f"a run failed in its Ray worker: {_last_line(exc)}") from None
                 except lost_errors as exc:
                     if lost + 1 > MAX_REQUEUES:
@@ -146,6 +150,8 @@ class Pool:
                     self.requeued += 1
                     self.submit(key, job, lost + 1)
                     continue
+                except RayError as exc:  # cancelled, object store full, Ray itself failing
+                    raise PoolError(f"Ray could not carry out a run: {_last_line(exc)}") from None
                 self.executed += 1
                 out.append((key, result))
             if out:

@@ -16,7 +16,7 @@ import yaml
 from ats_stress.cluster.scenario import Scenario, ScenarioError, apply_sets, scenario_from_dict
 from ats_stress.cluster.results.summary import write_json
 
-from .compare import aggregate, run_matrix
+from .compare import aggregate, mark_stop, run_matrix
 from .pool import Pool
 
 MAX_RUNS = 2000
@@ -61,16 +61,32 @@ def grid(sc: Scenario, params: list[str], seeds: int, source: str) -> list[tuple
     return out
 
 
-def run_points_live(scenarios: list[Scenario], address: str | None, sources: tuple = ()) -> list[dict]:
+def run_points_live(scenarios: list[Scenario], address: str | None, sources: tuple = (),
+                    on_result: Callable[[dict], None] | None = None) -> tuple[list[dict | None], str | None]:
     """The ray runtime: the points one after another on one Ray connection (each point is a
-    whole live cluster run; running two at once would share the transport and skew both)."""
+    whole live cluster run; running two at once would share the transport and skew both). Like
+    ``run_matrix``: (summaries, None or "interrupted"); a point cut short by Ctrl-C ends the sweep
+    with its summary (marked interrupted) and None for the points after it."""
     import ray
 
+    from ats_stress.cluster.runtime.connect import RuntimeInputError
     from ats_stress.cluster.runtime.ray_runtime import connect, run_ray
 
+    results: list[dict | None] = [None] * len(scenarios)
     owned = connect(address)
     try:
-        return [run_ray(s, address=address, quiet=True, plugins=sources) for s in scenarios]
+        for i, s in enumerate(scenarios):
+            try:
+                results[i] = run_ray(s, address=address, quiet=True, plugins=sources)
+            except RuntimeInputError as exc:  # the cluster failed us mid-sweep: keep the points done
+                if i == 0:
+                    raise
+                return results, f"point {i + 1} of {len(scenarios)} could not run live: {exc}"
+            if on_result:
+                on_result(results[i])
+            if results[i].get("status") == "interrupted":  # run_ray caught our Ctrl-C or SIGTERM
+                return results, "interrupted"
+        return results, None
     finally:
         if owned:
             ray.shutdown()
@@ -78,15 +94,16 @@ def run_points_live(scenarios: list[Scenario], address: str | None, sources: tup
 
 def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, source: str = "<scenario>",
               workers: int | None = None, runtime: str = "sim", address: str | None = None,
-              sources: tuple = (), on_result: Callable[[dict], None] | None = None) -> dict:
-    """``report["files"]``: what was written under ``out``."""
-    points = grid(sc, params, seeds, source)
-    interrupted, requeued = False, 0
+              sources: tuple = (), on_result: Callable[[dict], None] | None = None,
+              points: list[tuple[dict, Scenario]] | None = None) -> dict:
+    """``report["files"]``: what was written under ``out``. ``points``: ``grid``'s, if already built."""
+    points = points if points is not None else grid(sc, params, seeds, source)
+    requeued = 0
     if runtime == "ray":
-        results: list[dict | None] = list(run_points_live([s for _, s in points], address, sources))
+        results, stop = run_points_live([s for _, s in points], address, sources, on_result)
     else:
         with Pool(workers, address, sources) as pool:
-            results, interrupted = run_matrix([s for _, s in points], pool, on_result)
+            results, stop = run_matrix([s for _, s in points], pool, on_result)
             requeued = pool.requeued
     rows: list[dict] = []
     by_label: dict[str, list[dict]] = {}
@@ -104,8 +121,7 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
     report = {"scenario": sc.name, "runtime": runtime, "params": [parse_param(p)[0] for p in params],
               "seeds": [sc.seed + k for k in range(seeds)], "rows": rows,
               "runs": [r for r in results if r is not None], "requeued": requeued}
-    if interrupted:
-        report["interrupted"] = True
+    mark_stop(report, stop)
     files: list[Path] = []
     if out is not None:
         write_json(out / "sweep.json", report)

@@ -1,6 +1,7 @@
 """Test-only plug-in: the first run that builds this policy kills its own worker process (SIGKILL),
 as a lost node would; every later run is the example's patient policy. ``marker`` is a path the
-first run creates (O_EXCL), so exactly one run dies, whichever process gets it."""
+first run creates (O_EXCL), so exactly one run dies, whichever process gets it; with ``always``
+every run dies."""
 
 import os
 import signal
@@ -11,6 +12,7 @@ from ats_stress.iommu_actor.policy import CompleteUnmap, Policy, PolicyParams, S
 
 class DiesOnceParams(PolicyParams):
     marker: str
+    always: bool = False
 
 
 class DiesOnce(Policy):
@@ -23,7 +25,8 @@ class DiesOnce(Policy):
         try:
             os.close(os.open(params.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
-            pass
+            if params.always:
+                os.kill(os.getpid(), signal.SIGKILL)
         else:
             os.kill(os.getpid(), signal.SIGKILL)
         self.waiting: dict[int, int] = {}
