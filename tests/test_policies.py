@@ -7,12 +7,12 @@ decisions read CMDQ_CONS, run on the sim runtime with small scenarios.
 import pytest
 
 from ats_stress.iommu_actor.policy import (
-    AckCmdqError, CmdqError, CompleteUnmap, HwInfo, Note, PresenceReply, QueryPresence, SetTimer, Submit,
+    AckCmdqError, CmdqError, CompleteUnmap, EventRecord, HwInfo, Note, PresenceReply, QueryPresence, SetTimer, Submit,
     SyncDone, SyncReturned, TimerFired, UnmapStart, WriteSte, make_policy,
 )
 from ats_stress.iommu_actor.spec import (
     ATC_INV_SIZE_ALL, CMDQ_ERR_CERROR_ATC_INV_IDX, CMDQ_OP_ATC_INV, CMDQ_OP_CMD_SYNC, CMDQ_OP_TLBI_NH_VA, EIO,
-    ETIMEDOUT, STRTAB_STE_0_CFG_ABORT,
+    ETIMEDOUT, EVT_ID_AMD_IOTLB_INV_TO, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT,
 )
 
 from helpers import HANG_5, run
@@ -378,6 +378,20 @@ def test_iommu_core_on_vtd_uses_the_ite_source_id_instead_of_searching():
     probes = [s for s in only(a, Submit) if s.cmds[0].op == CMDQ_OP_ATC_INV]
     assert [sorted(c.sid for c in s.cmds[:-1]) for s in probes] == [[10, 12]]  # the rest, not halves
     assert all(c.size == ATC_INV_SIZE_ALL for s in probes for c in s.cmds[:-1])
+
+
+def test_iommu_core_on_amd_holds_the_unmap_after_iotlb_inv_timeout_until_the_fence_is_in_effect():
+    # amd_iommu: the IOMMU gives the invalidation up (CTRL_INV_TO), logs IOTLB_INV_TIMEOUT, then
+    # completes the COMPLETION_WAIT behind it: that completion is no answer from the device's ATC
+    p = make_policy("iommu-core", {"driver": "amd-iommu"}, HW)
+    subs = only(p.handle(0.0, UnmapStart(0, 1, 3, 8, 0, (5,))), Submit)
+    a = p.handle(1.0, EventRecord(EVT_ID_AMD_IOTLB_INV_TO, 5, 8))
+    fence = [s for s in only(a, Submit) if s.cmds[0].op != CMDQ_OP_ATC_INV]
+    assert WriteSte(5, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT) in a and fence
+    a = [x for s in subs for x in p.handle(1.0, SyncDone(0, sync_token(s)))]
+    assert not only(a, CompleteUnmap)  # the page is not freed while the stale ATC entry can be used
+    a = p.handle(1.001, SyncDone(0, sync_token(fence[0])))
+    assert only(a, CompleteUnmap) == [CompleteUnmap(1, 0)]  # freed once the abort STE is in effect
 
 
 def test_iommu_core_on_amd_fences_the_device_its_iotlb_inv_timeout_event_names():

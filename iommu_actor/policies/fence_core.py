@@ -259,6 +259,17 @@ class FenceCore(Fencing, Policy):
         q = _Probe(p.kind, p.job, p.cpu, p.sids, p.tlbi)
         return self._submit(now, q, queue)
 
+    def _answered(self, sids) -> tuple[int, ...]:
+        """The streams a completed CMD_SYNC answers for. On arm-smmu-v3 and VT-d a completion means
+        every ATC_INV before it completed (a timed-out one raises CERROR_ATC_INV_SYNC instead). AMD's
+        IOMMU gives an invalidation up after CTRL_INV_TO, logs IOTLB_INV_TIMEOUT and completes the
+        COMPLETION_WAIT behind it, which says nothing of the device's ATC, and the event may be read
+        after the completion: there a stream being fenced keeps its unmaps until the fence is in effect."""
+        if not self.wants_events:
+            return sids
+        state = self.state
+        return tuple(s for s in sids if state.get(s, NORMAL) == NORMAL)
+
     def _sync_done(self, now: float, ev: SyncDone) -> list:
         self.stuck[ev.queue].discard(ev.token)
         self.cons_moved[ev.queue] = now
@@ -274,7 +285,7 @@ class FenceCore(Fencing, Policy):
             if job is None:
                 return []
             job.probes.discard(ev.token)
-            job.unconfirmed.difference_update(p.sids)
+            job.unconfirmed.difference_update(self._answered(p.sids))
             if p.tlbi:
                 job.tlbi_pending = False
             return self._maybe_complete(job)
@@ -283,7 +294,7 @@ class FenceCore(Fencing, Policy):
             actions: list = []
             for job in list(self.jobs.values()):
                 if job.seq < p.seq and job.unconfirmed.intersection(p.sids):
-                    job.unconfirmed.difference_update(p.sids)
+                    job.unconfirmed.difference_update(self._answered(p.sids))
                     actions += self._maybe_complete(job)
             return actions + self._linear_next(now, p)
         sid = p.sids[0]
