@@ -84,14 +84,15 @@ class ResetPath:
         self.disable_ats(sid, lambda: self._ats_off(r))
 
     def report_broken(self, sid: int) -> None:
-        """iommu_report_device_broken(): the blocking domain, with no reset."""
+        """iommu_report_device_broken(): the blocking domain, with no reset. The driver asked for it
+        as part of its quarantine, so the abort STE is the policy's fence, not a reset's block."""
         if sid not in self.blocked:
-            self.block(sid, None)
+            self.block(sid, None, BY_POLICY)
 
-    def block(self, sid: int, waiter: _Reset | None) -> None:
+    def block(self, sid: int, waiter: _Reset | None, by: str = BY_CORE) -> None:
         """Attach ``sid`` to the blocking domain: an abort STE made effective by CFGI_STE + CMD_SYNC."""
         self.blocked.add(sid)
-        self._write_ste(sid, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT, waiter)
+        self._write_ste(sid, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_1_EATS_ABT, waiter, by)
 
     def disable_ats(self, sid: int, then=None) -> None:
         """pci_disable_ats(): the config write waits until no ATC_INV to ``sid`` is outstanding."""
@@ -152,11 +153,11 @@ class ResetPath:
 
     # --- inside ----------------------------------------------------------------------------------------
 
-    def _write_ste(self, sid: int, config: int, eats: int, waiter: _Reset | None) -> None:
+    def _write_ste(self, sid: int, config: int, eats: int, waiter: _Reset | None, by: str = BY_CORE) -> None:
         """Write the STE and make it effective: CFGI_STE + CMD_SYNC (``waiter`` waits for the sync)."""
         node = self.node
         node.smmu.write_ste(sid, config, eats)
-        node.ste_writer[sid] = BY_CORE
+        node.ste_writer[sid] = by
         self._next_token += 1
         token = self._next_token
         self.tokens[token] = waiter

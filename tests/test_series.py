@@ -117,6 +117,15 @@ def test_v2_takes_a_software_poll_timeout_for_an_atc_timeout_and_retries_into_th
         assert bool(only(a, CompleteUnmap)) != retries
 
 
+def test_v2_quarantine_through_iommu_report_device_broken_counts_as_the_series_fence():
+    # v2's software-timeout retry quarantines the hung device while its CFGI_STE waits behind the
+    # wedge; the blocking domain iommu_report_device_broken() attaches is the series' fence, not a
+    # reset's block, so the hung device is among the fences (with the healthy ones v2 takes too)
+    s = run(policy={"name": "quarantine", "version": "v2"}, hardware=LONG_HW, chaos=HANG)
+    assert 5 in [f["sid"] for f in s["fences"]] and s["fenced_healthy"] > 0
+    assert s["reset_blocks"] == 0 and s["resets_requested"] == 0
+
+
 def test_v3_keeps_the_device_quarantined_after_a_failed_reset():
     chaos = [{"at": 2, "fault": "hang", "endpoints": [5], "recover_on_reset": False},
              {"at": 5, "fault": "reset", "endpoints": [5], "ok": False}]

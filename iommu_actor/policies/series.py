@@ -20,7 +20,9 @@ only when the hardware ATC timeout is shorter than the software one.
   for a software poll timeout, so a software timeout starts the retry too (inferred from the v2
   review: docs/policies.md).
 - v3: -EIO for an ATC timeout, so the 1 s software timeout stays unhandled, as mainline; the
-  quarantine lifts in ``reset_device_done`` after a successful outside reset.
+  quarantine lifts in ``reset_device_done`` after a successful outside reset. (That op is new in
+  v3; how v2's quarantine ended is not in the sources, and v2 lifts at the same point here rather
+  than keep a re-attached master out of invalidations: docs/policies.md, "Sources".)
 - v4: per-SID retry, then ``pci_disable_ats`` + EATS=0 + the domain's ATS invalidation entries
   marked broken + ``ats_broken``; no core worker. An outside FLR through the reset path reverts it.
 
