@@ -65,3 +65,12 @@ def test_a_policy_named_twice_is_run_once(tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((out / "compare.json").read_text())
     assert report["policies"] == ["arm-smmu-v3"] and len(report["runs"]) == 2 and report["rows"][0]["runs"] == 2
+
+
+def test_kill_node_on_the_sim_runtime_is_exit_2_before_the_run_starts(tmp_path):
+    # the step comes at 5 s of a 6 s run: said up front, not after simulating up to it
+    data = {**SMALL, "chaos": [{"at": 5, "fault": "kill_node", "endpoints": [2]}]}
+    for cmd in (["run", "--runtime", "sim"], ["compare", "--policies", "arm-smmu-v3", "--workers", "1"]):
+        r = runner.invoke(app, [cmd[0], str(write(tmp_path, data)), *cmd[1:], "--out", str(tmp_path / "o"), "-q"])
+        assert r.exit_code == 2 and "chaos.0: kill_node needs the ray runtime" in r.output, (cmd, r.output)
+        assert "Traceback" not in r.output

@@ -134,6 +134,19 @@ def test_a_live_cli_run_names_its_start_up_stages_and_lists_every_file(local_ray
 
 
 @pytest.mark.ray
+def test_a_policy_that_raises_fails_the_live_run_which_names_the_error(local_ray, tmp_path):
+    scenario_file = tmp_path / "s.yaml"
+    scenario_file.write_text(yaml.safe_dump(hang_scenario("arm-smmu-v3", duration=3, chaos=[]).model_dump(mode="json")))
+    out = tmp_path / "live"
+    r = CliRunner().invoke(app, ["run", str(scenario_file), "--runtime", "ray", "--policy", "test-raises", "-q",
+                                 "--policy-file", str(PLUGINS / "raises.py"), "--out", str(out)])
+    assert r.exit_code == 3, r.output
+    assert "the run failed" in r.stderr and "test-raises: a bug in the policy" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "failed" and "test-raises: a bug in the policy" in s["error"]
+
+
+@pytest.mark.ray
 def test_hang_verdicts_match_sim_on_the_ray_call_transport(local_ray):
     from ats_stress.cluster.runtime.ray_runtime import run_ray
 

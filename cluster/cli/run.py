@@ -85,7 +85,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary["status"] == "failed":
         err_console.print(f"[bold red]the run failed:[/bold red] {summary.get('error')}; the summary so far is "
-                          f"written", highlight=False)
+                          f"written", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_OK if summary["ok"] else EXIT_EXPECT)
 

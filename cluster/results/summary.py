@@ -193,7 +193,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "completion_errors": _merge_counts(n["completion_errors"] for n in nodes),
         # what each waited CMD_SYNC (or COMPLETION_WAIT, wait descriptor) returned, per code
         "sync_returns": _merge_counts(n.get("sync_returns", {}) for n in nodes),
-        "flush": {"mode": nodes[0].get("flush_mode", "strict") if nodes else sc.flush_mode(),
+        "flush": {"mode": sc.flush_mode(),
                   "flushes": flushes,
                   "iovas_per_flush": _sum(nodes, "iovas_flushed") / flushes if flushes else None,
                   "latency_s": latency_stats(flush_lat),

@@ -85,8 +85,9 @@ class ChaosKills:
                 how = f"device actors killed, node left up ({why})"
                 for d in on_node:
                     self._kill_device(d, t, f"kill_node (chaos.{action.step})")
-                _say(f"  chaos.{action.step}: kill_node: {why}: killed the {len(on_node)} device actor(s) on "
-                     f"node {node[:12]} instead; the node itself stays up")
+                if not self.quiet:
+                    _say(f"  chaos.{action.step}: kill_node: {why}: killed the {len(on_node)} device actor(s) on "
+                         f"node {node[:12]} instead; the node itself stays up")
             self.lost_nodes.append({"node_id": node, "node_ip": ip, "at_s": t, "how": how,
                                     "device_actors": [d.index for d in on_node],
                                     "endpoints": sum(len(d.endpoints) for d in on_node)})

@@ -102,11 +102,11 @@ class LiveShell(Transport):
         raise NotImplementedError
 
     def load_plugins(self, sources: tuple) -> None:
-        """Register plug-in policies from their sources (``cluster/plugins.py``) in this process."""
-        if sources:
-            from ats_stress.cluster.plugins import ensure
+        """Register plug-in policies in this process: the installed ``ats_stress.policies`` entry
+        points and the --policy-file sources (``cluster/plugins.py``; idempotent)."""
+        from ats_stress.cluster.plugins import ensure
 
-            ensure(sources)
+        ensure(sources)
 
     def start_exporter(self, kind: str, bind: str, *model) -> None:
         """Serve this actor's model on /metrics (``cluster/results/metrics.py``); ``self.target``
@@ -122,7 +122,7 @@ class LiveShell(Transport):
             try:
                 self.exporter.set_time(now)
             except Exception as exc:  # metrics never take the run down
-                self._error(f"metrics exporter: {exc!r}")
+                self._error(f"{self.kind} actor {self.index}: metrics exporter: {exc!r}")
                 self.exporter = None
 
     # --- set-up (called by the driver) ------------------------------------------------------------
@@ -183,7 +183,7 @@ class LiveShell(Transport):
                 await asyncio.sleep(delay)
             self._model_start()
             heap = self.heap
-            while True:
+            while not self.done:  # a model error in _apply ends this actor's clock too
                 end = self.duration if self.stop_at is None else min(self.duration, self.stop_at)
                 now = self.clock()
                 early = EARLY_WALL / self.scale

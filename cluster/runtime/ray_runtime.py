@@ -169,7 +169,7 @@ class LiveRun(Startup, ChaosKills, Gathering):
             if p.get("echo_wall_s"):
                 self.echo_window.extend(p["echo_wall_s"])
             if p["errors"]:
-                self.failure = f"{a.kind} actor {a.index}: {p['errors'][0]}"
+                self.failure = p["errors"][0]  # each error names its actor
             lag = p["lag_wall_s"]
             if lag > self.max_lag_wall:
                 self.max_lag_wall = lag
@@ -338,7 +338,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
                                 extra={"placement": run.placement(), "transport": transport, "lost": lost})
         summary["wall"]["startup_s"] = startup
         if run.failure:
-            summary["failure"] = run.failure
+            summary["failure"] = summary["error"] = run.failure  # "error": the key the sim runtime and the CLI use
         if transport["saturated"]:
             line = ("transport saturated: " + "; ".join(transport["saturation"]) +
                     ". This run's timeouts, fences and latencies measure the live runtime, not the devices; "

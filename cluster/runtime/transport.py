@@ -257,9 +257,9 @@ class Transport(StreamLinks):
         try:
             try:
                 await ref
-            except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer
-                self._error(f"{self.kind} actor {self.index} -> peer {dest}: {exc}")
-                self.on_dead(dest, batch)
+            except RayTaskError as exc:  # the peer's code failed: a bug, not a lost peer, so its
+                self._error(f"{self.kind} actor {self.index} -> peer {dest}: {exc}")  # endpoints stay
+                self.dropped_dead += len(batch)  # the run fails on the error; nothing is surprise-removed
                 return
             except (RayActorError, RayError):
                 self.mark_dead(dest)
@@ -288,8 +288,10 @@ class Transport(StreamLinks):
         for kind, origin, sent in echoes:
             if kind == ECHO_REQUEST:
                 if self.started:
-                    # answered from the timer task, like a device's answer to an Invalidate Request
-                    self._push(self.last, (ECHO, origin, sent))
+                    # answered from the timer task, like a device's answer to an Invalidate Request;
+                    # due now (not at the model's last step, which an idle device left behind: that
+                    # gap would count as timer lateness)
+                    self._push(max(self.last, self.clock()), (ECHO, origin, sent))
                 else:  # the start-up measurement (measure_rtt)
                     self._enqueue_echo(origin, (ECHO_REPLY, self.index, sent))
             else:
