@@ -82,6 +82,17 @@ CORPUS = [
     ("extends-not-a-path", with_(extends=["a"]), ["extends"]),
     ("extends-missing-file", with_(extends="nowhere.yaml"), ["extends", "nowhere.yaml", "not a scenario file"]),
     ("ramp-without-fraction", with_(chaos=[{**HANG, "ramp": {"to": 0.5, "stages": 2, "every": 1}}]), ["chaos.0", "ramp"]),
+    # a stage starting after the step's end would be hung for the rest of the run
+    ("ramp-ends-before-its-last-stage", with_(chaos=[{"at": 1, "fault": "hang", "fraction": 0.1, "duration": 1,
+                                                      "ramp": {"to": 0.4, "stages": 4, "every": 1}}]),
+     ["chaos.0", "duration (1s) ends the step before its last ramp stage"]),
+    # selectors that narrow each other to nothing: the step would silently do nothing
+    ("domain-not-on-that-smmu", with_(topology__smmus=2, chaos=[{"at": 1, "fault": "hang", "domain": 3, "smmu": 0}]),
+     ["chaos.0", "selects no endpoint", "smmu 0, domain 3"]),
+    ("count-above-the-domain", with_(chaos=[{"at": 1, "fault": "hang", "domain": 1, "count": 9}]),
+     ["chaos.0.count", "9 is more than the 8 endpoint(s) on domain 1"]),
+    ("repeat-overlaps", with_(chaos=[{"at": 1, "fault": "hang", "count": 1, "duration": 3, "repeat": {"every": 2, "times": 3}}]),
+     ["chaos.0", "shorter than repeat.every"]),
 ]
 
 
@@ -96,7 +107,7 @@ def test_hostile_scenario_gives_exit_2_and_one_clear_paragraph(tmp_path, case, c
         r = runner.invoke(app, command)
         assert r.exit_code == 2, (case, r.output)
         out = r.output.strip()
-        assert "Traceback" not in out and not r.exception or isinstance(r.exception, SystemExit)
+        assert "Traceback" not in out and (r.exception is None or isinstance(r.exception, SystemExit))
         assert f"{case}.yaml" in out, out
         assert "\n\n" not in out, "one paragraph"
         flat = " ".join(out.split())

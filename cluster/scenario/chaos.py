@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from ats_stress.iommu_actor.units import Duration
+from ats_stress.iommu_actor.units import Duration, format_duration as _s
 
 from .fields import MAX_COUNT, Latency, Strict
 
@@ -45,6 +45,14 @@ class _Step(Strict):
                 raise ValueError(f"ramp.to ({self.ramp.to:g}) must not be below fraction ({self.fraction:g})")
             if self.repeat is not None:
                 raise ValueError("give either repeat or ramp, not both")
+            last = self.ramp.every * (self.ramp.stages - 1)
+            if self.duration is not None and self.duration <= last:
+                raise ValueError(f"duration ({_s(self.duration)}) ends the step before its last ramp stage starts "
+                                 f"({_s(last)} after at: ramp.every x (stages - 1)); every stage ends at at + "
+                                 "duration, so make duration longer")
+        if self.repeat is not None and self.duration is not None and self.duration >= self.repeat.every:
+            raise ValueError(f"duration ({_s(self.duration)}) must be shorter than repeat.every "
+                             f"({_s(self.repeat.every)}): one occurrence must end before the next starts")
         explicit = self.endpoints is not None
         if explicit and (self.count is not None or self.fraction is not None):
             raise ValueError("give either endpoints: [ids] or count/fraction, not both")

@@ -195,6 +195,7 @@ class Scenario(Strict):
             late = [t for t in bound.at if t <= 0 or t >= self.duration]
             if late:
                 raise ValueError(f"expect.{name}.at: {late[0]:g} s is not inside the run (0 to {self.duration:g} s, exclusive)")
+        layout = None  # the placement, worked out once if a step needs it
         for i, step in enumerate(self.chaos):
             where = f"chaos.{i}"
             if step.at >= self.duration:
@@ -214,6 +215,18 @@ class Scenario(Strict):
                 raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
             if step.count is not None and step.count > top.endpoints:
                 raise ValueError(f"{where}.count: {step.count} is more than the {top.endpoints} endpoints")
+            if step.smmu is not None or step.domain is not None:  # selectors that narrow each other
+                from .plan import placement, step_pool
+
+                layout = layout or placement(top)
+                pool = step_pool(step, layout[0], layout[1], top.endpoints)
+                said = ", ".join(f"{k} {v}" for k, v in (("smmu", step.smmu), ("domain", step.domain))
+                                 if v is not None)
+                if not pool:
+                    raise ValueError(f"{where}: selects no endpoint: none of its endpoints is on {said} (domains "
+                                     "and endpoints are split evenly over the SMMUs)")
+                if step.count is not None and step.count > len(pool):
+                    raise ValueError(f"{where}.count: {step.count} is more than the {len(pool)} endpoint(s) on {said}")
         try:
             validate_params(self.policy.name, self.policy.params())
         except PolicyError as exc:

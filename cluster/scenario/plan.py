@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ats_stress.device_actors.endpoint import ENDPOINT_FAULTS
 from ats_stress.iommu_actor.host import DomainSpec, NodeSpec
 
 from .config import Scenario
@@ -55,9 +54,9 @@ def _span(i: int, n: int, parts: int) -> range:
     return range(i * n // parts, (i + 1) * n // parts)
 
 
-def build_plan(sc: Scenario) -> Plan:
-    top = sc.topology
-    seed = str(sc.seed)
+def placement(top) -> tuple[dict[int, int], dict[int, int], list[list[tuple[int, list[int]]]]]:
+    """Endpoints and domains split evenly over the SMMUs, each SMMU's endpoints dealt round-robin
+    into its domains: (SMMU of each SID, domain of each SID, each SMMU's (domain, SIDs))."""
     sid_node: dict[int, int] = {}
     sid_asid: dict[int, int] = {}
     node_domains: list[list[tuple[int, list[int]]]] = []
@@ -71,6 +70,23 @@ def build_plan(sc: Scenario) -> Plan:
             sid_node[sid] = s
             sid_asid[sid] = asid
         node_domains.append([(d, members[d]) for d in doms])
+    return sid_node, sid_asid, node_domains
+
+
+def step_pool(step, sid_node: dict[int, int], sid_asid: dict[int, int], endpoints: int) -> list[int]:
+    """The endpoints a chaos step draws from: its list (or all), narrowed to its SMMU and domain."""
+    pool = list(range(endpoints)) if step.endpoints is None else list(step.endpoints)
+    if step.smmu is not None:
+        pool = [e for e in pool if sid_node[e] == step.smmu]
+    if step.domain is not None:
+        pool = [e for e in pool if sid_asid[e] == step.domain]
+    return pool
+
+
+def build_plan(sc: Scenario) -> Plan:
+    top = sc.topology
+    seed = str(sc.seed)
+    sid_node, sid_asid, node_domains = placement(top)
 
     groups = []
     sid_group: dict[int, int] = {}
@@ -127,11 +143,7 @@ def build_plan(sc: Scenario) -> Plan:
                     actions.append(ChaosAction(at + step.duration, i, "end", "storm", (), params))
             step_targets.append(())
             continue
-        pool = list(range(top.endpoints)) if step.endpoints is None else list(step.endpoints)
-        if step.smmu is not None:
-            pool = [e for e in pool if sid_node[e] == step.smmu]
-        if step.domain is not None:
-            pool = [e for e in pool if sid_asid[e] == step.domain]
+        pool = step_pool(step, sid_node, sid_asid, top.endpoints)
         if step.ramp is not None:
             order = rng.sample(pool, len(pool))  # one draw: each stage adds the next endpoints
             end = None if step.duration is None else step.at + step.duration
@@ -165,7 +177,3 @@ def build_plan(sc: Scenario) -> Plan:
 
     return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets)
 
-
-def endpoint_fault(fault: str) -> bool:
-    """Carried out by the endpoints themselves (the rest are Ray-level)."""
-    return fault in ENDPOINT_FAULTS
