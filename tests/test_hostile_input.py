@@ -168,6 +168,16 @@ def test_a_bad_set_value_is_blamed_on_the_set_option_not_the_file(tmp_path, bad_
     assert needle in flat and "s.yaml" not in flat, flat
 
 
+def test_a_section_check_the_file_fails_alone_is_the_files_even_with_a_set_inside_that_section(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(with_(topology__domains=64))  # more domains than the 32 endpoints, in the file
+    r = runner.invoke(app, ["validate", str(path), "--set", "topology.cpus=4"])
+    assert r.exit_code == 2
+    flat = " ".join(r.output.split())
+    assert "s.yaml: invalid scenario: topology: domains (64) cannot exceed endpoints" in flat, flat
+    assert "--set 'topology.cpus=4':" not in flat  # not blamed on the option alone
+
+
 def test_problems_in_the_file_and_in_a_set_option_are_each_blamed_on_their_source(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(with_(colour="blue"))

@@ -7,6 +7,7 @@ allowed.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, get_args
 
@@ -237,37 +238,58 @@ def _problem(e: dict) -> tuple[list[str], str]:
     return parts, (f"{'.'.join(parts)}: {msg}" if parts else msg)
 
 
-def _from_set(path: list[str], sets: list[tuple[list[str], str]]) -> str | None:
-    """The last --set option that wrote ``path`` or a field inside or around it."""
+def _from_set(path: list[str], sets: list[tuple[list[str], str]]) -> tuple[str | None, bool]:
+    """(the last --set option that wrote ``path`` or a field around it, whose problem it is alone;
+    else the last that wrote a field inside ``path``, which a check of the whole section may share
+    with the file; else None)."""
+    inside = None
     for parts, item in reversed(sets):
-        n = min(len(parts), len(path))
-        if path and parts[:n] == path[:n]:
-            return item
-    return None
+        if not path:
+            continue
+        if parts[:len(path)] == path[:len(parts)] and len(parts) <= len(path):
+            return item, True
+        if inside is None and parts[:len(path)] == path:
+            inside = item
+    return inside, False
 
 
-def format_validation_error(source: str, exc: ValidationError, sets: list[tuple[list[str], str]] = ()) -> str:
+def format_validation_error(source: str, exc: ValidationError, sets: list[tuple[list[str], str]] = (),
+                            file_problems: set[tuple[str, ...]] | None = None) -> str:
     """One paragraph: each problem with its field path, blamed on the --set option that wrote the
-    field, else on the file."""
+    field, else on the file. A check of a whole section with a --set inside it is the option's
+    when the file alone passes it (``file_problems``: the paths the file alone fails), else both's."""
     in_file, by_set = [], []
     for e in exc.errors():
         path, text = _problem(e)
-        item = _from_set(path, list(sets))
+        item, alone = _from_set(path, list(sets))
+        if item is not None and not alone and file_problems is not None and tuple(path) not in file_problems:
+            alone = True
         if item is None:
             in_file.append(text)
-        else:
+        elif alone:
             by_set.append(f"--set {item!r}: {text}")
+        else:
+            in_file.append(f"{text} (with --set {item!r})")
     parts = [f"{source}: invalid scenario: " + "; ".join(in_file)] if in_file else []
     return "; ".join(parts + by_set) + "."
 
 
-def scenario_from_dict(data: dict, source: str = "<scenario>", sets: list[str] = ()) -> Scenario:
-    """Validate ``data`` (read from ``source``, then changed by the ``--set`` options ``sets``)."""
+def scenario_from_dict(data: dict, source: str = "<scenario>", sets: list[str] = (),
+                       before_sets: dict | None = None) -> Scenario:
+    """Validate ``data`` (read from ``source``, then changed by the ``--set`` options ``sets``;
+    ``before_sets``: the data as the file gave it, to tell whose a problem is)."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         parsed = [(_parse_set(item)[0], item) for item in sets]
-        raise ScenarioError(format_validation_error(source, exc, parsed)) from None
+        file_problems = None
+        if before_sets is not None:
+            try:
+                Scenario.model_validate(before_sets)
+                file_problems = set()
+            except ValidationError as alone:
+                file_problems = {tuple(_problem(e)[0]) for e in alone.errors()}
+        raise ScenarioError(format_validation_error(source, exc, parsed, file_problems)) from None
 
 
 def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: str | None = None,
@@ -290,5 +312,6 @@ def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: st
         data["policy"] = {"name": policy, **{k: v for k, v in old.items() if k in known}}
     if seed is not None:
         data["seed"] = seed
+    before = copy.deepcopy(data) if sets else None
     data = apply_sets(data, list(sets or []))
-    return scenario_from_dict(data, str(path), list(sets or []))
+    return scenario_from_dict(data, str(path), list(sets or []), before)
