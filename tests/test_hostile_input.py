@@ -91,6 +91,8 @@ CORPUS = [
      ["chaos.0", "selects no endpoint", "smmu 0, domain 3"]),
     ("count-above-the-domain", with_(chaos=[{"at": 1, "fault": "hang", "domain": 1, "count": 9}]),
      ["chaos.0.count", "9 is more than the 8 endpoint(s) on domain 1"]),
+    ("count-bounded-by-a-duration", with_(expect={"uaf_exposures": {"max": "5ms"}}),
+     ["expect", "uaf_exposures is a count, not a duration"]),
     ("repeat-overlaps", with_(chaos=[{"at": 1, "fault": "hang", "count": 1, "duration": 3, "repeat": {"every": 2, "times": 3}}]),
      ["chaos.0", "shorter than repeat.every"]),
 ]

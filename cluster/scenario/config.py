@@ -171,13 +171,21 @@ class Scenario(Strict):
     expect: dict[str, Bound] = Field(default_factory=dict)
     explore: Optional[Explore] = Field(None, description="ats-stress explore: the fault grammar (cluster/scenario/explore.py)")
 
-    @field_validator("expect")
+    @field_validator("expect", mode="before")
     @classmethod
-    def _known_figures(cls, v: dict[str, Bound]) -> dict[str, Bound]:
-        unknown = sorted(set(v) - set(EXPECTABLE))
+    def _known_figures(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v  # pydantic says what it should be
+        unknown = sorted(set(map(str, v)) - set(EXPECTABLE))
         if unknown:
             raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
                              f"{', '.join(sorted(EXPECTABLE))}")
+        for name, bound in v.items():  # a count bounded by a duration ('5ms') is a slip, not 0.005
+            if not EXPECTABLE[name][1] and isinstance(bound, dict):
+                for side in ("min", "max"):
+                    if isinstance(bound.get(side), str):
+                        raise ValueError(f"{name}.{side}: {name} is a count, not a duration: give a number, "
+                                         f"not {bound[side]!r}")
         return v
 
     def flush_mode(self) -> str:
