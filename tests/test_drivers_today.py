@@ -58,7 +58,7 @@ def test_amd_ctrl_inv_to_1s_logs_iotlb_inv_timeout_naming_the_hung_device_and_ua
     assert none["hw_atc_timeouts"] == 0 and none["event_records"] == []
 
 
-def test_amd_inv_timeout_replaces_the_scenarios_hardware_timeout():
+def test_amd_iommu_init_ctrl_inv_to_replaces_the_scenarios_hardware_timeout():
     s = run(policy={"name": "amd-iommu", "inv_timeout": "100ms"}, hardware={"atc_inv_completion_timeout": 60},
             chaos=HANG)
     assert s["hw_atc_timeouts"] > run(policy={"name": "amd-iommu"}, chaos=HANG)["hw_atc_timeouts"]
@@ -83,7 +83,7 @@ def test_fq_ring_free_locked_frees_only_what_a_flush_started_after_it_covers():
 
 
 @pytest.mark.parametrize("policy", ["arm-smmu-v3", "amd-iommu", "intel-vtd"])
-def test_lazy_flush_queue_cuts_cmd_syncs_per_unmap_to_a_fraction_of_strict(policy):
+def test_queue_iova_and_fq_flush_timeout_cut_cmd_syncs_per_unmap_to_a_fraction_of_strict(policy):
     # 300 unmaps/s per domain: about three IOVAs per 10 ms flush of the whole domain
     load = {"workload": {"unmaps_per_s": 1200, "dma_per_endpoint_per_s": 40}, "duration": 3}
     strict = run(policy={"name": policy}, host={"flush": "strict"}, **load)
@@ -96,12 +96,12 @@ def test_lazy_flush_queue_cuts_cmd_syncs_per_unmap_to_a_fraction_of_strict(polic
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("flush", ["strict", "lazy"])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_a_fault_free_run_never_shows_uaf_or_a_fence(policy, flush, seed):
+def test_a_fault_free_run_never_shows_uaf_or_a_fence_with_iommu_dma_strict_or_the_flush_queue(policy, flush, seed):
     s = run(policy={"name": policy}, host={"flush": flush}, seed=seed, duration=2)
     assert s["uaf_exposures"] == 0 and s["fence_count"] == 0 and s["unmaps"]["incomplete"] <= 4
 
 
-def test_lazy_mode_dma_between_the_unmap_and_its_flush_is_counted_as_the_lazy_window_not_uaf():
+def test_dma_between_queue_iova_and_fq_flush_timeout_is_the_lazy_window_not_uaf():
     # DMA busy enough to hit its ATC between two flushes of the whole ATC (every ~10 ms per domain)
     busy = {"workload": {"unmaps_per_s": 400, "dma_per_endpoint_per_s": 2000}, "duration": 2}
     lazy = run(policy={"name": "arm-smmu-v3"}, host={"flush": "lazy"}, **busy)
@@ -113,13 +113,13 @@ def test_lazy_mode_dma_between_the_unmap_and_its_flush_is_counted_as_the_lazy_wi
 @pytest.mark.parametrize("policy,default", [("amd-iommu", "lazy"), ("intel-vtd", "lazy"),
                                             ("arm-smmu-v3", "strict"), ("quarantine", "strict"),
                                             ("fence-on-timeout", "strict")])
-def test_host_flush_default_is_the_kconfig_default_of_the_drivers_architecture(policy, default):
+def test_host_flush_default_is_config_iommu_default_dma_lazy_on_x86_and_strict_on_arm64(policy, default):
     a = run(policy={"name": policy}, host={"flush": "default"}, duration=3, chaos=HANG)
     b = run(policy={"name": policy}, host={"flush": default}, duration=3, chaos=HANG)
     assert deterministic_view(a) == deterministic_view(b)
 
 
-def test_lazy_arm_smmu_v3_frees_pages_at_its_timed_out_flush_and_the_uaf_follows():
+def test_fq_flush_iotlb_after_arm_smmu_cmdq_poll_until_sync_times_out_frees_the_pages_and_the_uaf_follows():
     s = run(policy={"name": "arm-smmu-v3"}, host={"flush": "lazy"}, chaos=HANG)
     assert s["sync_timeouts"] > 0 and s["uaf_exposures"] > 0
     assert s["flush"]["latency_s"]["max"] >= 1.0  # a timer flush held a CPU for the poll timeout
