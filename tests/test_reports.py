@@ -140,3 +140,14 @@ def test_a_queue_is_wedged_only_while_a_cmd_sync_waits_long():
     assert wedged_intervals(samples) == [
         {"smmu": 0, "queue": 0, "start": pytest.approx(0.05), "end": 0.75, "longest_s": 0.45},
         {"smmu": 0, "queue": 0, "start": pytest.approx(0.7), "end": None, "longest_s": 0.3}]
+
+
+def test_the_compare_charts_worst_healthy_unmap_counts_the_ones_still_open():
+    # one queue: from the hang at 2 s every healthy unmap waits behind the wedged CMD_SYNC, and for
+    # a second none completes; the chart must show that stall as it grows, not only once it ends
+    from ats_stress.cluster.experiments.pool import run_job
+
+    sc = scenario(chaos=HANG_5, hardware={"command_queues": 1, "atc_inv_completion_timeout": 60})
+    series = run_job(("summary", {"scenario": sc.model_dump(mode="python"), "series": True}))["series"]
+    at = dict(zip(series["t"], series["worst_healthy_s"]))
+    assert at[2.0] < 0.01 and 0.7 < at[2.75] < 0.76 and 0.95 < at[3.0]

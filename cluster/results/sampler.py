@@ -30,8 +30,7 @@ MAX_TRACE_POINTS = 40000
 #: a command queue is wedged while its oldest pending CMD_SYNC has waited this long (scenario s)
 WEDGED_AFTER = 0.1
 #: the per-sample fields of an SMMU row that become one series each
-SMMU_SERIES = ("cmdq_depth", "cmdq_depth_max", "halted_queues", "oldest_sync_s", "queue_sync_s",
-               "oldest_open_s", "fenced", "uaf")
+SMMU_SERIES = ("cmdq_depth", "queue_sync_s", "oldest_open_s", "oldest_open_healthy_s", "fenced", "uaf")
 
 
 def new_run_id(sc, started: float | None = None) -> str:
@@ -46,10 +45,9 @@ def smmu_row(node, oracle, t: float) -> dict[str, Any]:
     depths = smmu.queue_depths()
     ages = [t - q.sync_submitted[0][1] if q.sync_submitted else 0.0 for q in smmu.queues]
     h, a = node.open_unmap_ages(t)
-    return {"t": t, "cmdq_depth": sum(depths), "cmdq_depth_max": max(depths, default=0),
-            "halted_queues": sum(1 for q in smmu.queues if q.err != 0),
-            "oldest_sync_s": smmu.oldest_sync_age(t), "queue_sync_s": [max(0.0, x) for x in ages],
-            "oldest_open_s": max(h + a, default=0.0), "fenced": len(oracle.fenced), "uaf": oracle.uaf_exposures}
+    return {"t": t, "cmdq_depth": sum(depths), "queue_sync_s": [max(0.0, x) for x in ages],
+            "oldest_open_s": max(h + a, default=0.0), "oldest_open_healthy_s": max(h, default=0.0),
+            "fenced": len(oracle.fenced), "uaf": oracle.uaf_exposures}
 
 
 def group_row(group, t: float) -> dict[str, Any]:
@@ -211,10 +209,11 @@ def compact_series(samples: dict) -> dict[str, list]:
         if not affected:
             worst_h[i] = max(worst_h[i], lat)
     oldest = [max(v) for v in zip(*(s["oldest_open_s"] for s in smmus))] if smmus else [0.0] * len(t)
+    oldest_h = [max(v) for v in zip(*(s["oldest_open_healthy_s"] for s in smmus))] if smmus else [0.0] * len(t)
     eps = samples["endpoints"]
     return {
         "t": t,
-        "worst_healthy_s": worst_h,
+        "worst_healthy_s": [max(a, b) for a, b in zip(worst_h, oldest_h)],
         "worst_s": [max(a, b) for a, b in zip(worst_all, oldest)],
         "cmdq_depth": [sum(v) for v in zip(*(s["cmdq_depth"] for s in smmus))],
         "wedged_queues": _wedged_counts(samples),
