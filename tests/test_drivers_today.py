@@ -177,3 +177,12 @@ def test_qi_check_fault_with_no_itesid_recorded_retries_for_ever():
     named = run(policy={"name": "intel-vtd"}, host={"flush": "strict"}, hardware=hw, duration=12, chaos=removed)
     assert s["completion_errors"] == {} and s["notes"]["retry"] > 0  # nobody ever gives up
     assert named["completion_errors"] and s["unmaps"]["count"] < named["unmaps"]["count"]
+
+
+@pytest.mark.parametrize("policy,queue", [("arm-smmu-v3", 3), ("amd-iommu", 0), ("intel-vtd", 0), ("quarantine", 3)])
+def test_iommu_cmd_buf_and_qi_are_one_queue_per_iommu_only_arm_smmu_v3_gives_cpus_their_own(policy, queue):
+    # AMD's command buffer (iommu->cmd_buf) and VT-d's invalidation queue (iommu->qi) are one per
+    # IOMMU; the scenario's extra queues are SMMUv3 ECMDQ/CMDQV, which only the arm driver uses
+    p = make_policy(policy, {}, HwInfo(command_queues=9, cpus=4, invalidate_queue_depth=32))
+    (first, *_) = only(p.handle(0.0, UnmapStart(3, 1, 3, 8, 0, (10, 11))), Submit)
+    assert first.queue == queue

@@ -46,6 +46,13 @@ class DriverHooks:
     inv_timeout_action: str = "cerror"
     #: the invalidation timeout the driver programs at init (AMD CTRL_INV_TO_1S); None: the hardware's own
     inv_timeout: float | None = None
+    #: the IOMMU can give CPUs command queues of their own (SMMUv3 ECMDQ, Tegra241 CMDQV); AMD has
+    #: one command buffer and VT-d one invalidation queue per IOMMU, whatever the scenario offers
+    per_cpu_queues: bool = False
+
+    def queues(self, offered: int) -> int:
+        """How many of the scenario's ``hardware.command_queues`` this IOMMU really has."""
+        return offered if self.per_cpu_queues else 1
 
     def tlbi(self, asid: int, addr: int, full: bool = False) -> Cmd:
         """The IOTLB invalidation: one page, or the whole ASID for a full flush (flush_iotlb_all)."""
@@ -81,6 +88,7 @@ ARM_SMMU_V3 = DriverHooks(
     # only after arm_smmu_cmdq_poll_until_sync()
     irqs_off_wait=True,
     hw_reports_ite_sid=False,
+    per_cpu_queues=True,
 )
 
 AMD_IOMMU = DriverHooks(

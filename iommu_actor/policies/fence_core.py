@@ -90,7 +90,7 @@ class FenceCore(Fencing, Policy):
         self.failed_tokens: set[int] = set()
         self._next_token = 0
         self._seq = 0
-        n = hw.command_queues
+        n = self.hooks.queues(hw.command_queues)  # AMD and VT-d: one, however many the scenario has
         self.recovery_q = n - 1 if n >= 2 and params.recovery_queue else None
         self.cpu_queue_count = n - 1 if self.recovery_q is not None else n
 

@@ -79,6 +79,7 @@ class FlushDriver(Policy):
 
     def __init__(self, params, hw):
         super().__init__(params, hw)
+        self.queue_count = self.hooks.queues(hw.command_queues)
         self.irqs_off_wait = self.hooks.irqs_off_wait
         self.hw_reports_ite_sid = self.hooks.hw_reports_ite_sid
         self.fence_waits = self.hooks.fence_waits
@@ -86,6 +87,10 @@ class FlushDriver(Policy):
         self._next_token = 0
         self.running: dict[int, _Running] = {}  # cpu -> its flush
         self.polling: dict[int, _Running] = {}  # CMD_SYNC token -> the flush spinning on it
+
+    def queue_of(self, cpu: int) -> int:
+        """One queue per CPU where the IOMMU has them (arm-smmu-v3 on ECMDQ/CMDQV), else queue 0."""
+        return cpu % self.queue_count
 
     # --- what subclasses write ------------------------------------------------------------------
 
