@@ -29,6 +29,9 @@ def test_compare_with_a_policy_that_raises_writes_the_runs_then_exits_3_naming_t
     assert "1 run(s) failed with an error" in r.output and "test-raises: a bug in the policy" in r.output
     report = json.loads((out / "compare.json").read_text())
     assert [x["status"] for x in report["runs"]] == ["complete", "failed"] and report["failed_runs"] == 1
+    arm, raises = report["rows"]
+    assert (arm["runs"], arm["failed"]) == (1, 0) and arm["unmaps_completed"] > 0
+    assert (raises["runs"], raises["failed"]) == (0, 1) and raises["uaf_exposures"] is None  # no figure, not 0
     assert "Traceback" not in r.output
 
 

@@ -48,6 +48,14 @@ def test_policies_lists_where_each_policy_came_from():
     assert f"patient-smmu ({EXAMPLE.resolve()})" in r.output
 
 
+def test_policies_says_required_for_a_plug_in_parameter_with_no_default():
+    r = runner.invoke(app, ["policies", "--policy-file", str(ROOT / "tests" / "plugins" / "dies_once.py")])
+    assert r.exit_code == 0, r.output
+    lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.startswith("  ")}
+    assert "required" in lines["marker"] and "default False" in lines["always"]
+    assert "PydanticUndefined" not in r.output
+
+
 def test_an_unknown_policy_says_how_plug_ins_load():
     r = runner.invoke(app, ["run", str(ROOT / "configs/scenarios/single-hang.yaml"), "--policy", "no-such-policy"])
     assert "--policy-file" in one_paragraph_exit_2(r)

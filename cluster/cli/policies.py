@@ -41,5 +41,9 @@ def policies(
         params.add_column(no_wrap=True)
         params.add_column()
         for field, info in cls.Params.model_fields.items():
-            params.add_row(f"  {field}", f"default {info.default!r}", info.description or "")
+            if info.is_required():
+                default = "required"
+            else:
+                default = f"default {info.get_default(call_default_factory=True)!r}"
+            params.add_row(f"  {field}", default, info.description or "")
         out_console.print(params, highlight=False)

@@ -49,10 +49,19 @@ def _max(xs: list) -> float | None:
 
 
 def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
+    """One row: sums, worsts and means over the runs that did not fail (a failed run's figures stop
+    where its error struck); ``failed`` counts the others, and with none left every figure is None."""
+    failed = sum(1 for r in runs if r.get("status") == "failed")
+    runs = [r for r in runs if r.get("status") != "failed"]
+    row = _figures(runs)
+    if not runs:
+        row = {k: None for k in row}
+    return {"policy": label, "runs": len(runs), "failed": failed, **row}
+
+
+def _figures(runs: list[dict]) -> dict[str, Any]:
     h = [r["healthy_unmap_latency_s"] for r in runs]
     return {
-        "policy": label,
-        "runs": len(runs),
         "uaf_exposures": sum(r["uaf_exposures"] for r in runs),
         "uaf_reallocated": sum(r["uaf_reallocated"] for r in runs),
         "healthy_p50": _mean([x["p50"] for x in h]),
