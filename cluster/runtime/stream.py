@@ -97,7 +97,13 @@ class _Inbound(asyncio.Protocol):
                     self.transport.abort()
                     return
                 continue
-            last = shell._on_batch(payload)
+            try:
+                last = shell._on_batch(payload)
+            except Exception as exc:  # a bad frame or a bug here: say so (the run fails on it), not a dead peer
+                shell._error(f"{shell.kind} actor {shell.index}: receiving from actor {self.src}: "
+                             f"{type(exc).__name__}: {exc}")
+                self.transport.abort()
+                return
         if pos:
             del buf[:pos]
         if last >= 0:
