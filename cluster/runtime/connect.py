@@ -118,8 +118,6 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
                      include_dashboard=False, object_store_memory=256 * 1024 * 1024, **kwargs)
         else:  # an address, or RAY_ADDRESS set (inside a Ray Job, ray.init() joins the job's cluster)
             ray.init(address=a, **kwargs)
-    except RuntimeInputError:
-        raise
     except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from ray.init
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"--address {a}" if a else ("RAY_ADDRESS=" + os.environ["RAY_ADDRESS"] if os.environ.get("RAY_ADDRESS")

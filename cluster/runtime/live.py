@@ -15,7 +15,8 @@ way the ``sim`` runtime's EventLoop does, on wall-clock time instead of virtual 
 - **Transport.** ``transport.py`` (batching, sequence numbers, acknowledgements, dead peers) and
   ``stream.py`` (one connection per peer), mixed in.
 
-Only the modules of ``cluster/runtime/`` and the two ``actor.py`` shells know about Ray.
+Of the live runtime, only the modules of ``cluster/runtime/`` and the two ``actor.py`` shells know
+about Ray (the fan-out of sim runs, ``cluster/experiments/pool.py``, uses Ray tasks of its own).
 """
 
 from __future__ import annotations
@@ -319,6 +320,4 @@ def _wake(fut: asyncio.Future) -> None:
 
 def node_location() -> dict[str, Any]:
     ctx = ray.get_runtime_context()
-    import os
-
     return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}

@@ -181,7 +181,7 @@ class Startup:
 
     def _await_ready(self) -> None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         everyone = self.smmus + self.devices
         refs = {a.handle.ready.remote(): a for a in everyone}
@@ -212,7 +212,6 @@ class Startup:
                     f"(device actors: num_cpus={opts.get('num_cpus', DEVICE_NUM_CPUS)} each, plus "
                     f"{opts.get('resources') or 'no custom resources'}), or its nodes cannot start workers; "
                     "check `ray status` and the raylet logs.") from None
-        del GetTimeoutError
 
     def _get(self, refs, timeout: float, what: str):
         import ray
@@ -225,8 +224,6 @@ class Startup:
                                     "may be overloaded or losing nodes (check `ray status`).") from None
 
     def measure(self, spu: float | None) -> None:
-        import ray
-
         sample = [(1, 0, 3, 1000, 0)] * 16  # a downstream batch of 16 Invalidate Requests
         per = max(3, RTT_SAMPLES // max(1, len(self.smmus)))
         # warm every pair once, then measure
@@ -237,7 +234,6 @@ class Startup:
         p50 = percentile(self.rtt, 0.5) or 0.0
         self.ceiling = transport_ceiling(self.sc, p50, spu)
         c = self.ceiling
-        del ray
         if c["load"] > 1.0:
             need = self.scale * c["load"] * 1.25
             self._warn(
@@ -263,8 +259,6 @@ class Startup:
     # running --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        import ray
-
         lead = 1.0 + 0.02 * (len(self.smmus) + len(self.devices))
         self.t0 = time.time() + lead
         dev_actions: dict[int, dict] = {}
@@ -290,7 +284,6 @@ class Startup:
                     for a, sids in dev_actions.get(d.index, {}).values()]
             refs.append(d.handle.start.remote(self.t0, self.scale, self.sc.duration, acts, every))
         self._get(refs, 60, "start")
-        del ray
         if time.time() > self.t0:
             self._warn(f"the actors were told to start {time.time() - self.t0:.2f} s wall late; "
                        "the first timers fire late")
