@@ -87,6 +87,18 @@ def test_compare_is_transposed_when_it_fits_and_split_when_not():
     assert wide.count("policy-number-0") == 1
 
 
+def test_a_sweep_over_three_long_keys_lists_its_points_once_and_numbers_them_in_the_figure_tables():
+    keys = ("hardware.atc_inv_completion_timeout", "policy.culprit_search", "hardware.command_queues")
+    many = rows(45)
+    for i, r in enumerate(many):
+        r["point"] = dict(zip(keys, (f"{i // 9}s", ("bisect", "linear", "per-device-batches")[i % 3], 1 + i % 9)))
+    text = printed(many, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+    assert "the points" in text and all(k in text for k in keys)
+    for key, _, fmt in COMPARE_COLUMNS:  # every figure of every point, whole
+        assert all(fmt(r[key]) in text for r in many)
+
+
 def test_a_sweep_table_is_headed_by_the_swept_keys_not_policy():
     text = printed(rows(9, point=True), 100)
     assert "policy.sync_timeout" in text and "topology.endpoints" in text

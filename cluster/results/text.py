@@ -212,6 +212,22 @@ def print_compare(rows: list[dict], console: Console | None = None, title: str =
         return
     # one row per policy or point, the figures split evenly over as few tables as fit
     lw = [_width(h, [c[i] for c in label_cells]) for i, h in enumerate(label_heads)]
+    if len(label_heads) > 1 and _table_width(lw) > width // 3:
+        # the swept keys would crowd the figures out of every table: number the points, list them once
+        short = [h.rsplit(".", 1)[-1] for h in label_heads]
+        if len(set(short)) < len(short):
+            short = label_heads
+        number_w = len(str(len(label_cells)))
+        legend = Table()
+        legend.add_column("#", justify="right", no_wrap=True, width=max(1, number_w))
+        for i, h in enumerate(short):
+            legend.add_column(h, no_wrap=True, width=_width(h, [c[i] for c in label_cells]))
+        for i, cells in enumerate(label_cells):
+            legend.add_row(str(i + 1), *cells)
+        console.print(f"{title} · the points ({', '.join(label_heads)})", highlight=False)
+        console.print(legend)
+        label_heads, label_cells = ["#"], [[str(i + 1)] for i in range(len(label_cells))]
+        lw = [_width("#", [c[0] for c in label_cells])]
     fw = [_width(label, cells) for label, cells in figures]
     for n in range(1, len(figures) + 1):
         bounds = [round(k * len(figures) / n) for k in range(n + 1)]
