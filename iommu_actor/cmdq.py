@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from .commands import Cmd
-from .spec import CMDQ_ERR_CERROR_NONE_IDX, CMDQ_OP_CMD_SYNC
+from .spec import CMDQ_ERR_CERROR_NONE_IDX
 
 INV_OUTSTANDING = 0
 INV_DONE = 1
@@ -34,7 +34,7 @@ class CommandQueue:
     """One in-order command queue (the CMDQ, or one ECMDQ / CMDQV virtual queue)."""
 
     __slots__ = ("index", "cmds", "cons", "prod", "outstanding", "inflight", "failed_sid",
-                 "err", "hw_timer_at", "err_token", "sync_submitted", "before_cons", "inv_issued", "waits")
+                 "err", "hw_timer_at", "sync_submitted", "before_cons", "inv_issued", "waits")
 
     def __init__(self, index: int):
         self.index = index
@@ -46,7 +46,6 @@ class CommandQueue:
         self.failed_sid = -1  # first stream whose invalidation timed out since the last CMD_SYNC
         self.err = CMDQ_ERR_CERROR_NONE_IDX  # CMDQ_CONS.ERR while halted
         self.hw_timer_at = -1.0
-        self.err_token = -1
         #: (queue position, submission time) of each CMD_SYNC software queued and not yet retired
         self.sync_submitted: deque[tuple[int, float]] = deque()
         self.before_cons: Cmd | None = None  # the entry one slot before CONS (consumed last)
@@ -57,8 +56,3 @@ class CommandQueue:
     @property
     def depth(self) -> int:
         return self.prod - self.cons
-
-    @property
-    def waiting_sync(self) -> bool:
-        """CONS sits at a CMD_SYNC that cannot complete yet."""
-        return bool(self.cmds) and self.cmds[0].op == CMDQ_OP_CMD_SYNC and (self.outstanding > 0 or self.err != 0)

@@ -174,7 +174,6 @@ class Smmu:
             return
         q.err = CMDQ_ERR_CERROR_NONE_IDX
         q.failed_sid = -1
-        q.err_token = -1
         self._advance(q, now)
 
     def scrub_atc_inv(self, queue: int, targets: dict[int, frozenset]) -> int:
@@ -233,7 +232,6 @@ class Smmu:
                     return  # CONS stays at the CMD_SYNC
                 if q.failed_sid >= 0:
                     q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
-                    q.err_token = c.token
                     self.cmdq_errors += 1
                     ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
                     return

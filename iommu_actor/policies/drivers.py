@@ -69,7 +69,9 @@ class DriverHooks:
     def writes(self, cmds: list[Cmd]) -> list[tuple[Cmd, ...]]:
         """One waited-on submission split into the queue writes the driver makes: arm-smmu-v3
         issues each full batch of CMDQ_BATCH_ENTRIES without a sync, then the rest with the
-        CMD_SYNC (``cmds`` ends in it)."""
+        CMD_SYNC (``cmds`` ends in it). The writes enter the queue in the same instant, so in the
+        model this changes what a queue holds between writes, not when anything completes: other
+        CPUs' writes do not land between the chunks (docs/policies.md, Sources)."""
         per = self.batch_entries
         if per is None or len(cmds) <= per + 1:
             return [tuple(cmds)]

@@ -14,7 +14,6 @@ from ..policy import (
 from ..units import Duration
 
 NORMAL, FENCING, FENCED, DEAD = range(4)
-STATE_NAMES = ("normal", "fencing", "fenced", "dead")
 
 #: software timeout the IOMMU-core version adds to VT-d, which has none of its own
 VTD_ADDED_SYNC_TIMEOUT = 1.0

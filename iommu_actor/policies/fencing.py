@@ -21,7 +21,7 @@ from ..spec import (
     STRTAB_STE_0_CFG_ABORT,
     STRTAB_STE_1_EATS_ABT,
 )
-from .fence_state import DEAD, FENCED, FENCING, NORMAL, STATE_NAMES, _Probe
+from .fence_state import DEAD, FENCED, FENCING, NORMAL, _Probe
 
 
 class Fencing:
@@ -40,7 +40,8 @@ class Fencing:
     def _cmdq_error(self, now: float, ev: CmdqError) -> list:
         actions: list = [Note("log", sid=ev.ite_sid,
                               text=f"CMDQ error (cons token {ev.token}): {CERROR_TEXT.get(ev.cerror, ev.cerror)}")]
-        self.failed_tokens.add(ev.token)
+        if ev.token >= 0:  # a VT-d ITE names no wait of ours (token -1)
+            self.failed_tokens.add(ev.token)
         p = self.probes.get(ev.token)
         named = ev.ite_sid if self.hw_reports_ite_sid else -1
         if p is not None and p.kind in ("inv", "search") and not p.suspected:
@@ -88,9 +89,3 @@ class Fencing:
             return [Note("reset_failed", ev.sid, f"SID {ev.sid}: reset failed, stays fenced")]
         self.state[ev.sid] = NORMAL  # the core's done() re-attached the domain: the STE is restored
         return [Note("unfence", ev.sid, f"SID {ev.sid} restored after a successful reset")]
-
-    def stream_states(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for st in self.state.values():
-            counts[STATE_NAMES[st]] = counts.get(STATE_NAMES[st], 0) + 1
-        return counts
