@@ -69,6 +69,11 @@ def finish(report: dict, what: str) -> None:
     if report.get("failed_runs"):
         problems.append(f"{report['failed_runs']} run(s) failed with an error and count for nothing in the "
                         f"table (first: {report['first_error']}).")
+    exit_if_failed(problems)
+
+
+def exit_if_failed(problems: list[str]) -> None:
+    """After the files are written: one paragraph of what went wrong, exit 3 (nothing: return)."""
     if problems:
         err_console.print("[bold red]error:[/bold red] " + " ".join(problems), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
@@ -218,9 +223,7 @@ def explore(
     if res["failed_runs"]:
         problems.append(f"{res['failed_runs']} variant run(s) failed with an error, so they checked nothing "
                         f"(first: {res['first_error']}).")
-    if problems:
-        err_console.print("[bold red]error:[/bold red] " + " ".join(problems), highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED)
+    exit_if_failed(problems)
     raise typer.Exit(1 if res["violations"] else 0)
 
 
