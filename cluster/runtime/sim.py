@@ -25,14 +25,13 @@ from ats_stress.cluster.results.summary import build_summary, check_expectations
 class EventLoop:
     """Virtual time. ``at`` schedules, ``run`` pops in (time, sequence) order."""
 
-    __slots__ = ("heap", "seq", "now", "events", "stop_requested")
+    __slots__ = ("heap", "seq", "now", "events")
 
     def __init__(self):
         self.heap: list = []
         self.seq = 0
         self.now = 0.0
         self.events = 0
-        self.stop_requested = False
 
     def at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
         if t < self.now:
@@ -45,15 +44,14 @@ class EventLoop:
         pop = heappop
         n = 0
         try:
-            while heap and heap[0][0] <= until and not self.stop_requested:
+            while heap and heap[0][0] <= until:
                 t, _, fn, arg = pop(heap)
                 self.now = t
                 fn(t, arg)
                 n += 1
         finally:
             self.events += n
-        if not self.stop_requested:
-            self.now = until
+        self.now = until
 
 
 class SimWorld:
