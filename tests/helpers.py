@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
 
 from ats_stress.cluster.scenario import scenario_from_dict
 from ats_stress.cluster.runtime.sim import run_sim
@@ -80,3 +85,21 @@ class Recorder:
 
     def blocked(self, sid, addr, pa, tag):
         self.blocked_list.append((sid, addr, pa, tag))
+
+
+def sigterm_once_under_way(args: list[str], under_way: Callable[[str], bool], env: dict | None = None) -> str:
+    """Run ``ats-stress ARGS`` in a subprocess, wait for its first stderr line (which must show it
+    under way), send SIGTERM, and check it exits 130; its stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "ats_stress.cluster.cli", *args],
+                            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})},
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # synchronise on what it printed, not on time
+        assert under_way(line), line
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    return stderr

@@ -2,10 +2,6 @@
 that every minimal scenario fails under ``run`` exactly on its property, exit codes, interruption."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ats_stress.cluster.cli import app
-from helpers import overridden
+from helpers import overridden, sigterm_once_under_way
 
-ROOT = Path(__file__).resolve().parent.parent
 EARLY = Path(__file__).resolve().parent / "plugins" / "early_complete.py"
 runner = CliRunner()
 
@@ -105,19 +100,10 @@ def test_sigterm_mid_search_writes_what_was_found_and_exits_130(tmp_path):
     sc = tmp_path / "long.yaml"
     sc.write_text(yaml.safe_dump(SMALL))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "ats_stress.cluster.cli", "explore", str(sc), "--workers", "1",
-                             "--check", "uaf", "--budget", "100000", "--shrink-max", "1", "--seed", "1",
-                             "--out", str(out)],
-                            cwd=ROOT, env={**os.environ}, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()  # printed when the first violation is found: the search is under way
-        assert line.startswith("first uaf violation"), line
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    # printed when the first violation is found: the search is under way
+    sigterm_once_under_way(["explore", str(sc), "--workers", "1", "--check", "uaf", "--budget", "100000",
+                            "--shrink-max", "1", "--seed", "1", "--out", str(out)],
+                           lambda line: line.startswith("first uaf violation"))
     report = json.loads((out / "explore.json").read_text())
     assert report["interrupted"] and report["violations"][0]["property"] == "uaf"
     for rec in report["violations"]:
