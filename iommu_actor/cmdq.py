@@ -34,10 +34,14 @@ class CommandQueue:
     """One in-order command queue (the CMDQ, or one ECMDQ / CMDQV virtual queue)."""
 
     __slots__ = ("index", "cmds", "cons", "prod", "outstanding", "inflight", "failed_sid",
-                 "err", "hw_timer_at", "sync_submitted", "before_cons", "inv_issued", "waits")
+                 "err", "hw_timer_at", "sync_submitted", "before_cons", "inv_issued", "waits", "capacity",
+                 "space_watch")
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, capacity: int = 1 << 16):
         self.index = index
+        self.capacity = capacity  # entries (hardware.cmdq_entries)
+        #: the host wants to hear when this many slots are free (0: nobody waits for room)
+        self.space_watch = 0
         self.cmds: deque[Cmd] = deque()
         self.cons = 0  # commands consumed (CMDQ_CONS, unwrapped)
         self.prod = 0  # commands written (CMDQ_PROD, unwrapped)

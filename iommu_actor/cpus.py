@@ -4,7 +4,9 @@ Mixed into ``SmmuNode``. A CPU runs one job at a time, to the end: an unmap (str
 iotlb_sync for its range; lazy: ``queue_iova()``, which flushes the whole domain first when this
 CPU's ring is full) or a lazy flush of a whole domain (``fq_flush_timeout()`` on the CPU that armed
 the timer, before that CPU's next process-context unmap). It spins, with interrupts off where the
-driver does, from the flush's first command to its return: that is counted as lockup.
+driver does, from the flush's first command to its return (or, where the policy says so, in one
+window per poll: ``Policy.irqs_off_windows``); the time with interrupts off is the lockup, the time
+inside the flush ``flush_max_s``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ class CpuJobs:
         d.pt[job.slot] = None  # the page-table update: the PTE is gone from now on
         if not self.lazy:
             self.inflight[job.id] = job
-            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, 0, self._flush_sids(d)))
+            job.sids = self._flush_sids(d)
+            if self.auto_irqs:
+                self.irq_save(job.cpu)
+            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, 0, job.sids))
             return
         # queue_iova(): dma_unmap returns at once unless this CPU's ring is full
         self.oracle.on_unmap_returned(job.tag)
@@ -62,8 +67,10 @@ class CpuJobs:
         """fq_flush_iotlb(): the driver's flush_iotlb_all for the whole domain."""
         d.fq.flush_started()
         self.inflight[job.id] = job
-        self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, self._flush_sids(d),
-                                       full=True))
+        job.sids = self._flush_sids(d)
+        if self.auto_irqs:
+            self.irq_save(job.cpu)
+        self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, job.sids, full=True))
 
     def _queue_iova(self, job: Job, d: Domain) -> None:
         if d.fq.add(job.cpu, (job.slot, job.pa, job.tag)):
@@ -100,10 +107,12 @@ class CpuJobs:
 
     def _job_done(self, job: Job) -> None:
         now = self.now
-        if self.policy.irqs_off_wait and (job.kind == FLUSH or job.flushing or not self.lazy):
-            spun = (job.spin_end if job.spin_end >= 0 else now) - job.started
-            self.lockup_s += spun
-            self.lockup_max_s = max(self.lockup_max_s, spun)
+        if job.kind == FLUSH or job.flushing or not self.lazy:  # the CPU was inside the driver's flush
+            inside = (job.spin_end if job.spin_end >= 0 else now) - job.started
+            if inside > self.flush_max_s:
+                self.flush_max_s = inside
+            if self.auto_irqs:
+                self.irq_restore(job.cpu)
         if job.kind == UNMAP:
             affected = self.domains[job.dom].spec.affected
             latency = now - job.arrived

@@ -35,6 +35,8 @@ class NodeSpec:
     seed: str
     tag_stride: int = 1  # mapping tags are index + k * tag_stride: unique across nodes
     flush: str = "strict"  # "strict" or "lazy" (host.flush, resolved against the policy)
+    cmdq_entries: int = 1 << 16  # hardware.cmdq_entries, resolved against the driver
+    gerror_irq_cpu: int = 0  # host.gerror_irq_cpu; -1: a CPU that runs no flushes ("idle")
 
     @property
     def sids(self) -> tuple[int, ...]:
@@ -44,7 +46,8 @@ class NodeSpec:
 class Job:
     """One CPU's work item: an unmap, or a lazy flush of a whole domain."""
 
-    __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing")
+    __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing",
+                 "sids")
 
     def __init__(self, jid: int, kind: int, cpu: int, dom: int, slot: int, arrived: float):
         self.id = jid
@@ -58,6 +61,7 @@ class Job:
         self.started = -1.0
         self.spin_end = -1.0
         self.flushing = False  # a lazy unmap flushing its domain because its CPU's ring is full
+        self.sids: tuple[int, ...] = ()  # the ATS masters its flush invalidates (the invs readers)
 
 
 class Domain:

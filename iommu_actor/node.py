@@ -39,9 +39,12 @@ from .oracle import BY_POLICY
 from .policy import (
     AckCmdqError,
     CmdqError,
+    CmdqSpace,
     CompleteUnmap,
     DisableAts,
     EventRecord,
+    LocalIrqRestore,
+    LocalIrqSave,
     Note,
     Policy,
     PresenceReply,
@@ -57,9 +60,10 @@ from .policy import (
     SyncDone,
     SyncReturned,
     TimerFired,
+    WaitCmdqSpace,
     WriteSte,
 )
-from .reset import ResetPath
+from .reset import T_CORE, ResetPath
 from .smmu import Smmu
 from .spec import (
     CMDQ_OP_CMD_SYNC,
@@ -102,7 +106,8 @@ class SmmuNode(CpuJobs):
                          invalidate_queue_depth=spec.invalidate_queue_depth,
                          atc_inv_completion_timeout=policy.hw_inv_timeout(spec.atc_inv_completion_timeout),
                          page_tables={d.spec.asid: d.pt for d in self.domains},
-                         inv_timeout_action=policy.inv_timeout_action, fence_waits=policy.fence_waits)
+                         inv_timeout_action=policy.inv_timeout_action, fence_waits=policy.fence_waits,
+                         cmdq_entries=spec.cmdq_entries)
         policy.regs = SmmuRegisters(self.smmu)
         for d in self.domains:
             for sid in d.spec.sids:
@@ -129,8 +134,25 @@ class SmmuNode(CpuJobs):
         self.latencies_affected: list[float] = []
         self.completion_errors: dict[int, int] = {}
         self.sync_returns: dict[int, int] = {}
-        self.lockup_s = 0.0
-        self.lockup_max_s = 0.0  # the longest one irqs-off spin (one job's flush)
+        # interrupts: each CPU's local_irq_save depth and since when they are off (-1: on)
+        self.irq_depth = [0] * spec.cpus
+        self.irqs_off_at = [-1.0] * spec.cpus
+        #: the host turns a flushing CPU's interrupts off for its whole flush (Policy.irqs_off_windows)
+        self.auto_irqs = policy.irqs_off_wait and policy.irqs_off_windows == "flush"
+        self.irq_cpu = spec.gerror_irq_cpu  # -1: an idle CPU takes them at once
+        self.held_irqs: list[tuple[float, str, object]] = []  # (raised, "gerror"/"event"/"fault", event)
+        self.lockup_s = 0.0  # CPU-seconds with interrupts off (closed windows)
+        self.irqs_off_max_s = 0.0  # the longest single interrupts-off window
+        self.flush_max_s = 0.0  # the longest time one CPU stayed inside one flush (non-preemptible)
+        self.irq_delay_max = {"gerror": 0.0, "event": 0.0}  # raised -> taken, by interrupt
+        self.irqs_taken = {"gerror": 0, "event": 0}
+        self.irqs_late = {"gerror": 0, "event": 0}  # taken later than raised: the CPU had interrupts off
+        # command-queue room: writes waiting in the host, and drivers waiting to hear of room
+        self.parked: dict[int, deque] = {}  # queue -> (cmds, since) in the order written
+        self.space_waiters: dict[int, list] = {}  # queue -> [entries, token, since, until]
+        self.space_due: set[int] = set()  # queues whose CONS moved on while someone waited
+        self.cmdq_full_waits = 0  # writes that found their queue full (drivers' waits and the host's)
+        self.cmdq_full_wait_s = 0.0
         self.notes: dict[str, int] = {}
         self.log: list[str] = []
         self.event_records: list[dict] = []
@@ -176,6 +198,8 @@ class SmmuNode(CpuJobs):
             self._events.append(TimerFired(tag[1]))
         elif kind == T_FQ:
             self._fq_timer(tag[1])
+        elif kind == T_CORE:
+            self.core.poll_timeout(tag[1])
         self._pump()
 
     def on_messages(self, now: float, batch) -> None:
@@ -223,14 +247,21 @@ class SmmuNode(CpuJobs):
             self._events.append(SyncDone(queue, token))
 
     def cmdq_error(self, queue: int, cerror: int, token: int, ite_sid: int) -> None:
-        self._events.append(CmdqError(queue, cerror, token,
-                                      ite_sid if self.policy.hw_reports_ite_sid else -1))
+        ev = CmdqError(queue, cerror, token, ite_sid if self.policy.hw_reports_ite_sid else -1)
+        if self.policy.fence_waits:  # SMMUv3: GERROR.CMDQ_ERR, a hard IRQ (arm_smmu_gerror_handler)
+            self._raise_irq("gerror", ev)
+        else:  # VT-d: the spinning submitter reads DMA_FSTS_ITE itself (qi_check_fault), no interrupt
+            self._events.append(ev)
+            self.core.ite(queue)
+
+    def cmdq_space(self, queue: int) -> None:
+        self.space_due.add(queue)
 
     def event(self, evt_id: int, sid: int, addr: int) -> None:
         if evt_id in _LOGGED_EVENTS and len(self.event_records) < MAX_LOG_LINES:
             self.event_records.append({"event": EVT_NAMES.get(evt_id, hex(evt_id)), "sid": sid, "at_s": self.now})
-        if self.policy.wants_events:
-            self._events.append(EventRecord(evt_id, sid, addr))
+        if self.policy.wants_events:  # the event queue's interrupt (arm_smmu_evtq_thread, AMD's event log)
+            self._raise_irq("event" if evt_id in _LOGGED_EVENTS else "fault", EventRecord(evt_id, sid, addr))
 
     def ste_effective(self, sid: int, config: int, eats: int) -> None:
         self.oracle.on_ste_effective(sid, config, eats, self.now, self.ste_writer.get(sid, BY_POLICY))
@@ -296,8 +327,12 @@ class SmmuNode(CpuJobs):
                 while events:
                     for action in handle(self.now, events.popleft()):
                         self._apply(action)
-                self.core.poll()  # ATS disables whose invalidations have drained
-                if not events:
+                self.core.poll()  # ATS disables whose invalidations' readers are out
+                if self.core.due:
+                    self.core.run_due()
+                if self.space_due:
+                    self._serve_space()
+                if not events and not self.core.due:
                     break
         finally:
             self._pumping = False
@@ -305,7 +340,7 @@ class SmmuNode(CpuJobs):
     def _apply(self, a) -> None:
         t = type(a)
         if t is Submit:
-            self.smmu.submit(a.queue, a.cmds, self.now)
+            self.write_cmds(a.queue, a.cmds)
         elif t is SetTimer:
             self.timers.append((max(a.at, self.now), (T_POLICY, a.token)))
         elif t is CompleteUnmap:
@@ -328,21 +363,148 @@ class SmmuNode(CpuJobs):
         elif t is ResetDevice:
             self.core.reset(a.sid)
         elif t is DisableAts:
-            self.core.disable_ats(a.sid)
+            if a.deferred:
+                self.core.disable_ats(a.sid)
+            else:
+                self.core.ats_off_now(a.sid)
         elif t is SetBusMaster:
             self.core.set_bus_master(a.sid, a.enable)
         elif t is ReportBroken:
             self.core.report_broken(a.sid)
         elif t is QueryPresence:
             self.outbox.append((MSG_PRESENCE_QUERY, a.sid, 0, 0, 0))
+        elif t is LocalIrqSave:
+            self.irq_save(a.cpu)
+        elif t is LocalIrqRestore:
+            self.irq_restore(a.cpu)
+        elif t is WaitCmdqSpace:
+            self._wait_space(a)
         elif t is SpinEnd:
             j = self.cpu_current[a.cpu]
             if j is not None and j.spin_end < 0:
                 j.spin_end = self.now
+            self.irq_restore(a.cpu, every=True)  # it sleeps: interrupts on, the CPU free for other work
         else:
             raise TypeError(f"policy {self.policy.name!r} returned {a!r}, which is not an action")
 
+    # --- interrupts --------------------------------------------------------------------------
+
+    def irq_save(self, cpu: int) -> None:
+        """local_irq_save(): nests; the outermost one starts an interrupts-off window."""
+        d = self.irq_depth[cpu]
+        self.irq_depth[cpu] = d + 1
+        if d == 0:
+            self.irqs_off_at[cpu] = self.now
+
+    def irq_restore(self, cpu: int, every: bool = False) -> None:
+        """local_irq_restore() (``every``: all the way out): the outermost one ends the window, and
+        the interrupts held for this CPU are taken."""
+        d = self.irq_depth[cpu]
+        if d == 0:
+            return
+        self.irq_depth[cpu] = 0 if every else d - 1
+        if self.irq_depth[cpu]:
+            return
+        spun = self.now - self.irqs_off_at[cpu]
+        self.irqs_off_at[cpu] = -1.0
+        self.lockup_s += spun
+        if spun > self.irqs_off_max_s:
+            self.irqs_off_max_s = spun
+        if cpu == self.irq_cpu and self.held_irqs:
+            held, self.held_irqs = self.held_irqs, []
+            for raised, kind, ev in held:
+                self._take_irq(kind, ev, raised)
+
+    def _raise_irq(self, kind: str, ev) -> None:
+        """An interrupt routed to ``host.gerror_irq_cpu``: taken now if that CPU's interrupts are on,
+        else when they next are (the IOMMU keeps its queue halted meanwhile)."""
+        cpu = self.irq_cpu
+        if cpu >= 0 and self.irq_depth[cpu]:
+            self.held_irqs.append((self.now, kind, ev))
+        else:
+            self._take_irq(kind, ev, self.now)
+
+    def _take_irq(self, kind: str, ev, raised: float) -> None:
+        """Counted for GERROR and the logged event records (IOTLB_INV_TIMEOUT), not every fault record."""
+        if kind in self.irqs_taken:
+            delay = self.now - raised
+            self.irqs_taken[kind] += 1
+            if delay > 0:
+                self.irqs_late[kind] += 1
+                if delay > self.irq_delay_max[kind]:
+                    self.irq_delay_max[kind] = delay
+        self._events.append(ev)
+
+    # --- command-queue room -----------------------------------------------------------------------
+
+    def write_cmds(self, queue: int, cmds) -> None:
+        """Write to a queue; a write that does not fit (or would jump writes already waiting) waits
+        in the host until CONS has moved on far enough."""
+        q = self.smmu.queues[queue]
+        parked = self.parked.get(queue)
+        if not parked and len(cmds) <= q.capacity - q.depth:
+            self.smmu.submit(queue, cmds, self.now)
+            return
+        if len(cmds) > q.capacity:
+            raise ValueError(f"policy {self.policy.name!r} wrote {len(cmds)} commands at once to command queue "
+                             f"{queue}, which has {q.capacity} entries (hardware.cmdq_entries)")
+        self.cmdq_full_waits += 1
+        self.parked.setdefault(queue, deque()).append((tuple(cmds), self.now))
+        self._watch(queue)
+
+    def _wait_space(self, a: WaitCmdqSpace) -> None:
+        q = self.smmu.queues[a.queue]
+        if q.capacity - q.depth >= a.entries and not self.parked.get(a.queue):
+            self._events.append(CmdqSpace(a.queue, a.token))  # room already: the driver reads CONS again
+            return
+        self.space_waiters.setdefault(a.queue, []).append([a.entries, a.token, self.now, a.until])
+        self._watch(a.queue)
+
+    def _watch(self, queue: int) -> None:
+        """Ask the SMMU to say when the smallest room anyone waits for on ``queue`` is free."""
+        parked = self.parked.get(queue)
+        waiters = self.space_waiters.get(queue)
+        need = [len(parked[0][0])] if parked else []
+        need += [w[0] for w in waiters or ()]
+        self.smmu.queues[queue].space_watch = min(need) if need else 0
+
+    def _serve_space(self) -> None:
+        """CONS moved on where someone waited: write the waiting writes that fit now, in order, then
+        wake the drivers waiting for room (each reads CONS again; one may take the room first)."""
+        now = self.now
+        for queue in sorted(self.space_due):
+            q = self.smmu.queues[queue]
+            parked = self.parked.get(queue)
+            while parked and len(parked[0][0]) <= q.capacity - q.depth:
+                cmds, since = parked.popleft()
+                self.cmdq_full_wait_s += now - since
+                self.smmu.submit(queue, cmds, now)
+            waiters = self.space_waiters.get(queue) or []
+            still = []
+            for w in waiters:
+                entries, token, since, until = w
+                if now >= until:  # the driver stopped waiting (and said so with its own timer)
+                    self.cmdq_full_wait_s += until - since
+                elif not parked and entries <= q.capacity - q.depth:
+                    self.cmdq_full_wait_s += now - since
+                    self._events.append(CmdqSpace(queue, token))
+                else:
+                    still.append(w)
+            self.space_waiters[queue] = still
+            self._watch(queue)
+        self.space_due.clear()
+
+    def open_cmdq_wait_s(self, now: float) -> float:
+        """Time spent so far by the waits for room still open at ``now``."""
+        t = sum(now - since for parked in self.parked.values() for _, since in parked)
+        return t + sum(min(now, w[3]) - w[2] for ws in self.space_waiters.values() for w in ws)
+
     # --- results ---------------------------------------------------------------------------
+
+    def invalidating(self, sid: int) -> bool:
+        """Whether a CPU is inside a flush that invalidates ``sid`` (a reader of the arm_smmu_invs
+        rwlock, which pci_disable_ats() in an attach waits out)."""
+        return any(sid in j.sids for j in self.inflight.values())
 
     def open_unmap_ages(self, now: float) -> tuple[list[float], list[float]]:
         """Ages of unmaps not complete at ``now`` (started or waiting for their CPU): healthy, affected."""
@@ -354,16 +516,18 @@ class SmmuNode(CpuJobs):
                     (affected if self.domains[j.dom].spec.affected else healthy).append(now - j.arrived)
         return healthy, affected
 
-    def open_spins(self, now: float) -> list[float]:
-        """How long each job still spinning with interrupts off at ``now`` has spun so far."""
-        if not self.policy.irqs_off_wait:
-            return []
-        return [(j.spin_end if j.spin_end >= 0 else now) - j.started for j in self.cpu_current
-                if j is not None and j.started >= 0 and j.id in self.inflight]
+    def open_irqs_off(self, now: float) -> list[float]:
+        """How long each CPU whose interrupts are off at ``now`` has had them off."""
+        return [now - t for t in self.irqs_off_at if t >= 0]
 
     def open_spin_s(self, now: float) -> float:
-        """Lockup time of the jobs still spinning at ``now``."""
-        return sum(self.open_spins(now))
+        """Lockup time of the interrupts-off windows still open at ``now``."""
+        return sum(self.open_irqs_off(now))
+
+    def open_flushes(self, now: float) -> list[float]:
+        """How long each CPU still inside a flush at ``now`` has been inside it."""
+        return [(j.spin_end if j.spin_end >= 0 else now) - j.started for j in self.cpu_current
+                if j is not None and j.started >= 0 and j.id in self.inflight]
 
     def pending_iovas(self) -> int:
         """Lazy mode: IOVAs still waiting in flush queues."""

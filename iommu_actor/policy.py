@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .commands import Cmd
+from .spec import ARM_SMMU_CMDQ_ENTRIES
 
 
 class PolicyError(Exception):
@@ -105,7 +106,17 @@ class PresenceReply:
     present: bool
 
 
-Event = Union[UnmapStart, SyncDone, CmdqError, TimerFired, EventRecord, ResetDone, PresenceReply]
+@dataclass(frozen=True, slots=True)
+class CmdqSpace:
+    """CONS of ``queue`` moved on while the driver waited for room (``WaitCmdqSpace`` tagged
+    ``token``): the driver reads CMDQ_CONS again (``SmmuRegisters.cmdq_space``) to see whether what
+    it wants to write fits now; another CPU may have taken the room first."""
+
+    queue: int
+    token: Any
+
+
+Event = Union[UnmapStart, SyncDone, CmdqError, TimerFired, EventRecord, ResetDone, PresenceReply, CmdqSpace]
 
 
 # --- Actions: what the driver does ---------------------------------------------------------------
@@ -113,7 +124,12 @@ Event = Union[UnmapStart, SyncDone, CmdqError, TimerFired, EventRecord, ResetDon
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Write ``cmds`` to command queue ``queue`` in one go (one CPU's batch stays contiguous)."""
+    """Write ``cmds`` to command queue ``queue`` in one go (one CPU's batch stays contiguous).
+
+    A queue has ``hardware.cmdq_entries`` slots. A driver that models its own wait for room reads
+    ``SmmuRegisters.cmdq_space`` first and waits with ``WaitCmdqSpace``; a write that does not fit
+    anyway waits in the host, in the order it was made, until CONS has moved on far enough (counted
+    in the summary's ``cmdq_full_waits``)."""
 
     queue: int
     cmds: tuple[Cmd, ...]
@@ -121,8 +137,42 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
+    """Deliver ``TimerFired(token)`` at scenario time ``at`` (absolute seconds, not a delay: write
+    ``now + delay``); a time already past fires at once."""
+
     at: float
     token: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIrqSave:
+    """local_irq_save() on ``cpu``: its interrupts are off from now until the matching
+    ``LocalIrqRestore`` (saves nest). The time counts as CPU lockup, and an interrupt routed to that
+    CPU (``host.gerror_irq_cpu``: GERROR, the event queue's) waits until its interrupts are on again."""
+
+    cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIrqRestore:
+    """local_irq_restore() on ``cpu``: the outermost one turns its interrupts back on, and the
+    interrupts held for it are taken at once (in the same instant, before the CPU runs on)."""
+
+    cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitCmdqSpace:
+    """The driver polls CMDQ_CONS until ``entries`` slots of ``queue`` are free
+    (arm_smmu_cmdq_poll_until_not_full(), AMD's __iommu_queue_command_sync() loop, qi_submit_sync()'s
+    free_cnt loop): ``CmdqSpace(queue, token)`` comes when CONS has moved on so far. ``until`` is when
+    the driver stops waiting (its own timeout; it also sets its own timer): the host counts the
+    wait's time up to then at the latest."""
+
+    queue: int
+    entries: int
+    token: Any
+    until: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +220,13 @@ class ResetDevice:
 
 @dataclass(frozen=True, slots=True)
 class DisableAts:
-    """pci_disable_ats() on the device behind ``sid``. It takes effect only once no ATC_INV to the
-    device is outstanding in any queue (the arm_smmu_invs rwlock's write side)."""
+    """pci_disable_ats() on the device behind ``sid``. ``deferred`` (the IOMMU core's way, through
+    an attach): it takes effect only once no CPU is inside an invalidation that includes the device
+    (the arm_smmu_invs rwlock's write side waits for its readers). ``deferred=False``: at once, from
+    the invalidation context itself (the series' v4 does so in its per-SID retry)."""
 
     sid: int
+    deferred: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +277,11 @@ class Note:
 
 
 NOTE_KINDS = frozenset({"sync_timeout", "atc_timeout", "culprit", "reset_failed", "retry", "log", "fence",
-                        "unfence"})
+                        "unfence", "cmdq_timeout", "cmd_dropped"})
 
 Action = Union[Submit, SetTimer, CompleteUnmap, AckCmdqError, ScrubQueuedAtcInv, WriteSte, ResetDevice,
-               DisableAts, SetBusMaster, ReportBroken, QueryPresence, SpinEnd, SyncReturned, Note]
+               DisableAts, SetBusMaster, ReportBroken, QueryPresence, SpinEnd, SyncReturned, Note,
+               LocalIrqSave, LocalIrqRestore, WaitCmdqSpace]
 
 
 # --- Policies --------------------------------------------------------------------------------
@@ -255,9 +309,20 @@ class Policy:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Params: ClassVar[type[PolicyParams]] = PolicyParams
-    #: The CPU spins with interrupts off while it waits (VT-d's qi_submit_sync, AMD's wait_on_sem
-    #: under iommu->lock): time spent so counts as CPU lockup.
+    #: The CPU spins with interrupts off while it waits (arm_smmu_cmdq_issue_cmdlist() between
+    #: local_irq_save and local_irq_restore, VT-d's qi_submit_sync under raw_spin_lock_irqsave, AMD's
+    #: flush under spin_lock_irqsave(&dom->lock)): time spent so counts as CPU lockup.
     irqs_off_wait: ClassVar[bool] = False
+    #: Where the interrupts-off windows are: "flush" (the host turns the CPU's interrupts off for
+    #: the whole flush, from UnmapStart to CompleteUnmap or SpinEnd, when ``irqs_off_wait``), or
+    #: "explicit" (the policy says when, with LocalIrqSave / LocalIrqRestore: one window per
+    #: arm_smmu_cmdq_issue_cmdlist() call on arm, per qi_submit_sync() attempt on VT-d).
+    irqs_off_windows: ClassVar[str] = "flush"
+    #: pci_dev_reset_iommu_done() runs after a failed reset too, re-attaching the device's domain
+    #: (mainline 7.0 calls it whatever the outcome); False: only after a successful reset (the
+    #: posted series from v3, and the proposals built on it), so a failed reset leaves the device in
+    #: the blocking domain.
+    reset_done_on_failure: ClassVar[bool] = True
     #: The IOMMU this driver programs names the device of an invalidation time-out (VT-d ITESID).
     hw_reports_ite_sid: ClassVar[bool] = False
     #: Deliver event-queue records to handle() (most policies ignore them; they are always counted).
@@ -292,9 +357,21 @@ class Policy:
         """``host.flush: default`` for this driver: its architecture's Kconfig default."""
         return cls.default_flush
 
+    def poll_timeout(self) -> float | None:
+        """How long the driver polls one CMD_SYNC before it gives up (None: for ever). The IOMMU core's
+        own syncs (the STE and ATC invalidations of an attach) are polled so too, their errors ignored.
+        Default: ARM_SMMU_POLL_TIMEOUT_US, 1 s."""
+        return 1.0
+
     def reset_queue(self) -> int:
         """Where the IOMMU core's STE changes for a reset go (the blocking domain and back)."""
         return self.queue_of(0)
+
+    @classmethod
+    def cmdq_entries(cls, params: PolicyParams) -> int:
+        """``hardware.cmdq_entries: null``: the command queue size this driver ends up with on its
+        hardware (arm-smmu-v3's by default: ``spec.ARM_SMMU_CMDQ_ENTRIES``)."""
+        return ARM_SMMU_CMDQ_ENTRIES
 
     def hw_inv_timeout(self, scenario_timeout: float) -> float | None:
         """The Invalidate Request timeout the driver programs at probe (AMD: CTRL_INV_TO); by
@@ -323,6 +400,11 @@ class SmmuRegisters:
     def cmdq_entry_before_cons(self, queue: int):
         """The queue entry one slot before CONS, as software reads it from queue memory."""
         return self._smmu.queues[queue].before_cons
+
+    def cmdq_space(self, queue: int) -> int:
+        """Free slots of ``queue``: its size less what is written and not yet consumed (PROD - CONS)."""
+        q = self._smmu.queues[queue]
+        return q.capacity - q.depth
 
 
 POLICIES: dict[str, type[Policy]] = {}

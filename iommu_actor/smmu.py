@@ -73,6 +73,7 @@ class SmmuPorts(Protocol):
     def hw_timer(self, at: float, queue: int) -> None: ...  # wake on_hw_timeout(queue) at ``at``
     def sync_done(self, queue: int, token: int) -> None: ...
     def cmdq_error(self, queue: int, cerror: int, token: int, ite_sid: int) -> None: ...
+    def cmdq_space(self, queue: int) -> None: ...  # CONS moved on: ``space_watch`` slots are free
     def event(self, evt_id: int, sid: int, addr: int) -> None: ...
     def ste_effective(self, sid: int, config: int, eats: int) -> None: ...
     def memory_access(self, sid: int, addr: int, pa: int, tag: int) -> None: ...  # reached memory
@@ -103,11 +104,12 @@ class Smmu:
 
     def __init__(self, ports: SmmuPorts, *, command_queues: int, invalidate_queue_depth: int,
                  atc_inv_completion_timeout: float | None, page_tables: dict[int, list],
-                 inv_timeout_action: str = INV_TIMEOUT_CERROR, fence_waits: bool = True):
+                 inv_timeout_action: str = INV_TIMEOUT_CERROR, fence_waits: bool = True,
+                 cmdq_entries: int = 1 << 16):
         if not 1 <= invalidate_queue_depth <= ATS_MAX_ITAGS:
             raise ValueError(f"invalidate_queue_depth must be 1..{ATS_MAX_ITAGS}")
         self.ports = ports
-        self.queues = [CommandQueue(i) for i in range(command_queues)]
+        self.queues = [CommandQueue(i, cmdq_entries) for i in range(command_queues)]
         self.depth = invalidate_queue_depth
         self.hw_timeout = atc_inv_completion_timeout  # None: the hardware never gives up
         self.inv_timeout_action = inv_timeout_action
@@ -152,7 +154,12 @@ class Smmu:
     # --- command queue ----------------------------------------------------------------------
 
     def submit(self, queue: int, cmds, now: float) -> None:
+        """Software writes ``cmds`` at PROD. It must have checked for room (CMDQ_CONS): writing
+        over entries the SMMU has not consumed yet is a driver bug, refused here."""
         q = self.queues[queue]
+        if len(cmds) > q.capacity - q.prod + q.cons:
+            raise ValueError(f"command queue {queue} has {q.capacity - q.prod + q.cons} free slots of "
+                             f"{q.capacity}, not the {len(cmds)} written")
         counts = self.cmd_counts
         pos = q.prod
         pending = self.inv_pending
@@ -180,9 +187,10 @@ class Smmu:
         """While CMDQ_CONS.ERR halts ``queue``, rewrite queued ATC_INVs into CMD_SYNCs with CS=NONE:
         in the batch ending in the CMD_SYNC tagged ``token``, those for the streams ``targets[token]``.
 
-        The queue memory between CONS and PROD belongs to software while the SMMU is halted: this
-        is the same move as arm_smmu_cmdq_skip_err() turning an illegal command into a CMD_SYNC.
-        Returns how many entries were rewritten.
+        Not what Linux does: Linux rewrites only the entry at CONS, and only for CERROR_ILL
+        (arm_smmu_cmdq_skip_err()); the entries behind it belong to the CPUs that wrote them. It is
+        here for ``hypothetical_scrub_halted_queue`` (off by default). Returns how many entries
+        were rewritten.
         """
         q = self.queues[queue]
         if q.err == CMDQ_ERR_CERROR_NONE_IDX:
@@ -214,7 +222,7 @@ class Smmu:
                     tags = self._unknown_stream(sid)
                 if not tags:
                     self.tag_waiters[sid].add(q.index)  # back-pressure: CONS waits for an ITag
-                    return
+                    break
                 rec = InvRecord(sid, tags.pop(), q.index, now, q.inv_issued)
                 q.inv_issued += 1
                 self.itag_holder[sid][rec.itag] = rec
@@ -229,12 +237,12 @@ class Smmu:
                 self._complete_waits(q, now)
             elif op == CMDQ_OP_CMD_SYNC:
                 if q.outstanding:
-                    return  # CONS stays at the CMD_SYNC
+                    break  # CONS stays at the CMD_SYNC
                 if q.failed_sid >= 0:
                     q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
                     self.cmdq_errors += 1
                     ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
-                    return
+                    break
                 if c.token >= 0:  # a scrubbed entry (token -1, CS=NONE) signals nobody and was never submitted
                     ports.sync_done(q.index, c.token)
                 self._sync_retired(q, now)
@@ -246,6 +254,9 @@ class Smmu:
             # TLBI_*: retired at once (the SMMU TLB is not modelled)
             q.before_cons = cmds.popleft()
             q.cons += 1
+        if q.space_watch and q.capacity - q.prod + q.cons >= q.space_watch:
+            q.space_watch = 0
+            ports.cmdq_space(q.index)
 
     def _complete_waits(self, q: CommandQueue, now: float) -> None:
         """fence_waits=False: complete the waits every invalidation before which has completed."""

@@ -41,6 +41,27 @@ OPCODE_NAMES: Final[dict[int, str]] = {
 #: arm-smmu-v3 submits at most this many commands per cmdq batch (CMDQ_BATCH_ENTRIES).
 CMDQ_BATCH_ENTRIES: Final = 64
 
+# --- Command queue sizes (hardware.cmdq_entries: null takes the driver's own) -------------------------
+#: SMMU_IDR1.CMDQS of an implementation: 19 (2^19 entries, the architectural maximum) in QEMU's
+#: SMMUv3 (hw/arm/smmuv3-internal.h, SMMU_CMDQS).
+SMMU_IDR1_CMDQS_QEMU: Final = 19
+#: Linux caps the CMDQ at CMDQ_MAX_SZ_SHIFT = Q_MAX_SZ_SHIFT - CMDQ_ENT_SZ_SHIFT (16-byte entries),
+#: Q_MAX_SZ_SHIFT = PAGE_SHIFT + CONFIG_CMA_ALIGNMENT = 12 + 8 on arm64 (arm-smmu-v3.h): 2^16.
+CMDQ_MAX_SZ_SHIFT: Final = 12 + 8 - 4
+#: What arm-smmu-v3 ends up with: min(IDR1.CMDQS, CMDQ_MAX_SZ_SHIFT) in arm_smmu_device_hw_probe().
+ARM_SMMU_CMDQ_ENTRIES: Final = 1 << min(SMMU_IDR1_CMDQS_QEMU, CMDQ_MAX_SZ_SHIFT)
+#: Linux refuses a CMDQ of CMDQ_BATCH_ENTRIES (64) entries or fewer ("command queue size <= %d entries
+#: not supported"): the smallest it runs with is 128.
+ARM_SMMU_CMDQ_MIN_ENTRIES: Final = 128
+#: AMD: CMD_BUFFER_SIZE 8192 bytes of 16-byte commands (amd_iommu_types.h).
+AMD_CMD_BUFFER_ENTRIES: Final = 8192 // 16
+#: __iommu_queue_command_sync() writes a command only while more than 0x20 bytes (two commands)
+#: stay free after it ("left <= 0x20": wait).
+AMD_CMD_BUFFER_SPARE: Final = 0x20 // 16
+#: VT-d: QI_LENGTH descriptors in the invalidation queue; qi_submit_sync() waits while fewer than
+#: count + 2 are free (its descriptors, the wait descriptor and one kept empty).
+QI_LENGTH: Final = 256
+
 #: ATC_INV Size field value meaning "invalidate everything" (ATC_INV_SIZE_ALL in Linux).
 ATC_INV_SIZE_ALL: Final = 52
 
@@ -86,9 +107,10 @@ EVT_ID_TRANSL_FORBIDDEN: Final = 0x07  # F_TRANSL_FORBIDDEN
 EVT_ID_TRANSLATION_FAULT: Final = 0x10  # F_TRANSLATION
 EVT_ID_PERMISSION_FAULT: Final = 0x13  # F_PERMISSION
 
-#: AMD IOMMU event log: EVENT_TYPE_IOTLB_INV_TO (amd_iommu_types.h), the hardware's IOTLB
-#: invalidation timeout (CTRL_INV_TO) naming the DeviceID. Kept apart from the SMMUv3 EVT_IDs.
-EVT_ID_AMD_IOTLB_INV_TO: Final = 0x107
+#: AMD IOMMU event log: EVENT_TYPE_IOTLB_INV_TO, 0x7 in amd_iommu_types.h: the hardware's IOTLB
+#: invalidation timeout (CTRL_INV_TO) naming the DeviceID. The model keeps one event-id space for
+#: every IOMMU, and 0x07 there is SMMUv3's F_TRANSL_FORBIDDEN, so the AMD code is offset by 0x100.
+EVT_ID_AMD_IOTLB_INV_TO: Final = 0x100 | 0x7
 
 EVT_NAMES: Final[dict[int, str]] = {
     EVT_ID_BAD_STE: "C_BAD_STE",

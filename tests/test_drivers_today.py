@@ -6,7 +6,8 @@ import pytest
 from ats_stress.cluster.results.summary import deterministic_view
 from ats_stress.iommu_actor.flushq import IOVA_DEFAULT_FQ_SIZE, FlushQueue
 from ats_stress.iommu_actor.policy import (
-    CmdqError, CompleteUnmap, HwInfo, QueryPresence, Submit, SyncDone, UnmapStart, make_policy,
+    CmdqError, CmdqSpace, CompleteUnmap, HwInfo, LocalIrqRestore, LocalIrqSave, Note, QueryPresence, SetTimer,
+    Submit, SyncDone, TimerFired, UnmapStart, WaitCmdqSpace, make_policy,
 )
 from ats_stress.iommu_actor.spec import CMDQ_ERR_CERROR_ATC_INV_IDX, CMDQ_OP_ATC_INV, CMDQ_OP_CMD_SYNC
 
@@ -30,7 +31,10 @@ def test_arm_smmu_cmdq_issue_cmdlist_spins_with_interrupts_off_about_a_second_pe
     # every timed-out CMD_SYNC cost its CPU the whole second with interrupts off; CPUs also spin on
     # syncs that complete when the hang ends (at most one second each, one per CPU)
     assert s["sync_timeouts"] * 1.0 <= s["lockup_s"] <= s["sync_timeouts"] * 1.0 + 4 * 1.0 + 0.1
-    assert s["lockup_max_s"] == pytest.approx(2.0, abs=0.01)  # the TLBI's sync and the ATC batch's: 1 s each
+    # local_irq_save() ... local_irq_restore() per call: no window is longer than one poll, but a
+    # flush is two calls (the TLBI's CMD_SYNC, then the ATC batch's), so a CPU is inside it 2 s
+    assert s["irqs_off_max_s"] == pytest.approx(1.0, abs=0.01)
+    assert s["flush_max_s"] == pytest.approx(2.0, abs=0.01)
 
 
 def test_arm_smmu_cmdq_batch_add_issues_a_full_batch_of_64_without_a_sync():
@@ -125,34 +129,126 @@ def test_fq_flush_iotlb_after_arm_smmu_cmdq_poll_until_sync_times_out_frees_the_
     assert s["flush"]["latency_s"]["max"] >= 1.0  # a timer flush held a CPU for the poll timeout
 
 
+def test_arm_smmu_gerror_handler_is_taken_by_its_cpu_only_once_that_cpus_poll_restores_interrupts():
+    # a 50 ms hardware timeout raises CERROR_ATC_INV_SYNC long before the 1 s software one; the hard
+    # IRQ goes to CPU 0, which is itself spinning in arm_smmu_cmdq_issue_cmdlist() behind the halted
+    # queue: it takes it at its local_irq_restore(), at most one poll later. On an idle CPU, at once
+    fast = {"atc_inv_completion_timeout": 0.05}
+    busy = run(policy={"name": "arm-smmu-v3"}, hardware=fast, chaos=HANG)
+    idle = run(policy={"name": "arm-smmu-v3"}, hardware=fast, chaos=HANG, host={"gerror_irq_cpu": "idle"})
+    assert busy["gerror_irqs_late"] > 0 and 0.5 < busy["gerror_irq_delay_max_s"] <= 1.0 + 1e-6
+    assert idle["gerror_irqs"] > 0 and idle["gerror_irqs_late"] == 0 and idle["gerror_irq_delay_max_s"] == 0
+    # the queue stays halted until GERRORN: the late handler costs every CPU behind it its poll
+    assert busy["sync_timeouts"] > idle["sync_timeouts"] == 0
+
+
+def test_arm_smmu_cmdq_poll_until_not_full_waits_for_room_with_interrupts_on_and_logs_cmdq_timeout():
+    # 128 entries (the least Linux runs with): each CPU's timed-out flushes leave their commands in
+    # the wedged queue until it fills; issue_cmdlist() then waits for room with interrupts on,
+    # logging "CMDQ timeout" every second, inside the flush
+    s = run(policy={"name": "arm-smmu-v3"}, hardware={"cmdq_entries": 128}, duration=16,
+            chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 12}])
+    assert s["cmdq_entries"] == 128 and s["cmdq_full_waits"] > 0 and s["cmdq_timeouts"] > 0
+    assert s["cmdq_full_wait_s"] > 1.0
+    assert s["irqs_off_max_s"] <= 1.0 + 1e-6 < s["flush_max_s"]  # waiting for room: interrupts on
+    default = run(policy={"name": "arm-smmu-v3"}, duration=16,
+                  chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 12}])
+    assert default["cmdq_entries"] == 1 << 16 and default["cmdq_full_waits"] == 0  # min(2^CMDQS, Linux's cap)
+
+
+class _Buffer:
+    """The driver's view of the AMD command buffer: free slots (head against tail)."""
+
+    def __init__(self, free):
+        self.free = free
+
+    def cmdq_space(self, queue):
+        return self.free
+
+
+def test_amd_iommu_queue_command_sync_drops_a_command_after_loop_timeout_in_a_full_buffer():
+    p = make_policy("amd-iommu", {}, HW)
+    p.regs = _Buffer(2)  # "left <= 0x20": no room for a command
+    a = p.handle(0.0, UnmapStart(0, 1, 3, 8, 0, (10, 11)))
+    assert a[0] == LocalIrqSave(0) and not only(a, Submit)  # spin_lock_irqsave(&dom->lock), then it waits
+    (wait,) = only(a, WaitCmdqSpace)
+    (timer,) = only(a, SetTimer)
+    assert wait.entries == 3 and timer.at == pytest.approx(0.1)  # LOOP_TIMEOUT x udelay(1)
+    a = p.handle(0.1, TimerFired(timer.token))  # "Command buffer timeout": INVALIDATE_IOMMU_PAGES dropped
+    assert [n.kind for n in only(a, Note)][:1] == ["cmd_dropped"] and not only(a, Submit)
+    (wait,) = only(a, WaitCmdqSpace)  # the next command, INVALIDATE_IOTLB_PAGES for 10, waits its turn
+    p.regs.free = 64
+    a = p.handle(0.15, CmdqSpace(0, wait.token))
+    subs = only(a, Submit)
+    assert [[c.sid for c in s.cmds] for s in subs[:2]] == [[10], [11]]  # written one by one, as they come
+    assert [c.op for c in subs[2].cmds] == [CMDQ_OP_CMD_SYNC]  # then the COMPLETION_WAIT, polled
+    a = p.handle(0.16, SyncDone(0, subs[2].cmds[-1].token))
+    # the dropped TLBI is not seen: the COMPLETION_WAIT completes, interrupts on, the flush returns 0
+    assert only(a, LocalIrqRestore) == [LocalIrqRestore(0)] and only(a, CompleteUnmap) == [CompleteUnmap(1, 0)]
+
+
+def test_amd_iommu_completion_wait_that_cannot_be_queued_returns_eio_without_waiting():
+    p = make_policy("amd-iommu", {}, HW)
+    p.regs = _Buffer(2)
+    a = p.handle(0.0, UnmapStart(0, 1, 3, 8, 0, (10,)))
+    for t in (0.1, 0.2, 0.3):  # the TLBI, the IOTLB invalidation, the COMPLETION_WAIT: each dropped
+        (timer,) = only(a, SetTimer)
+        a = p.handle(t, TimerFired(timer.token))
+    assert only(a, CompleteUnmap) == [CompleteUnmap(1, -5)] and LocalIrqRestore(0) in a
+    assert not any(isinstance(x, Submit) for x in a)
+
+
 # --- the reset path --------------------------------------------------------------------------------------
 
 
-def test_pci_dev_reset_iommu_prepare_holds_the_flr_until_the_hung_atc_inv_completes_or_times_out():
-    hw = {"atc_inv_completion_timeout": 3}
+def test_pci_dev_reset_iommu_prepare_waits_for_the_invs_readers_and_its_own_polls_not_the_hardware_timeout():
+    """prepare() attaches the blocking domain: arm_smmu_attach_prepare()'s pci_disable_ats() waits for
+    the arm_smmu_invs rwlock's readers (CPUs inside a flush that includes the device: at most their
+    two 1 s polls), then the abort STE's CMD_SYNC and arm_smmu_attach_commit()'s whole-ATC ATC_INV,
+    each polled 1 s and given up behind the wedge. The FLR follows, long before the 60 s hardware
+    timeout of the ATC_INVs still in the queue (the FLR makes the device drop them)."""
     hang = [{"at": 2, "fault": "hang", "endpoints": [5], "duration": 20},
             {"at": 2.5, "fault": "reset", "endpoints": [5]}]
-    s = run(policy={"name": "arm-smmu-v3"}, hardware=hw, chaos=hang, duration=12)
+    s = run(policy={"name": "arm-smmu-v3"}, chaos=hang, duration=12)
     (reset,) = s["resets"]
-    # ATC_INVs to 5 went out from 2 s on; the FLR waits until the last one timed out (3 s later)
-    assert reset["started_s"] >= 5.0 and reset["ok"]
-    assert s["ats_disables_deferred"] == 1
-    healthy = run(policy={"name": "arm-smmu-v3"}, hardware=hw, duration=5,
-                  chaos=[{"at": 2.5, "fault": "reset", "endpoints": [5]}])
-    assert healthy["resets"][0]["started_s"] < 2.51  # nothing outstanding: the FLR goes at once
+    assert 2.5 < reset["started_s"] <= 2.5 + 2 * 1.0 + 1.0 + 1.0 + 0.01 and reset["ok"]
+    assert s["ats_disables_deferred"] == 1 and s["hw_atc_timeouts"] == 0
+    healthy = run(policy={"name": "arm-smmu-v3"}, duration=5, chaos=[{"at": 2.5, "fault": "reset", "endpoints": [5]}])
+    assert healthy["resets"][0]["started_s"] < 2.51  # no reader, every CMD_SYNC answered: the FLR goes at once
+    assert healthy["commands"]["ATC_INV"] > 0 and healthy["sync_timeouts"] == 0
 
 
-def test_pci_dev_reset_iommu_done_restores_the_domain_only_after_a_successful_reset():
+def test_arm_smmu_attach_commit_sends_the_whole_atc_atc_inv_that_costs_a_hung_device_a_hardware_timeout():
+    # no workload: the only commands are the reset's. The blocking domain's attach is the abort STE
+    # (CFGI_STE + CMD_SYNC) and arm_smmu_attach_commit()'s "ATS is being switched off, invalidate the
+    # entire ATC" (ATC_INV + CMD_SYNC); done() re-attaches: the STE, then arm_smmu_enable_ats()'s ATC_INV
+    quiet = {"workload": {"unmaps_per_s": 0, "dma_per_endpoint_per_s": 10}, "duration": 10}
+    healthy = run(chaos=[{"at": 3, "fault": "reset", "endpoints": [5]}], **quiet)
+    assert healthy["commands"] == {"ATC_INV": 2, "CFGI_STE": 2, "CMD_SYNC": 4}
+    assert healthy["hw_atc_timeouts"] == 0 and healthy["resets"][0]["started_s"] < 3.01
+    # a hung device holds the commit's ATC_INV; the attach's 1 s poll gives up, the FLR goes and the
+    # device drops it; the SMMU gives it up after its own timeout (3 s): CERROR_ATC_INV_SYNC
+    hung = run(chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 20},
+                      {"at": 3, "fault": "reset", "endpoints": [5]}],
+               hardware={"atc_inv_completion_timeout": 3}, **quiet)
+    assert hung["resets"][0]["started_s"] == pytest.approx(4.0, abs=0.01)
+    assert hung["hw_atc_timeouts"] == 1 and hung["cmdq_errors"] == 1
+
+
+def test_pci_dev_reset_iommu_done_runs_after_a_failed_reset_in_mainline_7_0_not_from_the_series_v3():
+    """Mainline 7.0 calls pci_dev_reset_iommu_done() whatever the reset's outcome: a device whose reset
+    failed is back in its domain, its invalidation list and ATS on, and every ATC_INV to it goes
+    unanswered (sync timeouts, pages freed under the flushes that gave up). From v3 the series runs
+    it only after a successful reset: the dead device stays in the blocking domain."""
+    failed = [{"at": 2, "fault": "reset", "endpoints": [5], "ok": False}]
+    arm = run(policy={"name": "arm-smmu-v3"}, duration=6, chaos=failed)
+    v3 = run(policy={"name": "quarantine", "version": "v3"}, duration=6, chaos=failed)
+    assert arm["reset_blocks"] == v3["reset_blocks"] == 1  # the blocking domain for the reset
+    assert arm["fence_count"] == v3["fence_count"] == 0  # the core's blocking domain is no fence
+    assert arm["endpoints_by_state"]["dead"] == v3["endpoints_by_state"]["dead"] == 1
+    assert arm["sync_timeouts"] > 0 and v3["sync_timeouts"] == 0
     ok = run(policy={"name": "arm-smmu-v3"}, duration=6, chaos=[{"at": 2, "fault": "reset", "endpoints": [5]}])
-    failed = run(policy={"name": "arm-smmu-v3"}, duration=6,
-                 chaos=[{"at": 2, "fault": "reset", "endpoints": [5], "ok": False}])
-    assert ok["reset_blocks"] == failed["reset_blocks"] == 1  # the blocking domain for the reset
-    assert ok["fence_count"] == failed["fence_count"] == 0  # the core's blocking domain is no fence
-    assert ok["endpoints_by_state"].get("dead", 0) == 0 and failed["endpoints_by_state"]["dead"] == 1
-    # back in its domain after the good reset, its DMA translated again; after the failed one it
-    # stays blocked (a dead device issues nothing, so nothing was blocked: no DMA either)
-    assert ok["dma"]["untranslated_sent"] == 0
-    assert ok["commands"]["ATC_INV"] > failed["commands"]["ATC_INV"]  # left the invalidation list
+    assert ok["sync_timeouts"] == 0 and ok["dma"]["untranslated_sent"] == 0  # back in its domain, ATS on
 
 
 # --- VT-d ------------------------------------------------------------------------------------------------

@@ -63,13 +63,13 @@ def test_a_plug_in_that_completes_before_its_fence_lands_leaks_in_at_most_two_st
         reproduces(out, rec, "--policy-file", str(EARLY))
 
 
-def test_lockup_is_the_longest_irqs_off_spin_against_a_bound(tmp_path):
+def test_lockup_is_the_longest_interrupts_off_window_against_a_bound(tmp_path):
     data = {**SMALL, "policy": {"name": "amd-iommu"}}  # wait_on_sem: 100 ms with interrupts off
     r, report, out = explore(tmp_path, data, "--check", "lockup", "--lockup-bound", "50ms", "--budget", "2",
                              "--shrink-max", "1", "--shrink-runs", "20")
     assert r.exit_code == 1, r.output
     rec = next(v for v in report["violations"] if v["shrunk"])
-    assert rec["minimal"]["expect"] == {"lockup_max": {"max": 0.05}} and rec["minimal_observed"] > 0.05
+    assert rec["minimal"]["expect"] == {"irqs_off_max": {"max": 0.05}} and rec["minimal_observed"] > 0.05
     reproduces(out, rec)
 
 

@@ -204,19 +204,49 @@ def test_fence_on_timeout_hang_shorter_than_the_timeout_fences_nobody():
     assert s["fence_count"] == 0 and s["uaf_exposures"] == 0
 
 
+ONE_QUEUE_HANG = dict(duration=30, hardware={"command_queues": 1, "atc_inv_completion_timeout": 5},
+                      chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 25}])
+
+
 @pytest.mark.parametrize("scrub,timeouts", [(False, 2), (True, 1)])
 def test_fence_on_timeout_with_one_queue_fences_only_after_the_hw_timeout_is_handled(scrub, timeouts):
     # one queue, per-device batches: nothing passes the wedged CMD_SYNC before CERROR_ATC_INV_SYNC.
     # Linux cannot touch the ATC_INVs already queued for the hung device, so each costs another
-    # hardware timeout before the fence command's turn; the hypothetical scrub rewrites them
+    # hardware timeout before the fence command's turn; the hypothetical scrub rewrites them. The
+    # GERROR interrupt on an idle CPU: taken as the SMMU raises it (the best case)
     s = run(policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches",
-                    "hypothetical_scrub_halted_queue": scrub}, duration=30,
-            hardware={"command_queues": 1, "atc_inv_completion_timeout": 5},
-            chaos=[{"at": 2, "fault": "hang", "endpoints": [5], "duration": 25}])
+                    "hypothetical_scrub_halted_queue": scrub}, host={"gerror_irq_cpu": "idle"}, **ONE_QUEUE_HANG)
     assert [f["sid"] for f in s["fences"]] == [5]
-    assert s["hw_atc_timeouts"] == timeouts
     assert s["fences"][0]["latency_s"] == pytest.approx(5.0 * timeouts, abs=0.1)
-    assert s["uaf_exposures"] == 0 and s["fenced_healthy"] == 0
+    # and one more: the reset's arm_smmu_attach_commit() sends the hung device an ATC_INV of its
+    # whole ATC, which its FLR drops unanswered
+    assert s["hw_atc_timeouts"] == timeouts + 1
+    assert s["uaf_exposures"] == 0 and s["fenced_healthy"] == 0 and s["gerror_irqs_late"] == 0
+
+
+def test_fence_on_timeout_spinning_on_the_gerror_cpu_with_interrupts_off_never_takes_the_cerror_it_waits_for():
+    # arm_smmu_gerror_handler is a hard IRQ on CPU 0 (the default); the proposal as first written
+    # spins with interrupts off until the flush may return. CPU 0's flush waits for the fence, the
+    # fence waits behind the CMD_SYNC halted by CERROR_ATC_INV_SYNC, which waits for GERRORN, which
+    # waits for CPU 0: nothing moves until the run ends
+    s = run(policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches"}, **ONE_QUEUE_HANG)
+    assert s["fence_count"] == 0 and s["uaf_exposures"] == 0
+    assert s["gerror_irqs"] == 1 and s["gerror_irqs_late"] == 1
+    assert s["gerror_irq_delay_max_s"] == pytest.approx(30 - (2 + 5), abs=0.1)  # still held at the end
+    assert s["unmaps"]["incomplete"] > 10 and s["irqs_off_max_s"] > 20  # a hard lockup
+
+
+def test_fence_on_timeout_poll_window_takes_the_gerror_between_windows_but_the_flush_still_stalls():
+    # the variant that polls in 1 s windows, interrupts on between them (as arm_smmu_cmdq_issue_cmdlist
+    # does per call): CPU 0 takes the GERROR at its next window's end, the fence follows; no window
+    # is longer than 1 s (no hard lockup), but the CPU stays inside the flush for the fence (soft lockup)
+    s = run(policy={"name": "fence-on-timeout", "culprit_search": "per-device-batches", "poll_window": 1.0},
+            **ONE_QUEUE_HANG)
+    assert [f["sid"] for f in s["fences"]] == [5] and s["uaf_exposures"] == 0
+    # the idle case's 10 s, plus at most one window for each of the two CERROR_ATC_INV_SYNC before it
+    assert 10.0 < s["fences"][0]["latency_s"] <= 10.0 + 2 * 1.0 + 0.1
+    assert 0 < s["gerror_irq_delay_max_s"] <= 1.0 + 1e-6 and s["gerror_irqs_late"] == s["gerror_irqs"]
+    assert s["irqs_off_max_s"] <= 1.0 + 1e-6 and s["flush_max_s"] > 10
 
 
 @pytest.mark.parametrize("search,rounds", [("per-device-batches", 1), ("bisect", 4)])
@@ -366,7 +396,8 @@ def test_iommu_core_on_vtd_has_one_invalidation_queue_so_no_fence_passes_the_wed
     # behind the hung device's wait descriptor, the hang ends first, nothing is fenced, nothing leaks
     s = run(policy={"name": "iommu-core", "driver": "intel-vtd"}, hardware={"command_queues": 9}, chaos=HANG_5)
     assert s["fence_count"] == 0 and s["uaf_exposures"] == 0
-    assert s["lockup_max_s"] > 5  # the CPUs behind it spin with interrupts off for the hang
+    # qi_submit_sync() has no timeout: each CPU behind it spins one attempt, interrupts off, for the hang
+    assert s["irqs_off_max_s"] > 5
 
 
 def test_iommu_core_spins_with_interrupts_off_while_a_flush_is_held_unless_hypothetically_asleep():

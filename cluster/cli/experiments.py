@@ -171,9 +171,11 @@ def explore(
                                              "(e.g. 10m)"),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="explore seed (default: the scenario's seed)"),
     check: Optional[str] = typer.Option(None, "--check", help="comma-separated properties: uaf, healthy-fenced, "
-                                        "incomplete, lockup, expect, expect.FIGURE (default: all)"),
-    lockup_bound: str = typer.Option("10s", "--lockup-bound", help="lockup: the longest allowed irqs-off spin of "
-                                     "one flush (default 10 s, the hard-lockup detector's watchdog_thresh)"),
+                                        "incomplete, lockup, stall, expect, expect.FIGURE (default: all)"),
+    lockup_bound: str = typer.Option("10s", "--lockup-bound", help="lockup: the longest allowed window with "
+                                     "interrupts off (default 10 s, the hard-lockup detector's watchdog_thresh)"),
+    stall_bound: str = typer.Option("20s", "--stall-bound", help="stall: the longest allowed time inside one "
+                                    "flush (default 20 s, the soft-lockup detector's 2 x watchdog_thresh)"),
     shrink_runs: int = typer.Option(200, "--shrink-runs", min=1, help="runs allowed to shrink one violation"),
     shrink_max: int = typer.Option(3, "--shrink-max", min=0, help="violations shrunk per property (the first ones)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -197,6 +199,7 @@ def explore(
 
     seconds = None if time_limit is None else _positive_duration("--time", time_limit)
     bound = _positive_duration("--lockup-bound", lockup_bound)
+    stall = _positive_duration("--stall-bound", stall_bound)
     budget = budget or (None if seconds else 100)
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
@@ -204,7 +207,7 @@ def explore(
     names = None if check is None else [c.strip() for c in check.split(",") if c.strip()]
     _sigterm_as_interrupt()
     with fanout_errors():
-        checks = select(sc, names, bound)
+        checks = select(sc, names, bound, stall)
         with Pool(workers, address, sources) as pool, \
                 RunProgress("explore", budget, quiet, fields=("violations", "shrink_steps")) as bar:
             found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed, budget=budget,

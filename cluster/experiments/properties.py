@@ -17,10 +17,15 @@ INVARIANTS: dict[str, tuple[str, str]] = {
     "uaf": ("uaf_exposures", "no UAF exposure"),
     "healthy-fenced": ("fenced_healthy", "no healthy device fenced"),
     "incomplete": ("unmaps_incomplete", "every unmap completes by the end of the run"),
-    "lockup": ("lockup_max", "no CPU spins with interrupts off longer than the bound"),
+    "lockup": ("irqs_off_max", "no CPU keeps its interrupts off longer than the bound (hard lockup)"),
+    "stall": ("flush_max", "no CPU stays inside one flush, non-preemptible, longer than the bound "
+                           "(soft lockup, RCU stall)"),
 }
-#: the kernel's hard-lockup detector fires after watchdog_thresh = 10 s of interrupts off
+#: the kernel's hard-lockup detector fires after watchdog_thresh = 10 s with interrupts off
 LOCKUP_BOUND_S = 10.0
+#: the soft-lockup detector (and, about as soon, an RCU stall warning) fires after 2 x watchdog_thresh
+#: = 20 s without scheduling
+STALL_BOUND_S = 20.0
 
 
 def upper_bounds(sc: Scenario) -> dict[str, dict]:
@@ -32,17 +37,19 @@ def upper_bounds(sc: Scenario) -> dict[str, dict]:
     return out
 
 
-def select(sc: Scenario, names: list[str] | None, lockup_bound: float = LOCKUP_BOUND_S) -> list[dict[str, Any]]:
+def select(sc: Scenario, names: list[str] | None, lockup_bound: float = LOCKUP_BOUND_S,
+           stall_bound: float = STALL_BOUND_S) -> list[dict[str, Any]]:
     """The checks ``--check`` names (default: every invariant and every upper bound of the scenario);
     each ``{"property", "figure", "bound", "means"}``; ScenarioError on a name that is none of them."""
     bounds = upper_bounds(sc)
     wanted = names or list(INVARIANTS) + ["expect"]
+    limit = {"lockup": lockup_bound, "stall": stall_bound}
     checks: list[dict[str, Any]] = []
     for name in wanted:
         if name in INVARIANTS:
             figure, means = INVARIANTS[name]
             checks.append({"property": name, "figure": figure, "means": means,
-                           "bound": {"max": lockup_bound if name == "lockup" else 0}})
+                           "bound": {"max": limit.get(name, 0)}})
         elif name == "expect" or name.startswith("expect."):
             figures = sorted(bounds) if name == "expect" else [name[len("expect."):]]
             for fig in figures:

@@ -35,6 +35,18 @@ def _queue_story(samples: dict | None) -> str | None:
             "when its CMD_SYNC completes: the device answers, or the hardware's ATC_INV timeout gives up.")
 
 
+def _irq_sentence(s: dict) -> str | None:
+    """How long the error interrupts waited for their CPU (host.gerror_irq_cpu) to turn its interrupts on."""
+    n, late = s.get("gerror_irqs", 0), s.get("gerror_irqs_late", 0)
+    if not n and not late:
+        return None
+    if not late:
+        return f"{n} GERROR interrupt(s), each taken at once (its CPU had interrupts on)."
+    return (f"{late} of {n} GERROR interrupt(s) waited for their CPU: "
+            f"it was inside a flush with interrupts off; the longest wait was {_d(s['gerror_irq_delay_max_s'])}, "
+            "and the command queue stayed halted meanwhile (host.gerror_irq_cpu: idle is the best case).")
+
+
 def _verdict(s: dict, samples: dict | None = None) -> list[str]:
     lines = []
     if s["uaf_exposures"]:
@@ -55,7 +67,17 @@ def _verdict(s: dict, samples: dict | None = None) -> list[str]:
     h = s["healthy_unmap_latency_s"]
     lines.append(f"Healthy unmaps: p50 {_d(h['p50'])}, p99 {_d(h['p99'])}, worst stall {_d(s['worst_stall_s'])}; "
                  f"{s['sync_timeouts']} software CMD_SYNC timeout(s), {s['hw_atc_timeouts']} hardware ATC_INV "
-                 f"timeout(s) ({s['cmdq_errors']} CERROR_ATC_INV_SYNC); CPU lockup {_d(s['lockup_s'])}.")
+                 f"timeout(s) ({s['cmdq_errors']} CERROR_ATC_INV_SYNC); CPU lockup {_d(s['lockup_s'])}, the longest "
+                 f"window with interrupts off {_d(s['irqs_off_max_s'])}, the longest time inside one flush "
+                 f"{_d(s['flush_max_s'])}.")
+    irq = _irq_sentence(s)
+    if irq:
+        lines.append(irq)
+    if s.get("cmdq_full_waits"):
+        lines.append(f"The command queue ({s['cmdq_entries']:,} entries) was full {s['cmdq_full_waits']} time(s): "
+                     f"writers waited {_d(s['cmdq_full_wait_s'])} in all for room"
+                     + (f"; {s['cmdq_dropped']} command(s) dropped after LOOP_TIMEOUT (\"Command buffer timeout\", "
+                        "AMD: an invalidation never sent)" if s.get("cmdq_dropped") else "") + ".")
     story = _queue_story(samples)
     if story:
         lines.append(story)

@@ -117,7 +117,11 @@ def print_summary(s: dict, console: Console | None = None) -> None:
         ("unfences / recovery max", f"{s.get('unfence_count')} / {_d(_get(s, 'recovery_s', 'max'))}"),
         ("UAF exposures (page reallocated)", f"{s.get('uaf_exposures')} ({s.get('uaf_reallocated')})"),
         ("translated requests blocked", s.get("translated_blocked")),
-        ("CPU lockup (irqs-off spinning) / longest", f"{_d(s.get('lockup_s'))} / {_d(s.get('lockup_max_s'))}"),
+        ("interrupts off: total / longest window", f"{_d(s.get('lockup_s'))} / {_d(s.get('irqs_off_max_s'))}"),
+        ("longest time inside one flush", _d(s.get("flush_max_s"))),
+        ("GERROR taken late (longest wait)", f"{s.get('gerror_irqs_late')} of {s.get('gerror_irqs')} "
+                                             f"({_d(s.get('gerror_irq_delay_max_s'))})"),
+        ("command queue full: waits (time)", f"{s.get('cmdq_full_waits')} ({_d(s.get('cmdq_full_wait_s'))})"),
         ("commands / CMD_SYNCs per unmap", f"{_n(s.get('commands_per_unmap'))} / {_n(s.get('syncs_per_unmap'))}"),
     ]
     for k, v in rows:
@@ -142,7 +146,7 @@ def live_lockup_note(s: dict) -> str | None:
     return (f"CPU lockup on the live runtime: every CMD_SYNC that waits on a device spins for at least "
             f"one transport round trip{trip}, where a PCIe round trip on sim takes microseconds, so the "
             f"total ({_d(s['lockup_s'])}) adds up the transport's share too; compare totals on sim. The "
-            f"longest spin ({_d(s.get('lockup_max_s'))}) compares across runtimes.")
+            f"longest window ({_d(s.get('irqs_off_max_s'))}) compares across runtimes.")
 
 
 # --- compare and sweep tables --------------------------------------------------------------------

@@ -182,7 +182,10 @@ class Gathering:
 def _empty_node(index: int) -> dict[str, Any]:
     return {"smmu": index, "unmaps_arrived": 0, "unmaps_skipped": 0, "latencies_healthy": [],
             "latencies_affected": [], "open_healthy": [], "open_affected": [], "completion_errors": {},
-            "lockup_s": 0.0, "lockup_max_s": 0.0, "notes": {}, "log": [], "commands": {}, "events": {},
+            "lockup_s": 0.0, "irqs_off_max_s": 0.0, "flush_max_s": 0.0,
+            "irq_delay_max_s": {"gerror": 0.0, "event": 0.0}, "irqs_raised": {"gerror": 0, "event": 0},
+            "irqs_late": {"gerror": 0, "event": 0}, "cmdq_full_waits": 0, "cmdq_full_wait_s": 0.0,
+            "cmdq_entries": None, "notes": {}, "log": [], "commands": {}, "events": {},
             "hw_atc_timeouts": 0, "sync_returns": {}, "event_records": [], "flushes": 0, "iovas_flushed": 0,
             "flush_latencies": [], "iovas_pending": 0, "ats_disables_deferred": 0,
             "cmdq_errors": 0, "stale_completions": 0, "queue_depths": [], "resets_requested": 0, "messages_in": 0}

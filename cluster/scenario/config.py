@@ -8,11 +8,12 @@ the chaos step models are ``chaos.py``. Nothing here runs anything.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ats_stress.iommu_actor.policy import PolicyError, validate_params
+from ats_stress.iommu_actor.spec import ARM_SMMU_CMDQ_MIN_ENTRIES
 from ats_stress.iommu_actor.units import Duration, parse_duration
 
 from .chaos import ChaosStep
@@ -56,6 +57,10 @@ class Hardware(Strict):
     command_queues: int = Field(1, ge=1, le=4096, description="1: classic CMDQ; more: ECMDQ/CMDQV, one per CPU")
     link_latency: Duration = Field(1e-6, ge=0, le=1.0, description="one-way PCIe latency (sim runtime)")
     flr_time: Duration = Field(0.1, gt=0, description="function-level reset duration")
+    cmdq_entries: Optional[int] = Field(
+        None, ge=ARM_SMMU_CMDQ_MIN_ENTRIES, le=1 << 19, description=(
+            "entries per command queue; null: the driver's own (arm-smmu-v3 65,536: IDR1.CMDQS 19 capped by "
+            "Linux's CMDQ_MAX_SZ_SHIFT 16; AMD's 512-entry command buffer; VT-d's 256-descriptor QI)"))
 
 
 class Workload(Strict):
@@ -88,6 +93,18 @@ class Host(Strict):
         "default", description="strict: every unmap flushed before it returns; lazy: dma-iommu's flush queue "
         "(256 IOVAs per CPU, one flush of the domain after 10 ms or when a CPU's queue is full); default: the "
         "Kconfig default of the driver's architecture (lazy on x86: amd-iommu, intel-vtd; strict on arm64)")
+    gerror_irq_cpu: Union[int, Literal["idle"]] = Field(
+        0, description="the CPU the IOMMU's error and event interrupts are routed to (GERROR, the event queue, "
+        "AMD's event log, CMDQV's queue errors): taken only when that CPU's interrupts are on, so a CPU spinning "
+        "in a flush with interrupts off takes it only after its own poll; 'idle': a CPU that runs no flushes "
+        "(the interrupt is taken at once, the best case)")
+
+    @field_validator("gerror_irq_cpu")
+    @classmethod
+    def _cpu(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ValueError("a CPU number is 0 or more (or 'idle')")
+        return v
 
 
 class Runtime(Strict):
@@ -120,7 +137,11 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "fence_after_sync_max": (("fence_latency_s", "after_sync_max"), True),
     "recovery_time_max": (("recovery_s", "max"), True),
     "lockup_s": (("lockup_s",), True),
-    "lockup_max": (("lockup_max_s",), True),
+    "irqs_off_max": (("irqs_off_max_s",), True),
+    "lockup_max": (("irqs_off_max_s",), True),  # the name irqs_off_max had before windows were per call
+    "flush_max": (("flush_max_s",), True),
+    "gerror_irq_delay_max": (("gerror_irq_delay_max_s",), True),
+    "cmdq_full_waits": (("cmdq_full_waits",), False),
     "lazy_window_dma": (("lazy_window_dma",), False),
     "flushes": (("flush", "flushes"), False),
     "iovas_per_flush": (("flush", "iovas_per_flush"), False),
@@ -188,17 +209,27 @@ class Scenario(Strict):
                                          f"not {bound[side]!r}")
         return v
 
+    def policy_class(self):
+        from ats_stress.iommu_actor.policy import get_policy
+
+        return get_policy(self.policy.name)
+
+    def policy_params(self):
+        return validate_params(self.policy.name, self.policy.params())
+
     def flush_mode(self) -> str:
         """``host.flush`` resolved: strict or lazy (default: the policy's Kconfig default)."""
         if self.host.flush != "default":
             return self.host.flush
-        from ats_stress.iommu_actor.policy import get_policy
-
-        return get_policy(self.policy.name).kconfig_flush(validate_params(self.policy.name, self.policy.params()))
+        return self.policy_class().kconfig_flush(self.policy_params())
 
     @model_validator(mode="after")
     def _steps_fit(self):
         top = self.topology
+        irq_cpu = self.host.gerror_irq_cpu
+        if irq_cpu != "idle" and irq_cpu >= top.cpus:
+            raise ValueError(f"host.gerror_irq_cpu: no CPU {irq_cpu} (topology.cpus is {top.cpus}: CPUs 0..{top.cpus - 1}, "
+                             "or 'idle')")
         for name, bound in self.expect.items():
             late = [t for t in bound.at if t <= 0 or t >= self.duration]
             if late:

@@ -165,6 +165,8 @@ def build_plan(sc: Scenario) -> Plan:
 
     affected_asids = {sid_asid[s] for targets in step_targets for s in targets}
     flush = sc.flush_mode()
+    cmdq_entries = sc.hardware.cmdq_entries or sc.policy_class().cmdq_entries(sc.policy_params())
+    irq_cpu = -1 if sc.host.gerror_irq_cpu == "idle" else sc.host.gerror_irq_cpu
     nodes = []
     for s in range(top.smmus):
         doms = tuple(DomainSpec(asid, tuple(sids), asid in affected_asids) for asid, sids in node_domains[s])
@@ -173,7 +175,8 @@ def build_plan(sc: Scenario) -> Plan:
             invalidate_queue_depth=top.invalidate_queue_depth,
             atc_inv_completion_timeout=sc.hardware.atc_inv_completion_timeout,
             pages_per_domain=top.pages_per_domain, spare_pages=top.spare_pages,
-            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus, flush=flush))
+            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus, flush=flush,
+            cmdq_entries=cmdq_entries, gerror_irq_cpu=irq_cpu))
 
     return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets)
 

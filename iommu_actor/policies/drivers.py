@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..commands import Cmd, atc_inv_span, cmd_atc_inv, cmd_tlbi_nh_asid, cmd_tlbi_nh_va
-from ..spec import ATC_INV_SIZE_ALL, CMDQ_BATCH_ENTRIES
+from ..spec import (
+    AMD_CMD_BUFFER_ENTRIES,
+    AMD_CMD_BUFFER_SPARE,
+    ARM_SMMU_CMDQ_ENTRIES,
+    ATC_INV_SIZE_ALL,
+    CMDQ_BATCH_ENTRIES,
+    QI_LENGTH,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class DriverHooks:
     #: the IOMMU can give CPUs command queues of their own (SMMUv3 ECMDQ, Tegra241 CMDQV); AMD has
     #: one command buffer and VT-d one invalidation queue per IOMMU, whatever the scenario offers
     per_cpu_queues: bool = False
+    #: the queue's size on this driver's hardware (hardware.cmdq_entries: null)
+    cmdq_entries: int = ARM_SMMU_CMDQ_ENTRIES
+    #: slots the driver keeps free beyond what it writes (AMD: 2, "left <= 0x20"; VT-d: 1 of count + 2)
+    cmdq_spare: int = 0
 
     def queues(self, offered: int) -> int:
         """How many of the scenario's ``hardware.command_queues`` this IOMMU really has."""
@@ -105,6 +116,8 @@ AMD_IOMMU = DriverHooks(
     inv_timeout_action="event",
     inv_timeout=1.0,  # iommu_init_flags(): CTRL_INV_TO_1S
     hw_reports_ite_sid=True,  # the IOTLB_INV_TIMEOUT event log entry carries the DeviceID
+    cmdq_entries=AMD_CMD_BUFFER_ENTRIES,
+    cmdq_spare=AMD_CMD_BUFFER_SPARE,
 )
 
 INTEL_VTD = DriverHooks(
@@ -116,6 +129,8 @@ INTEL_VTD = DriverHooks(
     irqs_off_wait=True,  # qi_submit_sync spins under raw_spin_lock_irqsave(&qi->q_lock)
     hw_reports_ite_sid=True,  # DMAR_IQER_REG_ITESID
     fence_waits=False,  # wait_desc.qw0 has no QI_IWD_FENCE
+    cmdq_entries=QI_LENGTH,
+    cmdq_spare=1,  # qi_submit_sync(): while (qi->free_cnt < count + 2): its descriptors, the wait one, one empty
 )
 
 DRIVERS: dict[str, DriverHooks] = {d.name: d for d in (ARM_SMMU_V3, AMD_IOMMU, INTEL_VTD)}

@@ -26,9 +26,12 @@ How a culprit is found, without ground truth:
 - A single suspect is the culprit: fence it. With one command queue the fence waits behind the
   wedged CMD_SYNC until the hardware timeout has been handled; with several it goes through the
   reserved queue (``recovery_queue``).
-- Recovery: after ``reset_delay`` ask for a reset through the core's reset path (it waits for the
-  device's outstanding invalidations); its done() restores the STE after a successful reset; a
-  failed reset keeps the device fenced.
+- Recovery: after ``reset_delay`` ask for a reset through the core's reset path, once none of our
+  CMD_SYNCs behind an ATC_INV to the device still waits (an FLR drops the requests the device
+  holds, and the SMMU would wait for each until its hardware timeout); its done() restores the STE
+  after a successful reset; a failed reset keeps the device fenced.
+- VT-d: an ITE aborts every wait descriptor pending on the queue; the probes are written again, as
+  qi_submit_sync() restarts.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from ..policy import (
     CmdqError,
     CompleteUnmap,
     EventRecord,
+    LocalIrqRestore,
+    LocalIrqSave,
     Note,
     Policy,
     PresenceReply,
@@ -69,6 +74,8 @@ class FenceCore(Fencing, Policy):
 
     hooks: DriverHooks = ARM_SMMU_V3
     Params = FenceOnTimeoutParams
+    irqs_off_windows = "explicit"
+    reset_done_on_failure = False  # a failed reset keeps the stream fenced (the proposal, as the series' v3)
 
     def __init__(self, params, hw, hooks: DriverHooks | None = None):
         super().__init__(params, hw)
@@ -98,7 +105,17 @@ class FenceCore(Fencing, Policy):
         return cpu % self.cpu_queue_count
 
     def reset_queue(self) -> int:
-        return self._recovery_queue(0)
+        """The IOMMU core's attach and re-attach commands go to a CPU queue, not the reserved one:
+        they carry a whole-ATC ATC_INV for the device, which may be the hung one, and one such on
+        the reserved queue would hold every later fence behind it for a hardware timeout."""
+        return self._pick_queue(0)
+
+    def poll_timeout(self) -> float | None:
+        return self.hooks.sync_timeout
+
+    @classmethod
+    def cmdq_entries(cls, params) -> int:
+        return cls.hooks.cmdq_entries
 
     def hw_inv_timeout(self, scenario_timeout):
         return self.hooks.inv_timeout if self.hooks.inv_timeout is not None else scenario_timeout
@@ -118,7 +135,9 @@ class FenceCore(Fencing, Policy):
             if kind == "probe":
                 return self._probe_timeout(now, arg)
             if kind == "reset" and self.state.get(arg) == FENCED:
-                return [ResetDevice(arg)]  # the core's reset path waits for its invalidations
+                return self._reset(now, arg)
+            if kind == "irqs":
+                return self._irq_window(now, arg)
             return []
         if t is CmdqError:
             return self._cmdq_error(now, ev)
@@ -161,15 +180,39 @@ class FenceCore(Fencing, Policy):
             probes.append(_Probe("inv", ev.unmap, ev.cpu, groups[0], True))
             probes += [_Probe("inv", ev.unmap, ev.cpu, g, False) for g in groups[1:]]
         actions: list = []
+        if self.irqs_off_wait:  # the CPU spins with interrupts off from the flush's first command
+            actions.append(LocalIrqSave(ev.cpu))
+            if self.params.poll_window is not None:
+                actions.append(SetTimer(now + self.params.poll_window, ("irqs", ev.unmap)))
         queue = self._pick_queue(ev.cpu)
         for p in probes:
             actions += self._submit(now, p, queue)
         return actions
 
+    def _reset(self, now: float, sid: int) -> list:
+        """Reset the fenced device once none of our CMD_SYNCs behind an ATC_INV to it still waits: an
+        FLR makes the device drop the Invalidate Requests it holds, and the SMMU would then wait for
+        each until its hardware timeout, its queue wedged (the core's reset path does not wait for
+        them: only for the CPUs inside an invalidation)."""
+        if any(sid in p.sids for p in self.probes.values() if p.kind != "fence"):
+            return [SetTimer(now + self.params.reset_delay, ("reset", sid))]
+        return [ResetDevice(sid)]
+
+    def _irq_window(self, now: float, unmap: int) -> list:
+        """``poll_window``: the end of one window of polling with interrupts off; they are on for a
+        moment (what is held for this CPU is taken), then off again for the next window."""
+        job = self.jobs.get(unmap)
+        if job is None or not job.spinning:
+            return []
+        return [LocalIrqRestore(job.cpu), LocalIrqSave(job.cpu),
+                SetTimer(now + self.params.poll_window, ("irqs", unmap))]
+
     def _maybe_complete(self, job: _Job) -> list:
         if job.tlbi_pending or job.unconfirmed:
             return []
         del self.jobs[job.unmap]
+        if self.irqs_off_wait:
+            return [LocalIrqRestore(job.cpu), CompleteUnmap(job.unmap, 0)]
         return [CompleteUnmap(job.unmap, 0)]
 
     # --- probes --------------------------------------------------------------------------------

@@ -33,5 +33,9 @@ class IommuCore(FenceCore):
         super().__init__(params, hw, DRIVERS[params.driver])
 
     @classmethod
+    def cmdq_entries(cls, params) -> int:
+        return DRIVERS[params.driver].cmdq_entries
+
+    @classmethod
     def kconfig_flush(cls, params) -> str:
         return "strict" if params.driver == "arm-smmu-v3" else "lazy"

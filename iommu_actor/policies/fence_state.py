@@ -66,10 +66,16 @@ class FenceOnTimeoutParams(PolicyParams):
         "bisect", description="bisect: halves, each with its own CMD_SYNC; per-device-batches: never two devices "
                               "behind one CMD_SYNC; linear: one SID at a time in sorted order (the series' retry)")
     recover: bool = Field(True, description="reset a fenced device; a successful reset unfences it")
-    reset_delay: Duration = Field(0.1, description="from fence in effect to the reset request")
+    reset_delay: Duration = Field(0.1, description="from fence in effect to the reset request (and again while "
+                                  "an ATC_INV to the device is still outstanding behind one of our CMD_SYNCs)")
     recovery_queue: bool = Field(True, description=(
         "with several command queues, keep the last one for fence commands only, so a fence never "
         "waits behind a wedged CMD_SYNC (ECMDQ/CMDQV hardware can do it; Linux does not today)"))
+    poll_window: Optional[Duration] = Field(None, gt=0, description=(
+        "the proposal's choice of how to wait: null spins with interrupts off from a flush's first command "
+        "until it may return, one window however long the fence takes; a duration polls in windows of that "
+        "length with interrupts on between them (a GERROR held for the CPU is taken there), as "
+        "arm_smmu_cmdq_issue_cmdlist() does per call; either way the CPU cannot leave the flush"))
     hypothetical_scrub_halted_queue: bool = Field(False, description=(
         "NOT POSSIBLE IN LINUX (no NOP, CONS cannot be rewound, other CPUs' entries are theirs): while "
         "CERROR_ATC_INV_SYNC halts a queue, rewrite queued ATC_INVs for streams being fenced or searched "

@@ -38,6 +38,7 @@ class Fencing:
         return actions + self._submit(now, _Probe("fence", -1, cpu, (sid,), False), self._recovery_queue(cpu))
 
     def _cmdq_error(self, now: float, ev: CmdqError) -> list:
+        aborted = [] if self.fence_waits else sorted(t for t, p in self.probes.items() if p.queue == ev.queue)
         actions: list = [Note("log", sid=ev.ite_sid,
                               text=f"CMDQ error (cons token {ev.token}): {CERROR_TEXT.get(ev.cerror, ev.cerror)}")]
         if ev.token >= 0:  # a VT-d ITE names no wait of ours (token -1)
@@ -53,6 +54,35 @@ class Fencing:
         if self.params.hypothetical_scrub_halted_queue:
             actions += self._scrub(ev.queue)
         actions.append(AckCmdqError(ev.queue))
+        if aborted:
+            actions += self._restart_aborted(now, ev.queue, aborted)
+        return actions
+
+    def _restart_aborted(self, now: float, queue: int, tokens: list[int]) -> list:
+        """VT-d: qi_check_fault() marks every wait descriptor in use on the queue QI_ABORT and each
+        submitter restarts (qi_submit_sync()'s -EAGAIN): our probes there are written again, less
+        the streams being fenced (the fence answers for them)."""
+        actions: list = []
+        for token in tokens:
+            p = self.probes.pop(token, None)
+            if p is None:
+                continue
+            self.stuck[queue].discard(token)
+            if p.suspected:
+                continue  # the search or the fence it started answers for it
+            if p.kind == "fence":
+                actions += self._submit(now, _Probe("fence", -1, p.cpu, p.sids, False), queue)
+                continue
+            job = self.jobs.get(p.job) if p.kind == "inv" else None
+            if p.kind == "inv" and job is None:
+                continue
+            sids = tuple(s for s in p.sids if self.state.get(s, NORMAL) == NORMAL
+                         and (job is None or s in job.unconfirmed))
+            tlbi = p.tlbi and job is not None and job.tlbi_pending
+            if job is not None:
+                job.probes.discard(token)
+            if sids or tlbi:
+                actions += self._submit(now, _Probe(p.kind, p.job, p.cpu, sids, tlbi, rest=p.rest), queue)
         return actions
 
     def _scrub(self, queue: int) -> list:

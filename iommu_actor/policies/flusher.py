@@ -3,11 +3,14 @@
 A driver's flush (``flush(ev)``) is a generator that reads like the C it mirrors: it yields
 ``Poll`` to submit commands ending in a CMD_SYNC (or wait descriptor) and spin until it completes,
 and gets back ``POLL_DONE``, ``POLL_TIMEOUT`` (its software timeout expired) or ``POLL_ABORTED``
-(VT-d: the wait was aborted by an ITE); it yields ``Probe`` for a config read
+(VT-d: the wait was aborted by an ITE); it yields ``Room`` to wait until its command queue has
+room (``ROOM`` or ``POLL_TIMEOUT`` back); it yields ``Probe`` for a config read
 (pci_device_is_present) and gets back whether the device answered; it yields any other action
-(a Note, a WriteSte, ...) to have it carried out at once. Its return value is what the flush
-returns to the unmap path (which ignores it). One flush per CPU at a time: the CPU spins, with
-interrupts off where the driver says so, from the first command to the return.
+(a Note, a WriteSte, a LocalIrqSave, ...) to have it carried out at once. Its return value is what
+the flush returns to the unmap path (which ignores it). One flush per CPU at a time; the CPU's
+interrupts are off where the driver turns them off (LocalIrqSave / LocalIrqRestore: per
+arm_smmu_cmdq_issue_cmdlist() call on arm, per qi_submit_sync() attempt on VT-d, the whole
+iotlb_sync under dom->lock on AMD).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from ..commands import Cmd, cmd_sync
 from ..policy import (
     AckCmdqError,
     CmdqError,
+    CmdqSpace,
     CompleteUnmap,
     EventRecord,
+    LocalIrqRestore,
+    LocalIrqSave,
     Note,
     Policy,
     PresenceReply,
@@ -31,6 +37,7 @@ from ..policy import (
     SyncDone,
     TimerFired,
     UnmapStart,
+    WaitCmdqSpace,
 )
 from ..spec import CERROR_TEXT
 from .drivers import DriverHooks
@@ -38,6 +45,7 @@ from .drivers import DriverHooks
 POLL_DONE = "done"
 POLL_TIMEOUT = "timeout"
 POLL_ABORTED = "aborted"
+ROOM = "room"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,16 @@ class Poll:
 
     queue: int
     cmds: tuple[Cmd, ...]
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """Wait until ``entries`` slots of ``queue`` are free, for at most ``timeout`` seconds (None:
+    for ever): the driver's loop on CMDQ_CONS (or the AMD command buffer's head, VT-d's free_cnt)."""
+
+    queue: int
+    entries: int
     timeout: float | None
 
 
@@ -61,7 +79,7 @@ Flush = Generator[Any, Any, int]
 
 
 class _Running:
-    __slots__ = ("cpu", "unmap", "gen", "queue", "token", "probe")
+    __slots__ = ("cpu", "unmap", "gen", "queue", "token", "probe", "room")
 
     def __init__(self, cpu: int, unmap: int, gen: Flush, queue: int):
         self.cpu = cpu
@@ -70,12 +88,14 @@ class _Running:
         self.queue = queue
         self.token = -1
         self.probe = -1
+        self.room = False  # waiting for room in its queue (``token``), not polling a CMD_SYNC
 
 
 class FlushDriver(Policy):
     """Runs each CPU's flush coroutine; subclasses write ``flush`` and their GERROR handling."""
 
     hooks: DriverHooks
+    irqs_off_windows = "explicit"
 
     def __init__(self, params, hw):
         super().__init__(params, hw)
@@ -91,6 +111,13 @@ class FlushDriver(Policy):
     def queue_of(self, cpu: int) -> int:
         """One queue per CPU where the IOMMU has them (arm-smmu-v3 on ECMDQ/CMDQV), else queue 0."""
         return cpu % self.queue_count
+
+    @classmethod
+    def cmdq_entries(cls, params) -> int:
+        return cls.hooks.cmdq_entries
+
+    def poll_timeout(self) -> float | None:
+        return self.hooks.sync_timeout
 
     # --- what subclasses write ------------------------------------------------------------------
 
@@ -121,6 +148,25 @@ class FlushDriver(Policy):
         result = yield Poll(queue, tuple(cmds) + (sync,), timeout)
         return result, sync.token
 
+    def room(self, queue: int) -> int:
+        """Free slots of ``queue`` as the driver reads them (CMDQ_CONS against its PROD)."""
+        return self.regs.cmdq_space(queue) if self.regs is not None else 1 << 30
+
+    def wait_for_room(self, cpu: int, queue: int, entries: int, timeout: float | None, log: str):
+        """Wait until ``entries`` slots are free with interrupts on between polls: arm's
+        arm_smmu_cmdq_issue_cmdlist() (local_irq_restore, arm_smmu_cmdq_poll_until_not_full() for
+        ARM_SMMU_POLL_TIMEOUT_US, "CMDQ timeout" each time, local_irq_save, again) and VT-d's
+        qi_submit_sync() (raw_spin_unlock_irqrestore, cpu_relax, raw_spin_lock_irqsave, again)."""
+        if self.room(queue) >= entries:
+            return
+        yield Note("cmdq_full")
+        while self.room(queue) < entries:
+            yield LocalIrqRestore(cpu)
+            got = yield Room(queue, entries, timeout)
+            if got == POLL_TIMEOUT and log:
+                yield Note("cmdq_timeout", text=log)
+            yield LocalIrqSave(cpu)
+
     # --- the runner ---------------------------------------------------------------------------------
 
     def handle(self, now, ev):
@@ -129,6 +175,9 @@ class FlushDriver(Policy):
         if t is SyncDone:
             f = self.polling.pop(ev.token, None)
             return self._resume(f, POLL_DONE) if f is not None else []
+        if t is CmdqSpace:
+            f = self.polling.pop(ev.token, None)
+            return self._resume(f, ROOM) if f is not None else []
         if t is UnmapStart:
             f = _Running(ev.cpu, ev.unmap, self.flush(ev), self.queue_of(ev.cpu))
             self.running[ev.cpu] = f
@@ -163,12 +212,24 @@ class FlushDriver(Policy):
                 actions.append(CompleteUnmap(f.unmap, stop.value or 0))
                 return actions
             if type(item) is Poll:
+                f.room = False
                 f.queue = item.queue
                 f.token = item.cmds[-1].token
                 self.polling[f.token] = f
                 actions += [Submit(item.queue, w) for w in self.hooks.writes(list(item.cmds))]
                 if item.timeout is not None:
                     actions.append(SetTimer(self.now + item.timeout, f.token))
+                return actions
+            if type(item) is Room:
+                self._next_token += 1
+                f.room = True
+                f.queue = item.queue
+                f.token = self._next_token
+                self.polling[f.token] = f
+                until = self.now + item.timeout if item.timeout is not None else float("inf")
+                actions.append(WaitCmdqSpace(item.queue, item.entries, f.token, until))
+                if item.timeout is not None:
+                    actions.append(SetTimer(until, f.token))
                 return actions
             if type(item) is Probe:
                 f.probe = item.sid
@@ -179,7 +240,7 @@ class FlushDriver(Policy):
 
     def abort_waits(self, queue: int) -> list[_Running]:
         """Every flush spinning on a CMD_SYNC of ``queue`` stops waiting for it (VT-d QI_ABORT)."""
-        aborted = sorted((f for f in self.polling.values() if f.queue == queue), key=lambda f: f.cpu)
+        aborted = sorted((f for f in self.polling.values() if f.queue == queue and not f.room), key=lambda f: f.cpu)
         for f in aborted:
             del self.polling[f.token]
         return aborted

@@ -26,11 +26,14 @@ from typing import Literal
 from pydantic import Field
 
 from ..commands import Cmd
-from ..policy import AckCmdqError, Note, PolicyParams, SyncReturned, register
+from ..policy import AckCmdqError, LocalIrqRestore, LocalIrqSave, Note, PolicyParams, Submit, SyncReturned, register
 from ..spec import EIO, ETIMEDOUT, EVT_ID_AMD_IOTLB_INV_TO
 from ..units import Duration
 from .drivers import AMD_IOMMU, ARM_SMMU_V3, INTEL_VTD
-from .flusher import POLL_ABORTED, POLL_DONE, POLL_TIMEOUT, FlushDriver, Probe
+from .flusher import POLL_ABORTED, POLL_DONE, POLL_TIMEOUT, FlushDriver, Probe, Room
+
+#: ARM_SMMU_POLL_TIMEOUT_US: arm_smmu_cmdq_poll_until_not_full() gives up after it and logs "CMDQ timeout"
+ARM_SMMU_POLL_TIMEOUT = 1.0
 
 
 class ArmSmmuV3Params(PolicyParams):
@@ -63,13 +66,22 @@ class ArmSmmuV3(FlushDriver):
         return (yield from self.issue_cmdlist(ev.cpu, self.hooks.atc_invs(sids, ev.addr, ev.size)))
 
     def issue_cmdlist(self, cpu: int, cmds: list[Cmd]):
-        """arm_smmu_cmdq_issue_cmdlist(..., sync=true): write, then poll the CMD_SYNC."""
-        result, token = yield from self.poll(self.queue_of(cpu), cmds, self.params.sync_timeout)
+        """arm_smmu_cmdq_issue_cmdlist(..., sync=true): local_irq_save(), room for the commands and
+        the CMD_SYNC, write, arm_smmu_cmdq_poll_until_sync(), local_irq_restore(): one interrupts-off
+        window per call (a GERROR held for this CPU is taken at its end, after the poll)."""
+        queue = self.queue_of(cpu)
+        yield LocalIrqSave(cpu)
+        yield from self.wait_for_room(cpu, queue, len(cmds) + 1, ARM_SMMU_POLL_TIMEOUT, "CMDQ timeout")
+        result, token = yield from self.poll(queue, cmds, self.params.sync_timeout)
         ret = self.sync_return(result, token)
+        yield LocalIrqRestore(cpu)
         yield SyncReturned(ret)
         if result == POLL_TIMEOUT:
             yield Note("sync_timeout", text="CMD_SYNC timeout")
         return ret
+
+    def poll_timeout(self) -> float | None:
+        return self.params.sync_timeout
 
     def sync_return(self, result: str, token: int) -> int:
         """What arm_smmu_cmdq_poll_until_sync() hands back: 0, or -ETIMEDOUT after the poll timeout."""
@@ -104,15 +116,54 @@ class AmdIommu(FlushDriver):
         return CTRL_INV_TO[self.params.inv_timeout]
 
     def flush(self, ev):
-        """amd_iommu_domain_flush_pages() then domain_flush_complete(): one COMPLETION_WAIT."""
+        """amd_iommu_domain_flush_pages() then domain_flush_complete(): one COMPLETION_WAIT, all under
+        spin_lock_irqsave(&dom->lock): one interrupts-off window for the whole iotlb_sync."""
         cmds = [self.hooks.tlbi(ev.asid, ev.addr, ev.full)] + self.hooks.atc_invs(ev.sids, ev.addr, ev.size)
-        result, _ = yield from self.poll(self.queue_of(ev.cpu), cmds, self.params.loop_timeout)
+        queue = self.queue_of(ev.cpu)
+        spare = self.hooks.cmdq_spare
+        yield LocalIrqSave(ev.cpu)
+        if self.room(queue) >= len(cmds) + 1 + spare:  # room for every command: written as they come
+            result, _ = yield from self.poll(queue, cmds, self.params.loop_timeout)
+        else:
+            for cmd in cmds:  # iommu_queue_command() each; a command that finds no room may be dropped
+                yield from self.queue_command(queue, cmd)
+            if (yield from self.wait_for_buffer(queue)):  # iommu_completion_wait() returns the error
+                yield LocalIrqRestore(ev.cpu)
+                yield SyncReturned(-EIO)
+                return -EIO
+            result, _ = yield from self.poll(queue, [], self.params.loop_timeout)
+        yield LocalIrqRestore(ev.cpu)
         if result == POLL_TIMEOUT:  # wait_on_sem()
             yield Note("sync_timeout", text="Completion-Wait loop timed out")
             yield SyncReturned(-EIO)
             return -EIO
         yield SyncReturned(0)
         return 0
+
+    def queue_command(self, queue: int, cmd):
+        """iommu_queue_command(): write one command once the buffer has room, or drop it."""
+        if (yield from self.wait_for_buffer(queue)):
+            return -EIO
+        yield Submit(queue, (cmd,))
+        return 0
+
+    def wait_for_buffer(self, queue: int):
+        """__iommu_queue_command_sync(): while the buffer would keep no more than 0x20 bytes free,
+        udelay(1) and read the head again, LOOP_TIMEOUT times; then "Command buffer timeout", -EIO:
+        the caller's command is dropped. Interrupts stay off (iommu->lock, dom->lock)."""
+        need = 1 + self.hooks.cmdq_spare
+        if self.room(queue) >= need:
+            return 0
+        yield Note("cmdq_full")
+        deadline = self.now + self.params.loop_timeout
+        while self.room(queue) < need:
+            if self.now >= deadline or (yield Room(queue, need, deadline - self.now)) == POLL_TIMEOUT:
+                yield Note("cmd_dropped", text="Command buffer timeout")
+                return -EIO
+        return 0
+
+    def poll_timeout(self) -> float | None:
+        return self.params.loop_timeout
 
     def gerror(self, ev):  # not raised: this IOMMU logs an event instead (inv_timeout_action "event")
         return [AckCmdqError(ev.queue)]
@@ -149,8 +200,14 @@ class IntelVtd(FlushDriver):
         return err
 
     def qi_submit_sync(self, cpu: int, descs: list[Cmd]):
+        """One interrupts-off window per attempt: raw_spin_lock_irqsave(&qi->q_lock) at restart:,
+        raw_spin_unlock_irqrestore() before it returns or restarts."""
+        queue = self.queue_of(cpu)
         while True:  # restart:
-            result, _ = yield from self.poll(self.queue_of(cpu), descs, None)
+            yield LocalIrqSave(cpu)
+            yield from self.wait_for_room(cpu, queue, len(descs) + 1 + self.hooks.cmdq_spare, None, "")
+            result, _ = yield from self.poll(queue, descs, None)
+            yield LocalIrqRestore(cpu)
             if result == POLL_DONE:
                 yield SyncReturned(0)
                 return 0

@@ -82,6 +82,9 @@ class Quarantine(ArmSmmuV3):
         self.recovering: set[int] = set()  # v1: devices the recovery worker is resetting
         #: the code that starts the per-SID retry: v2 -ETIMEDOUT, v3 and v4 -EIO
         self.atc_timeout_code = -ETIMEDOUT if self.version == 2 else -EIO
+        #: v3 has pci_dev_reset_iommu_done() run only after a successful reset (and call
+        #: reset_device_done); v1 and v2 sit on the core of their day, which calls it whatever the outcome
+        self.reset_done_on_failure = self.version <= 2
 
     # --- the GERROR handler (arm_smmu_cmdq_skip_err) ----------------------------------------------
 
@@ -121,7 +124,10 @@ class Quarantine(ArmSmmuV3):
 
     def retry_per_sid(self, ev, sids):
         """Each SID of the failed batch again, in sorted order, with a CMD_SYNC of its own (linear,
-        in the submitting thread); a SID that fails again is quarantined."""
+        in the submitting thread, one arm_smmu_cmdq_issue_cmdlist() window each); a SID that fails
+        again is quarantined. A retry that itself hits the 1 s software timeout (-ETIMEDOUT, which
+        from v3 on is not the -EIO of an ATC timeout) quarantines nothing and the loop goes on: an
+        assumption, the posted code does not say (docs/policies.md, Sources)."""
         for sid in sids:
             if sid in self.ats_broken:
                 continue
@@ -134,7 +140,7 @@ class Quarantine(ArmSmmuV3):
         self.ats_broken.add(sid)
         yield Note("culprit", sid, f"SID {sid}: ATC invalidation timed out again: quarantined", since=since)
         if self.version >= 4:
-            yield DisableAts(sid)  # pci_disable_ats()
+            yield DisableAts(sid, deferred=False)  # pci_disable_ats(), here in the invalidation context
         yield WriteSte(sid, STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_ABT)  # STE.EATS cleared in place
         yield from self.issue_cmdlist(cpu, [cmd_cfgi_ste(sid)])
         if self.version <= 3:
