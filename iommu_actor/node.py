@@ -59,6 +59,7 @@ from .policy import (
     TimerFired,
     WriteSte,
 )
+from .replay import ReplayJobs
 from .reset import ResetPath
 from .smmu import Smmu
 from .spec import (
@@ -78,7 +79,7 @@ T_STORM = 3
 #: Log lines and event records kept per node (the rest are only counted).
 MAX_LOG_LINES = 200
 
-class SmmuNode(CpuJobs):
+class SmmuNode(CpuJobs, ReplayJobs):
     """Host software + SMMU + policy. The runtime's only handle on the SMMU side."""
 
     def __init__(self, spec: NodeSpec, policy: Policy, oracle):
