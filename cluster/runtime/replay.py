@@ -35,3 +35,27 @@ class SimReplay:
         self.world.nodes[ev.smmu].replay_unmap(t, ev.cpu, ev.dom, ev.base, ev.log2, ev.capped)
         self.world._flush_node(ev.smmu)
         self._next()
+
+
+#: the live SMMU actor's heap tag kind of a pending trace unmap
+TRACE = "trace"
+
+
+class LiveReplay:
+    """One live SMMU actor's share of the trace (the unmaps of its domains): one pending at a time
+    on the actor's timer heap, pushed through ``push(at, tag)``."""
+
+    def __init__(self, spec: TraceSpec, smmu: int, node, push):
+        self.it = replay(spec, smmu)
+        self.node = node
+        self.push = push
+        node.start_replay(spec.bin_s)
+
+    def next(self) -> None:
+        ev = next(self.it, None)
+        if ev is not None:
+            self.push(ev.at, (TRACE, ev))
+
+    def fire(self, t: float, ev) -> None:
+        self.node.replay_unmap(t, ev.cpu, ev.dom, ev.base, ev.log2, ev.capped)
+        self.next()

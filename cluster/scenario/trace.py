@@ -495,6 +495,10 @@ class TraceSpec:
     bin_s: float  # the offered rate is counted in bins of this many scenario seconds
 
 
+#: the offered rate's bin widths (scenario s): the smallest that gives at most ~400 bins
+_BINS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayUnmap:
     """One unmap to hand to SMMU ``smmu``'s node: ``SmmuNode.replay_unmap(at, cpu, dom, base, log2)``."""
@@ -560,7 +564,7 @@ def build_spec(sc, patterns: tuple[tuple[str, int], ...] | None = None) -> tuple
         raise TraceError(f"{w.trace}: workload.trace_loop: every event has the same timestamp, so a pass takes no "
                          "time and the loop would never advance; replay it once (trace_loop: false).")
     mapping = TraceMapping(top.cpus, top.domains, top.smmus, top.pages_per_domain, patterns)
-    bin_s = max(0.25, sc.duration / 200.0)
+    bin_s = next((b for b in _BINS if b >= sc.duration / 400.0), sc.duration / 400.0)  # at most ~400 bins
     spec = TraceSpec(str(Path(w.trace)), mapping, w.trace_speed, w.trace_loop, sc.duration, info.first_ns or 0,
                      info.period_ns(), bin_s)
     return spec, info
@@ -592,3 +596,15 @@ def trace_summary(spec: TraceSpec, info: TraceInfo, nodes: list[dict]) -> dict:
                           "peak": max(offered, default=0.0)},
     })
     return out
+
+
+def offered_rate(sc) -> float:
+    """The unmaps per scenario second the workload offers on average: ``workload.unmaps_per_s``,
+    or a replayed trace's mean rate (its replayable unmaps over its span, times trace_speed)."""
+    w = sc.workload
+    if w.trace is None:
+        return w.unmaps_per_s
+    _, info = build_spec(sc)
+    n = info.unmaps - info.unmaps_empty
+    per = info.period_ns() / 1e9 if w.trace_loop else info.span_s
+    return (n / per if per > 0 else n / sc.duration) * w.trace_speed
