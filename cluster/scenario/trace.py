@@ -142,25 +142,16 @@ def _int(text: str) -> int:
     return int(text, 16) if text[:2] in ("0x", "0X") else int(text, 10)
 
 
-def parse_line(text: str, where: str) -> TraceEvent | str:
+def parse_line(text: str, where: str, line: int = 0) -> TraceEvent | str:
     """An iommu map/unmap event, or the kind of line skipped ("blank", "header", "lost:N",
     "other event"); TraceError for a line that is neither."""
     stripped = text.strip()
-    if not stripped:
-        return "blank"
-    if stripped.startswith("#") and not stripped.startswith("####"):
-        return "header"
-    if _TRACE_CMD_HEAD.match(stripped):
-        return "header:trace-cmd"
-    m = _LOST.match(stripped)
-    if m:
-        return f"lost:{m.group('lost') or m.group('dropped') or 0}"
-    for pat in _SKIPPED_LINES:
-        if pat.match(text.rstrip("\r\n")) or pat.match(stripped):
-            return "header"
+    m = _FTRACE.match(stripped) if stripped[:1] != "#" else None
     fmt = FORMAT_FTRACE
-    m = _FTRACE.match(stripped)
     if m is None:
+        skipped = _skipped(text, stripped)
+        if skipped is not None:
+            return skipped
         m = _PERF.match(stripped)
         fmt = FORMAT_PERF
     if m is None:
@@ -196,8 +187,25 @@ def parse_line(text: str, where: str) -> TraceEvent | str:
     if end is not None and _int(end.group(1)) != iova + size:
         raise TraceError(f"{where}: the range end {end.group(1)} is not iova + size "
                          f"({iova:#x} + {size}); expected '{UNMAP_FORMAT if name == 'unmap' else MAP_FORMAT}'")
-    return TraceEvent(0, fmt, m.group("task").strip(), int(m.group("cpu")), ts, name, iova, done, domain,
+    return TraceEvent(line, fmt, m.group("task").strip(), int(m.group("cpu")), ts, name, iova, done, domain,
                       kv.get("dev"))
+
+
+def _skipped(text: str, stripped: str) -> str | None:
+    """The kind of a line that is not an event but belongs in a trace, else None."""
+    if not stripped:
+        return "blank"
+    if stripped.startswith("#") and not stripped.startswith("####"):
+        return "header"
+    if _TRACE_CMD_HEAD.match(stripped):
+        return "header:trace-cmd"
+    m = _LOST.match(stripped)
+    if m:
+        return f"lost:{m.group('lost') or m.group('dropped') or 0}"
+    for pat in _SKIPPED_LINES:
+        if pat.match(text.rstrip("\r\n")) or pat.match(stripped):
+            return "header"
+    return None
 
 
 # --- opening and reading, streamed -------------------------------------------------------------
@@ -267,12 +275,8 @@ def events(path: Path) -> Iterator[TraceEvent | tuple[int, str]]:
     f, _ = _open(path)
     with f:
         for n, text in _lines(f, path):
-            got = parse_line(text, f"{path}: line {n}")
-            if isinstance(got, str):
-                yield n, got
-            else:
-                yield TraceEvent(n, got.fmt, got.task, got.cpu, got.ts_ns, got.kind, got.iova, got.size,
-                                 got.domain, got.dev)
+            got = parse_line(text, f"{path}: line {n}", n)
+            yield (n, got) if isinstance(got, str) else got
 
 
 # --- mapping a trace onto the topology -----------------------------------------------------------
