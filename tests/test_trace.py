@@ -320,3 +320,28 @@ def test_peak_memory_does_not_grow_with_the_trace_length(tmp_path):
     assert large.stat().st_size > 9 * small.stat().st_size
     p_small, p_large = _peak(small), _peak(large)
     assert p_large < p_small * 1.5 + 64 * 1024, (p_small, p_large)
+
+
+# --- compare and explore carry the trace ------------------------------------------------------------
+
+def test_compare_replays_the_trace_under_each_policy_and_explore_keeps_it_while_varying_faults(tmp_path):
+    path = tg.write(tmp_path / "rate.txt", tg.nic_rate(seed=1, duration=1.0, unmaps=300), tr.FORMAT_FTRACE, "test")
+    scen = _scenario(tmp_path, path, duration=2, workload__trace_loop=True, workload__dma_per_endpoint_per_s=500,
+                     chaos=[{"at": 0.2, "fault": "hang", "endpoints": [1], "duration": 1.5}],
+                     explore={"faults": ["hang"], "settle": "0.2s", "at": ["0.1s", "0.2s"],
+                              "fault_duration": ["1.5s", "1.6s"]})
+    r = runner.invoke(app, ["compare", str(scen), "--policies", "arm-smmu-v3,fence-on-timeout", "--workers", "1",
+                            "-q", "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    runs = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
+    assert {x["policy"] for x in runs} == {"arm-smmu-v3", "fence-on-timeout"}
+    assert all(x["trace"]["name"] == "rate.txt" and x["trace"]["unmaps_replayed"] == x["unmaps"]["arrived"] >= 600
+               for x in runs)
+    assert {x["policy"]: x["uaf_exposures"] > 0 for x in runs} == {"arm-smmu-v3": True, "fence-on-timeout": False}
+    # mainline leaks under a 1 s hang: explore finds it with the trace's workload, and the minimal
+    # scenario it writes still replays that trace (shrinking slows the replay, never drops it)
+    r = runner.invoke(app, ["explore", str(scen), "--policy", "arm-smmu-v3", "--budget", "1", "--check", "uaf",
+                            "--shrink-runs", "3", "--workers", "1", "-q", "--out", str(tmp_path / "exp")])
+    assert r.exit_code == 1, r.output
+    minimal = yaml.safe_load(next((tmp_path / "exp").glob("minimal-uaf-*.yaml")).read_text())
+    assert minimal["workload"]["trace"] == str(path.resolve())
