@@ -345,3 +345,20 @@ def test_compare_replays_the_trace_under_each_policy_and_explore_keeps_it_while_
     assert r.exit_code == 1, r.output
     minimal = yaml.safe_load(next((tmp_path / "exp").glob("minimal-uaf-*.yaml")).read_text())
     assert minimal["workload"]["trace"] == str(path.resolve())
+
+
+def test_a_gzipped_perf_trace_with_lost_events_and_other_events_is_read_streamed_and_counted(tmp_path):
+    import gzip
+
+    a = "  swapper 0 [000] 100.000100: iommu:unmap: IOMMU: iova=0x1000 - 0x2000 size=4096 unmapped_size=4096\n"
+    b = "  swapper 0 [001] 100.000050: iommu:unmap: IOMMU: iova=0x9000 - 0xa000 size=4096 unmapped_size=4096\n"
+    text = ("# ========\n# captured on: x\n" + a + "CPU:1 [LOST 7 EVENTS]\n" + b
+            + "  swapper 0 [000] 100.000200: sched:sched_switch: prev_comm=swapper\n" + a.replace("100.000100", "100.0003"))
+    p = tmp_path / "t.txt.gz"
+    with gzip.open(p, "wt") as f:
+        f.write(text)
+    info = tr.scan(p)
+    assert (info.format, info.unmaps, info.lost_events, info.reordered) == ("perf script", 3, 7, 1)
+    assert info.skipped == {"header": 2, "lost events": 1, "other event": 1}
+    s = run_sim(load_scenario(_scenario(tmp_path, p)))
+    assert s["trace"]["unmaps_replayed"] == s["unmaps"]["count"] == 3 and s["trace"]["reordered"] == 1
