@@ -229,7 +229,9 @@ def _trace_lines(t: dict) -> list[str]:
            f"{t['mapping']['pages']}"
            + (f"; {t['spans_capped']} spans cut to the domain" if t["spans_capped"] else "")
            + (f"; {t['unmaps_busy']} unmaps found every page of their span already being unmapped (flushed, "
-              "nothing freed)" if t["unmaps_busy"] else "")]
+              "nothing freed)" if t["unmaps_busy"] else "")
+           + ("; so many that the trace's IOVAs crowd the domains' pages: raise topology.pages_per_domain"
+              if t["unmaps_busy"] > 0.1 * max(1, t["unmaps_replayed"]) else "")]
     if t.get("unmaps_empty"):
         out.append(f"- {t['unmaps_empty']} unmap events with unmapped_size=0 were not replayed (nothing to flush)")
     return out
