@@ -22,6 +22,7 @@ from ats_stress.cluster.runtime.live import (
     bucket_by_sid,
     node_location,
 )
+from ats_stress.cluster.runtime.replay import TRACE, LiveReplay
 from ats_stress.device_actors.pcie import (
     MSG_FLR,
     MSG_FLR_DONE,
@@ -41,7 +42,7 @@ class SmmuActor(LiveShell):
     def __init__(self, spec: NodeSpec, policy_name: str, policy_params: dict, hw: dict,
                  fault_starts: dict[int, list[float]], sid_group: dict[int, int], group_sids: dict[int, list[int]],
                  flr_time: float, metrics_bind: str | None = None, labels: dict[str, str] | None = None,
-                 plugins: tuple = ()):
+                 plugins: tuple = (), trace=None):
         super().__init__(spec.index)
         self.load_plugins(plugins)  # --policy-file policies, as the driver registered them
         self.oracle = Oracle(fault_starts)
@@ -61,6 +62,19 @@ class SmmuActor(LiveShell):
         self.target: str | None = None
         if metrics_bind:  # a Prometheus exporter of this actor's model (off unless asked for)
             self.start_exporter("smmu", metrics_bind, self.node, self.oracle, self.labels)
+        self.replay = None
+        if trace is not None:  # workload.trace: this SMMU's unmaps, read from the file as the run goes
+            self.replay = LiveReplay(trace, spec.index, self.node, self._push)
+            self.replay.next()
+
+    def _fire(self, t: float, tag) -> None:
+        if tag[0] == TRACE:  # the trace's next unmap is due
+            self.last = t
+            self.fired += 1
+            self.replay.fire(t, tag[1])
+            self._drain()
+            return
+        super()._fire(t, tag)
 
     def ready(self) -> dict[str, Any]:
         return {**node_location(), "target": self.target}

@@ -44,17 +44,24 @@ class CpuJobs:
             d.fq.timer_on = False  # fq_flush_timeout(): the next unmap arms the timer again
             self._start_flush(job, d)
             return
-        job.pa, job.tag = d.pt[job.slot]
-        d.pt[job.slot] = None  # the page-table update: the PTE is gone from now on
+        if job.pages is None:
+            job.pa, job.tag = d.pt[job.slot]
+            d.pt[job.slot] = None  # the page-table update: the PTE is gone from now on
+        else:
+            self._clear_span(d, job)  # a replayed trace's span of pages (replay.py)
         if not self.lazy:
             self.inflight[job.id] = job
             job.sids = self._flush_sids(d)
             if self.auto_irqs:
                 self.irq_save(job.cpu)
-            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, 0, job.sids))
+            self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, job.slot, job.size, job.sids))
             return
         # queue_iova(): dma_unmap returns at once unless this CPU's ring is full
-        self.oracle.on_unmap_returned(job.tag)
+        if job.pages is None:
+            self.oracle.on_unmap_returned(job.tag)
+        else:
+            for _, _, tag in job.pages:
+                self.oracle.on_unmap_returned(tag)
         self._free_entries(d, d.fq.free(job.cpu))
         if d.fq.full(job.cpu):
             job.flushing = True
@@ -73,7 +80,8 @@ class CpuJobs:
         self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, job.sids, full=True))
 
     def _queue_iova(self, job: Job, d: Domain) -> None:
-        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag)):
+        # one entry per unmapped IOVA range, as queue_iova(); a replayed span carries its pages
+        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag) if job.pages is None else (-1, job.pages, -1)):
             self.timers.append((self.now + IOVA_DEFAULT_FQ_TIMEOUT, (T_FQ, job.dom)))
 
     def _fq_timer(self, dom: int) -> None:
@@ -82,7 +90,10 @@ class CpuJobs:
 
     def _free_entries(self, d: Domain, entries: list) -> int:
         for slot, pa, tag in entries:
-            self.pages.release(d, slot, pa, tag)
+            if slot < 0:  # a replayed span: pa holds its pages
+                self._release_span(d, pa)
+            else:
+                self.pages.release(d, slot, pa, tag)
         return len(entries)
 
     def _complete(self, jid: int, err: int) -> None:
@@ -94,7 +105,10 @@ class CpuJobs:
             self.completion_errors[err] = self.completion_errors.get(err, 0) + 1
         d = self.domains[job.dom]
         if job.kind == UNMAP and not self.lazy:
-            self.pages.release(d, job.slot, job.pa, job.tag)
+            if job.pages is None:
+                self.pages.release(d, job.slot, job.pa, job.tag)
+            else:
+                self._release_span(d, job.pages)
         else:  # a lazy flush returned: what it covers is freed (this CPU's ring, or all of them)
             d.fq.flush_finished()
             freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all())

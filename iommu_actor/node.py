@@ -63,6 +63,7 @@ from .policy import (
     WaitCmdqSpace,
     WriteSte,
 )
+from .replay import ReplayJobs
 from .reset import T_CORE, ResetPath
 from .smmu import Smmu
 from .spec import (
@@ -82,7 +83,7 @@ T_STORM = 3
 #: Log lines and event records kept per node (the rest are only counted).
 MAX_LOG_LINES = 200
 
-class SmmuNode(CpuJobs):
+class SmmuNode(CpuJobs, ReplayJobs):
     """Host software + SMMU + policy. The runtime's only handle on the SMMU side."""
 
     def __init__(self, spec: NodeSpec, policy: Policy, oracle):

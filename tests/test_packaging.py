@@ -77,6 +77,11 @@ def test_the_installed_command_runs_from_another_directory(installed, tmp_path):
     r = subprocess.run([str(bindir / "ats-stress"), "validate", str(scenario)], cwd=where,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    # a library scenario that replays a shipped trace: its relative path resolves inside the package
+    assert (site / "ats_stress" / "configs" / "traces" / "nic-bursts.txt").is_file()
+    r = subprocess.run([str(bindir / "ats-stress"), "validate", "trace-nic-hang"], cwd=where,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
 
 
 def test_from_another_directory_the_library_runs_and_observe_serves_it_with_the_shipped_rules(installed, tmp_path):

@@ -426,3 +426,22 @@ def test_a_plug_in_policy_file_runs_live_in_the_smmu_actors(local_ray):
     live = run_ray(sc, quiet=True, plugins=sources)
     assert live["status"] == "complete" and live["policy"] == "patient-smmu"
     assert live["unmaps"]["count"] > 0 and live["uaf_exposures"] == 0  # it never frees a page early
+
+
+@pytest.mark.ray
+def test_a_trace_replays_live_each_smmu_actor_streaming_its_own_domains_unmaps(local_ray, tmp_path):
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+    from ats_stress.cluster.scenario import trace as tr
+    from ats_stress.cluster.scenario import tracegen as tg
+
+    path = tg.write(tmp_path / "perf.txt", tg.nic_rate(seed=1, duration=1.0, unmaps=200, cpus=2), tr.FORMAT_PERF, "t")
+    sc = scenario(duration=1.5, topology={"smmus": 2, "endpoints": 8, "domains": 4, "cpus": 2, "endpoints_per_actor": 4,
+                                          "pages_per_domain": 32, "spare_pages": 32, "atc_entries": 64},
+                  workload={"trace": str(path), "dma_per_endpoint_per_s": 40}, runtime={"time_scale": 1.0})
+    live = run_ray(sc, quiet=True, out_dir=tmp_path)
+    sim = run_sim(sc)
+    assert live["status"] == "complete", live.get("error")
+    assert live["trace"]["unmaps_replayed"] == sim["trace"]["unmaps_replayed"] == 200
+    assert live["unmaps"]["count"] == sim["unmaps"]["count"] == 200
+    assert live["trace"]["mapping"] == sim["trace"]["mapping"] and live["trace"]["format"] == "perf script"
+    assert sum(live["trace"]["offered_per_s"]["rate"]) * live["trace"]["offered_per_s"]["bin_s"] == pytest.approx(200)

@@ -8,9 +8,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {"ray", "asyncio", "time", "prometheus_client", "socket", "threading"}
 #: the thin actor shells are the only modules of the model packages allowed to touch Ray/asyncio
 SHELLS = {"iommu_actor/actor.py", "device_actors/actor.py"}
-#: what the shells may use of cluster/: the live event loop, the summary and sampling helpers
+#: what the shells may use of cluster/: the live event loop, the summary and sampling helpers, and
+#: the runtime's trace feeder (the SMMU actor reads a replayed trace; the node gets plain values)
 SHELL_MAY_IMPORT = {"ats_stress.cluster.runtime.live", "ats_stress.cluster.results.summary",
-                    "ats_stress.cluster.results.sampler"}
+                    "ats_stress.cluster.results.sampler", "ats_stress.cluster.runtime.replay"}
 #: the names the old layout installed at the top level of site-packages
 OLD_TOP_LEVEL = {"cluster", "iommu_actor", "device_actors"}
 

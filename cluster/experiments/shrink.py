@@ -118,7 +118,9 @@ def candidates(d: dict, settle: float) -> Iterator[dict]:
     for i in range(len(chaos)):
         yield from _step_candidates(d, i)
     w = d["workload"]
-    for key in ("unmaps_per_s", "dma_per_endpoint_per_s"):
+    if w.get("trace") and w.get("trace_speed", 1.0) > 0.125:  # a replayed trace: replay it slower
+        yield _with(d, lambda x: x["workload"].__setitem__("trace_speed", w["trace_speed"] / 2))
+    for key in ("dma_per_endpoint_per_s",) if w.get("trace") else ("unmaps_per_s", "dma_per_endpoint_per_s"):
         if w[key] >= 2:
             yield _with(d, lambda x, key=key: x["workload"].__setitem__(key, nice(w[key] / 2)))
 

@@ -179,7 +179,11 @@ def _software_timeout(summary: dict) -> float | None:
 
 def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
     end = float(summary.get("sim_time_s") or sc.duration)
-    plt, fig, strip, (ax,) = _figure(sc, 1, [4.0], 4.2)
+    offered = (summary.get("trace") or {}).get("offered_per_s") or {}
+    if offered.get("rate"):  # a replayed trace: its offered unmap rate in a panel below
+        plt, fig, strip, (ax, rate_ax) = _figure(sc, 2, [4.0, 1.5], 5.6)
+    else:
+        plt, fig, strip, (ax,) = _figure(sc, 1, [4.0], 4.2)
     _timeline(strip, sc, samples, end)
     strip.set_title(f"{sc.name} · {summary['policy']}: unmap latency (arrival to reported complete)")
     pts = thin(samples.get("latency_trace") or [], MAX_TRACE_POINTS)
@@ -205,9 +209,32 @@ def plot_latency(sc, summary: dict, samples: dict, path: Path) -> None:
     ax.set_xlabel("scenario time (s)")
     ax.set_ylabel("unmap latency (s, log)")
     _legend(ax)
+    if offered.get("rate"):
+        ax.set_xlabel("")
+        _offered_panel(rate_ax, sc, summary, offered, end)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _offered_panel(ax, sc, summary: dict, offered: dict, end: float) -> None:
+    """The replayed trace's offered unmap rate (unmaps handed to the driver per scenario second, per bin)."""
+    bin_s = float(offered["bin_s"])
+    rate = offered["rate"]
+    xs = [i * bin_s for i in range(len(rate) + 1)]
+    ax.stairs(rate, xs, color="#55a868", fill=True, alpha=0.35, label=f"offered unmaps/s ({format_duration(bin_s)} bins)")
+    ax.stairs(rate, xs, color="#55a868", lw=1.0)
+    ax.axhline(offered.get("mean") or 0.0, color="#55a868", ls=":", lw=0.8, label="mean")
+    _decorate(ax, sc, summary, end)
+    count_axis(ax, rate)
+    if ax.get_yscale() == "linear":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    name = (summary.get("trace") or {}).get("name", "trace")
+    ax.set_ylabel("offered\nunmaps/s", fontsize=8)
+    ax.set_xlabel(f"scenario time (s) · workload: {name} replayed")
+    _legend(ax)
 
 
 #: at most this many queues get a row of their own in cmdq.png (the longest wedged)

@@ -100,10 +100,13 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
     top = sc.topology
     md += ["", "## What the scenario did", "",
            f"{top.endpoints} ATS endpoints behind {top.smmus} SMMU(s) with {sc.hardware.command_queues} command "
-           f"queue(s) each, {top.domains} domains, {top.cpus} CPUs; {sc.workload.unmaps_per_s:g} unmaps/s, "
+           f"queue(s) each, {top.domains} domains, {top.cpus} CPUs; "
+           f"{'unmaps replayed from a trace' if s.get('trace') else f'{sc.workload.unmaps_per_s:g} unmaps/s'}, "
            f"{sc.workload.dma_per_endpoint_per_s:g} DMA/s per endpoint; hardware ATC_INV completion timeout "
            f"{_d(sc.hardware.atc_inv_completion_timeout)}; policy `{s['policy']}` "
            f"{s['policy_params'] or ''}.", ""]
+    if s.get("trace"):
+        md += _trace_lines(s["trace"]) + [""]
     if sc.chaos:
         md += ["| step | at | fault | endpoints | until |", "|---|---|---|---|---|"]
         for i, step in enumerate(sc.chaos):
@@ -227,6 +230,33 @@ def write_run_outputs(sc, summary: dict, sampler, out_dir, err_console=None) -> 
 
 #: Linux error numbers a waited sync returns, by name
 _ERRNO = {"0": "0", "-110": "-ETIMEDOUT", "-5": "-EIO"}
+
+
+def _trace_lines(t: dict) -> list[str]:
+    """The replayed trace (summary.json's ``trace``): what was read, what was replayed, how it was mapped."""
+    if "error" in t:
+        return [f"Trace `{t.get('path')}`: {t['error']}"]
+    skipped = ", ".join(f"{v} {k}" for k, v in t["skipped"].items()) or "none"
+    rate = t["offered_per_s"]
+    by = ", ".join(f"{v} by {k}" for k, v in t["mapping"]["domains_by"].items())
+    out = [f"Workload: the trace `{t['name']}` ({t['format']}): {t['lines']} lines read, {t['unmap_events']} unmap "
+           f"and {t['map_events']} map events, {t['skipped_lines']} lines skipped ({skipped})"
+           + (f", {t['lost_events']} events the tracer lost" if t["lost_events"] else "")
+           + (f", {t['reordered']} out of order across CPUs (perf script)" if t["reordered"] else "") + ".",
+           f"- replayed: {t['unmaps_replayed']} unmaps ({t['pages_unmapped']} pages) at {t['speed']:g}x speed"
+           + (f", {t['passes']} pass(es) (looped)" if t["loop"] else "")
+           + f"; offered {_n(rate['mean'])} unmaps/s on average, {_n(rate['peak'])}/s at the peak "
+           f"({_d(rate['bin_s'])} bins; the rate is plotted under the unmap latency in latency.png)",
+           f"- mapping: {t['mapping']['cpu']}; domains of the file's unmaps: {by} ({t['mapping']['domain']}); pages: "
+           f"{t['mapping']['pages']}"
+           + (f"; {t['spans_capped']} spans cut to the domain" if t["spans_capped"] else "")
+           + (f"; {t['unmaps_busy']} unmaps found every page of their span already being unmapped (flushed, "
+              "nothing freed)" if t["unmaps_busy"] else "")
+           + ("; so many that the trace's IOVAs crowd the domains' pages: raise topology.pages_per_domain"
+              if t["unmaps_busy"] > 0.1 * max(1, t["unmaps_replayed"]) else "")]
+    if t.get("unmaps_empty"):
+        out.append(f"- {t['unmaps_empty']} unmap events with unmapped_size=0 were not replayed (nothing to flush)")
+    return out
 
 
 def _cost_details(s: dict) -> list[str]:

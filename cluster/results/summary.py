@@ -73,6 +73,7 @@ def node_stats(node, now: float) -> dict[str, Any]:
         "flush_latencies": node.flush_latencies,
         "iovas_pending": node.pending_iovas(),
         "messages_in": node.messages_in,
+        **({"replay": node.replay} if node.replay is not None else {}),  # a replayed trace (iommu_actor/replay.py)
     }
 
 
@@ -239,11 +240,24 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "endpoints_by_state": _merge_counts(g["modes"] for g in groups),
         "log": [line for n in nodes for line in n["log"]][:200],
     }
+    if sc.workload.trace is not None:  # the replayed trace: the file, the mapping, what was replayed
+        summary["trace"] = _trace_section(sc, nodes)
     if extra:
         summary.update(extra)
     summary["expectations"] = list(checkpoint_results or []) + check_expectations(sc, summary)
     summary["ok"] = status == "complete" and all(e["ok"] for e in summary["expectations"])
     return summary
+
+
+def _trace_section(sc: Scenario, nodes: list[dict]) -> dict[str, Any]:
+    from ats_stress.cluster.scenario import ScenarioError
+    from ats_stress.cluster.scenario.trace import build_spec, trace_summary
+
+    try:
+        spec, info = build_spec(sc)  # scanned before the run; cached
+    except ScenarioError as exc:  # the file changed or went away since
+        return {"path": sc.workload.trace, "error": str(exc)}
+    return trace_summary(spec, info, nodes)
 
 
 def lookup(summary: dict, path: tuple[str, ...]) -> Any:

@@ -199,6 +199,10 @@ class SimWorld:
             self._flush_group(i)
         for action in self.plan.actions:
             self.loop.at(action.at, self._chaos, action)
+        if self.plan.trace is not None:  # workload.trace: read as the run goes, one unmap ahead
+            from .replay import SimReplay
+
+            SimReplay(self, self.plan.trace).start()
 
     def stats(self, now: float) -> tuple[list[dict], list[dict], list[dict]]:
         return ([node_stats(n, now) for n in self.nodes], [oracle_stats(o) for o in self.oracles],

@@ -46,7 +46,9 @@ def policy_timeout(sc: Scenario) -> float:
 
 def probe_syncs_per_unmap(sc: Scenario) -> float | None:
     """The policy's CMD_SYNCs per unmap on this scenario without faults, from a short sim run."""
-    rate = sc.workload.unmaps_per_s
+    from ats_stress.cluster.scenario.trace import offered_rate
+
+    rate = offered_rate(sc)
     if rate <= 0:
         return None
     from .sim import run_sim
@@ -63,7 +65,9 @@ def transport_ceiling(sc: Scenario, rtt_wall: float, spu: float | None) -> dict[
     active = min(top.cpus, sc.hardware.command_queues)  # CPU c submits to queue c mod n
     per_queue = scale / rtt_wall if rtt_wall > 0 else math.inf  # syncs per scenario second
     total = per_queue * active * top.smmus
-    demand_unmaps = sc.workload.unmaps_per_s
+    from ats_stress.cluster.scenario.trace import offered_rate
+
+    demand_unmaps = offered_rate(sc)  # a replayed trace: its mean rate (bursts go above it)
     unmaps = total / spu if spu else None
     demand_syncs = demand_unmaps * spu if spu else 0.0
     return {
@@ -147,7 +151,8 @@ class Startup:
                                {s: t for s, t in plan.fault_starts.items() if s in sids},
                                dict(plan.sid_group), group_sids, sc.hardware.flr_time,
                                metrics_bind=self.metrics_bind,
-                               labels={**base, "kind": "smmu", "index": str(spec.index)}, plugins=self.plugins)
+                               labels={**base, "kind": "smmu", "index": str(spec.index)}, plugins=self.plugins,
+                               trace=plan.trace)
             self.smmus.append(_Actor("smmu", spec.index, h, sorted(sids)))
         lat = sc.workload.inv_latency
         gkw = {"atc_entries": sc.topology.atc_entries, "pages_per_domain": sc.topology.pages_per_domain,

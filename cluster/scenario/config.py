@@ -67,6 +67,14 @@ class Workload(Strict):
     unmaps_per_s: float = Field(2000.0, ge=0, le=MAX_COUNT)
     dma_per_endpoint_per_s: float = Field(50.0, ge=0, le=MAX_COUNT)
     inv_latency: Latency = Field(default_factory=lambda: Latency(median=5e-6, p99=50e-6))
+    # a recorded trace in place of the synthetic unmap process (cluster/scenario/trace.py)
+    trace: Optional[str] = Field(None, min_length=1, max_length=4096, description=(
+        "a text trace of the kernel's iommu unmap (and map) events (raw ftrace, trace-cmd report or perf script) "
+        "replayed in place of unmaps_per_s; relative to the scenario file"))
+    trace_speed: float = Field(1.0, gt=0, le=1000, description="replay speed: 2.0 plays the trace twice as fast")
+    trace_loop: bool = Field(False, description="repeat the trace until the end of the run")
+    trace_domains: dict[str, int] = Field(default_factory=dict, description=(
+        "task (or dev=) name pattern (fnmatch) -> domain id, for unmaps whose line has no domain=N"))
 
     @field_validator("unmaps_per_s", "dma_per_endpoint_per_s")
     @classmethod
@@ -74,6 +82,18 @@ class Workload(Strict):
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+    @model_validator(mode="after")
+    def _trace_keys_need_a_trace(self):
+        if self.trace is None:
+            given = [k for k, v in (("trace_speed", self.trace_speed != 1.0), ("trace_loop", self.trace_loop),
+                                    ("trace_domains", bool(self.trace_domains))) if v]
+            if given:
+                raise ValueError(f"workload.{given[0]}: applies to a replayed trace; set workload.trace too")
+        for pattern, dom in self.trace_domains.items():
+            if not pattern or dom < 0:
+                raise ValueError(f"workload.trace_domains: {pattern!r}: {dom} is not a domain id (0 or more)")
+        return self
 
 
 class PolicySpec(BaseModel):
@@ -241,6 +261,9 @@ class Scenario(Strict):
                 raise ValueError(f"{where}.at: {step.at:g} s is not before the end of the run "
                                  f"(duration {self.duration:g} s)")
             if step.fault == "storm":
+                if self.workload.trace is not None:
+                    raise ValueError(f"{where}: storm multiplies the synthetic unmap rate, and workload.trace replaces "
+                                     "it; to replay the trace faster use workload.trace_speed")
                 if step.smmu is not None and step.smmu >= top.smmus:
                     raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
                 continue
@@ -266,6 +289,10 @@ class Scenario(Strict):
                                      "and endpoints are split evenly over the SMMUs)")
                 if step.count is not None and step.count > len(pool):
                     raise ValueError(f"{where}.count: {step.count} is more than the {len(pool)} endpoint(s) on {said}")
+        for pattern, dom in self.workload.trace_domains.items():
+            if dom >= top.domains:
+                raise ValueError(f"workload.trace_domains: {pattern!r} maps to domain {dom}, but there are "
+                                 f"{top.domains} domains (0..{top.domains - 1})")
         try:
             validate_params(self.policy.name, self.policy.params())
         except PolicyError as exc:

@@ -117,6 +117,17 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _anchor_trace(data: dict, directory: Path) -> dict:
+    """A relative ``workload.trace`` is relative to the file that gives it (or, from --set, to the
+    working directory): made absolute here, before files merge."""
+    w = data.get("workload")
+    if isinstance(w, dict) and isinstance(w.get("trace"), str) and w["trace"]:
+        p = Path(w["trace"]).expanduser()
+        if not p.is_absolute():
+            w["trace"] = str((directory / p).resolve())
+    return data
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -134,7 +145,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ScenarioError(f"{chain[0]}: extends: forms a cycle ({cycle}).")
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise ScenarioError(f"{chain[0]}: extends: nests deeper than {MAX_EXTENDS_DEPTH} files.")
-    data = _read_yaml(path)
+    data = _anchor_trace(_read_yaml(path), path.parent)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -313,5 +324,10 @@ def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: st
     if seed is not None:
         data["seed"] = seed
     before = copy.deepcopy(data) if sets else None
-    data = apply_sets(data, list(sets or []))
-    return scenario_from_dict(data, str(path), list(sets or []), before)
+    data = _anchor_trace(apply_sets(data, list(sets or [])), Path.cwd())
+    sc = scenario_from_dict(data, str(path), list(sets or []), before)
+    if sc.workload.trace is not None:  # the trace file itself: read through once, exit 2 if it is bad
+        from .trace import build_spec
+
+        build_spec(sc)
+    return sc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from ats_stress.iommu_actor.host import DomainSpec, NodeSpec
 
@@ -44,6 +45,10 @@ class Plan:
     sid_asid: dict[int, int]
     fault_starts: dict[int, list[float]] = field(default_factory=dict)
     step_targets: list[tuple[int, ...]] = field(default_factory=list)
+    #: workload.trace: what the runtime replays in place of the synthetic unmaps (trace.py), and
+    #: what scanning the file found
+    trace: Any = None
+    trace_info: Any = None
 
     @property
     def seed(self) -> str:
@@ -165,6 +170,13 @@ def build_plan(sc: Scenario) -> Plan:
 
     affected_asids = {sid_asid[s] for targets in step_targets for s in targets}
     flush = sc.flush_mode()
+    trace = trace_info = None
+    unmaps_per_s = sc.workload.unmaps_per_s / top.smmus
+    if sc.workload.trace is not None:  # the trace's unmaps replace the synthetic Poisson process
+        from .trace import build_spec
+
+        trace, trace_info = build_spec(sc)
+        unmaps_per_s = 0.0
     cmdq_entries = sc.hardware.cmdq_entries or sc.policy_class().cmdq_entries(sc.policy_params())
     irq_cpu = -1 if sc.host.gerror_irq_cpu == "idle" else sc.host.gerror_irq_cpu
     nodes = []
@@ -175,8 +187,9 @@ def build_plan(sc: Scenario) -> Plan:
             invalidate_queue_depth=top.invalidate_queue_depth,
             atc_inv_completion_timeout=sc.hardware.atc_inv_completion_timeout,
             pages_per_domain=top.pages_per_domain, spare_pages=top.spare_pages,
-            unmaps_per_s=sc.workload.unmaps_per_s / top.smmus, seed=seed, tag_stride=top.smmus, flush=flush,
+            unmaps_per_s=unmaps_per_s, seed=seed, tag_stride=top.smmus, flush=flush,
             cmdq_entries=cmdq_entries, gerror_irq_cpu=irq_cpu))
 
-    return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets)
+    return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets, trace,
+                trace_info)
 
