@@ -33,8 +33,14 @@ def variant(r: dict) -> str:
     if r["policy"] == "quarantine":
         return f"quarantine {p['version']}"
     if "culprit_search" in p and r["policy"] != "iommu-core":
-        return f"{r['policy']} ({p['culprit_search']})"
+        window = f", poll_window {d(p['poll_window'])}" if p.get("poll_window") else ""
+        return f"{r['policy']} ({p['culprit_search']}{window})"
     return r["policy"]
+
+
+def irq_cpu(r: dict) -> str:
+    """Where the GERROR interrupt went: "busy" (a CPU that flushes, CPU 0 by default) or "idle"."""
+    return "idle" if (r.get("host") or {}).get("gerror_irq_cpu") == "idle" else "busy"
 
 
 def hw_timeout(r: dict) -> float:
@@ -50,7 +56,7 @@ def group(rs: list[dict], **match) -> list[dict]:
 
 
 FIELDS = {"variant": variant, "hw": hw_timeout, "queues": lambda r: r["command_queues"],
-          "flush": lambda r: r["flush"]["mode"], "policy": lambda r: r["policy"]}
+          "flush": lambda r: r["flush"]["mode"], "policy": lambda r: r["policy"], "irq": irq_cpu}
 
 
 def _max(xs):
@@ -71,7 +77,12 @@ def figures(rs: list[dict]) -> dict:
         "healthy_fenced": sum(r["fenced_healthy"] for r in rs),
         "fence_latency": _max(r["fence_latency_s"]["max"] for r in rs),
         "lockup": sum(r["lockup_s"] for r in rs) / n if n else None,
-        "lockup_max": _max(r["lockup_max_s"] for r in rs),
+        "irqs_off_max": _max(r["irqs_off_max_s"] for r in rs),
+        "flush_max": _max(r["flush_max_s"] for r in rs),
+        "gerror_delay": _max(r["gerror_irq_delay_max_s"] for r in rs),
+        "cmdq_full": sum(r["cmdq_full_waits"] for r in rs),
+        "cmdq_dropped": sum(r["cmdq_dropped"] for r in rs),
+        "incomplete": sum(r["unmaps"]["incomplete"] for r in rs),
         "spu": sum(r["syncs_per_unmap"] or 0 for r in rs) / n if n else None,
         "cpu": sum(r["commands_per_unmap"] or 0 for r in rs) / n if n else None,
         "window": sum(r["lazy_window_dma"] for r in rs),
@@ -116,40 +127,51 @@ def t_drivers() -> list[str]:
         f = figures(g)
         rows.append([f"`{v}`", g[0]["flush"]["mode"], f"{n(f['uaf'])} ({n(f['uaf_realloc'])})", d(f["stall"]),
                      n(f["sync_timeouts"]), f"{f['fences']} ({f['healthy_fenced']})",
-                     f"{d(f['lockup'])} / {d(f['lockup_max'])}", n(f["spu"])])
+                     f"{d(f['lockup'])} / {d(f['irqs_off_max'])}", d(f["flush_max"]), n(f["spu"])])
     return table(["policy", "flush", "UAF (page reallocated)", "worst healthy stall", "software sync timeouts",
-                  "fences (healthy)", "CPU lockup: total / longest spin", "CMD_SYNCs per unmap"], rows)
+                  "fences (healthy)", "interrupts off: total / longest window", "longest flush",
+                  "CMD_SYNCs per unmap"], rows)
 
 
-def _by_hw(figure, fmt, queues: int = 1) -> list[str]:
+FOT_PDB = "fence-on-timeout (per-device-batches)"
+FOT_WINDOW = "fence-on-timeout (per-device-batches, poll_window 1 s)"
+
+
+def _by_hw(fmt, queues: int = 1) -> list[str]:
+    """One row per hardware ATC timeout and GERROR CPU (busy: CPU 0, which flushes; idle: the best case)."""
     series = runs("sweep-series")
-    fot = runs("sweep-fot")
-    cols = [f"quarantine {v}" for v in VERSIONS] + ["fence-on-timeout (per-device-batches)"]
+    fot = runs("sweep-fot-irq")
+    cols = [f"quarantine {v}" for v in VERSIONS] + [FOT_PDB, FOT_WINDOW]
     rows = []
     for hw in HW_TIMEOUTS:
-        cells = []
-        for c in cols:
-            src = fot if c.startswith("fence") else series
-            g = group(src, variant=c, hw=hw, queues=queues)
-            cells.append(fmt(figures(g)) if g else "-")
-        rows.append([d(hw)] + cells)
-    return table(["hardware ATC timeout"] + [f"`{c}`" for c in cols], rows)
+        for irq in ("busy", "idle"):
+            cells = []
+            for c in cols:
+                src = fot if c.startswith("fence") else series
+                g = group(src, variant=c, hw=hw, queues=queues, irq=irq)
+                cells.append(fmt(figures(g)) if g else "-")
+            rows.append([d(hw), irq] + cells)
+    return table(["hardware ATC timeout", "GERROR CPU"] + [f"`{c}`" for c in cols], rows)
 
 
 def t_series_uaf() -> list[str]:
-    return _by_hw("uaf", lambda f: n(f["uaf"]))
+    return _by_hw(lambda f: n(f["uaf"]) + (f" ({n(f['incomplete'])} unmaps never done)" if f["incomplete"] > 50 else ""))
 
 
 def t_series_fenced() -> list[str]:
-    return _by_hw("fences", lambda f: f"{f['fences']} ({f['healthy_fenced']})")
+    return _by_hw(lambda f: f"{f['fences']} ({f['healthy_fenced']})")
 
 
 def t_series_stall() -> list[str]:
-    return _by_hw("stall", lambda f: d(f["stall"]))
+    return _by_hw(lambda f: d(f["stall"]))
 
 
 def t_series_spin() -> list[str]:
-    return _by_hw("lockup_max", lambda f: d(f["lockup_max"]))
+    return _by_hw(lambda f: f"{d(f['irqs_off_max'])} / {d(f['flush_max'])}")
+
+
+def t_series_irq() -> list[str]:
+    return _by_hw(lambda f: d(f["gerror_delay"]))
 
 
 def t_queues() -> list[str]:
@@ -178,9 +200,11 @@ def t_search() -> list[str]:
         for s in ("bisect", "linear", "per-device-batches"):
             f = figures(group(fot, variant=f"fence-on-timeout ({s})", hw=60.0, queues=q))
             rows.append([QUEUES[q], s, d(f["fence_latency"]) if f["fences"] else "no fence", d(f["stall"]),
-                         n(f["hw_timeouts"]), d(f["lockup_max"]), n(f["spu"]), n(f["cpu"])])
+                         n(f["hw_timeouts"]), f"{d(f['irqs_off_max'])} / {d(f['flush_max'])}", n(f["spu"]),
+                         n(f["cpu"])])
     return table(["command queues", "culprit search", "fence latency (max)", "worst healthy stall",
-                  "hardware timeouts", "longest irqs-off spin", "CMD_SYNCs per unmap", "commands per unmap"], rows)
+                  "hardware timeouts", "longest window with interrupts off / flush", "CMD_SYNCs per unmap",
+                  "commands per unmap"], rows)
 
 
 def t_lazy() -> list[str]:
@@ -192,9 +216,11 @@ def t_lazy() -> list[str]:
             f = figures(g)
             iovas = g[0]["flush"]["iovas_per_flush"] if g else None
             rows.append([f"`{p}`", mode, f"{n(f['uaf'])} ({n(f['uaf_realloc'])})", n(f["window"]), d(f["stall"]),
-                         n(f["spu"]), "-" if iovas is None else n(iovas), d(f["lockup_max"])])
+                         n(f["spu"]), "-" if iovas is None else n(iovas), d(f["irqs_off_max"]),
+                         f"{n(f['cmdq_full'])} ({n(f['cmdq_dropped'])})"])
     return table(["policy", "flush", "UAF (page reallocated)", "lazy-window DMA", "worst healthy stall",
-                  "CMD_SYNCs per unmap", "IOVAs per flush", "longest irqs-off spin"], rows)
+                  "CMD_SYNCs per unmap", "IOVAs per flush", "longest window with interrupts off",
+                  "queue full (commands dropped)"], rows)
 
 
 def t_lying() -> list[str]:
@@ -237,7 +263,8 @@ def t_explore() -> list[str]:
 
 
 TABLES = {"explore": t_explore, "drivers": t_drivers, "series-uaf": t_series_uaf, "series-fenced": t_series_fenced,
-          "series-stall": t_series_stall, "series-spin": t_series_spin, "queues": t_queues, "search": t_search,
+          "series-stall": t_series_stall, "series-spin": t_series_spin, "series-irq": t_series_irq,
+          "queues": t_queues, "search": t_search,
           "lazy": t_lazy, "lying": t_lying}
 BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 

@@ -156,6 +156,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "smmus": sc.topology.smmus,
         "command_queues": sc.hardware.command_queues,
         "hardware": sc.hardware.model_dump(mode="json"),
+        "host": sc.host.model_dump(mode="json"),
         "sim_time_s": sim_time,
         "wall": {"time_s": wall_time, "events_per_s": events / wall_time if wall_time > 0 else None},
         "events": events,
