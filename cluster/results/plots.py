@@ -448,6 +448,13 @@ def _wrap_label(label: str, width: int = 28) -> str:
 
 
 def plot_compare(rows: list[dict], path: Path, title: str = "", seeds: int = 1) -> None:
+    fig = compare_chart(rows, title, seeds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
+def compare_chart(rows: list[dict], title: str = "", seeds: int = 1):
     """compare.png: a panel per figure (``CHART_FIGURES``), a horizontal bar per policy or variant
     (its flush mode beside its name), each bar's value printed at its end, the unit chosen per panel
     from its values, whiskers from the lowest to the highest seed, and a symmetric-log axis, said in
@@ -513,9 +520,7 @@ def plot_compare(rows: list[dict], path: Path, title: str = "", seeds: int = 1) 
         fig.text(0.5, 0.005, "whiskers: the lowest and the highest seed, where they differ visibly. Counts are drawn "
                  "per run; the table and compare.json give their sums over the seeds.", ha="center", va="bottom", fontsize=8, color="#555555")
     fig.tight_layout(rect=(0, 0.02 if seeds > 1 else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def sweep_axis(values: list) -> tuple[str, list[float]]:
@@ -541,6 +546,10 @@ def sweep_axis(values: list) -> tuple[str, list[float]]:
         if xs[0] > 0:
             return "log", nums
     return "categorical", [float(i) for i in range(len(values))]
+
+
+#: with more series than this, sweep.png marks a point with no value by an x on the axis, not "none"
+MAX_NONE_TEXTS = 3
 
 
 #: series colours of sweep.png (matplotlib's tab10, then tab20b for more)
@@ -604,10 +613,15 @@ def sweep_chart(rows: list[dict], params: list[str], title: str = "", seeds: int
             ax.errorbar(xs, ys, yerr=[lo, hi] if seeds > 1 else None, color=colors[j], marker="o", ms=4,
                         lw=1.3, ls="none" if kind == "categorical" else "-", capsize=3, elinewidth=1, label=name)
             tops += [y + h for y, h in zip(ys, hi) if y == y]
-            for k, (x, (v, _)) in enumerate(zip(xs, drawn)):
-                if v is None:  # no value here: say so where the point would be
-                    ax.annotate("none", (x, 0), xycoords=ax.get_xaxis_transform(), xytext=(0, 3 + (0 if kind == "categorical" else 9 * j)),
-                                textcoords="offset points", ha="center", va="bottom", fontsize=7, color=colors[j])
+            missing = [x for x, (v, _) in zip(xs, drawn) if v is None]
+            if len(series) > MAX_NONE_TEXTS:  # too many series to stack words: an x on the axis each
+                ax.plot(missing, [0.0] * len(missing), ls="none", marker="x", ms=6, mew=1.5, color=colors[j],
+                        transform=ax.get_xaxis_transform(), clip_on=False)[0].set_in_layout(False)
+            for x in missing:  # no value here: say so where the point would be
+                if len(series) <= MAX_NONE_TEXTS:
+                    ax.annotate("none", (x, 0), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
+                                xytext=(0, 3 + (0 if kind == "categorical" else 9 * j)), ha="center", va="bottom",
+                                fontsize=7, color=colors[j])
         positive = [t for t in tops if t > 0]
         thresh = _log_threshold(f, positive)
         how = [h for h in (chart_how(f, seeds), "log scale" if thresh else "") if h]
@@ -657,7 +671,8 @@ def sweep_chart(rows: list[dict], params: list[str], title: str = "", seeds: int
     if seeds > 1:
         foot.append("error bars: the lowest and the highest seed; counts are drawn per run (sweep.json and the "
                     "table give their sums)")
-    foot.append('"none": no value at that point (nothing fenced has no fence latency)')
+    foot.append(('an x on the axis' if len(series) > MAX_NONE_TEXTS else '"none"')
+                + ": no value at that point (nothing fenced has no fence latency)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     bottom = 0.03
     if len(series) > 1:
