@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ats_stress.cluster.cli import app  # noqa: E402
-from ats_stress.cluster.experiments.compare import (aggregate, parse_policies, parse_variant, run_compare,  # noqa: E402
+from ats_stress.cluster.experiments.compare import (aggregate, parse_policies, parse_variant,  # noqa: E402
                                                     variants, with_flush)
 from ats_stress.cluster.experiments.sweep import run_sweep  # noqa: E402
 from ats_stress.cluster.results.figures import BY_KEY, time_unit  # noqa: E402

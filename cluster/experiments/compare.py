@@ -86,7 +86,7 @@ def check_variant(v: PolicyVariant, sc: Scenario) -> None:
     try:
         validate_params(v.name, variant_params(v, sc))
     except PolicyError as exc:
-        raise ScenarioError(f"--policies {v.label!r}: {exc}.") from None
+        raise ScenarioError(f"--policies {v.label!r}: {str(exc).replace('Value error, ', '')}.") from None
 
 
 def with_flush(sc: Scenario, flush: str | None) -> Scenario:

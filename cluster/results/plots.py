@@ -423,11 +423,11 @@ def _log_threshold(fig, positive: list[float]) -> float | None:
 
 
 def _plain_number(v: float, _pos=None) -> str:
-    """A tick label: 0.5, 20, 1,000, 20k, 3M (never 1e4 or an offset)."""
+    """A tick label: 0.5, 20, 500, 2.5k, 3M (never 1e4 or an offset)."""
     a = abs(v)
     if a >= 1e6:
         return f"{v / 1e6:g}M"
-    if a >= 1e4:
+    if a >= 1e3:
         return f"{v / 1e3:g}k"
     return f"{v:,.0f}" if a >= 1 and float(v).is_integer() else f"{v:g}"
 
