@@ -93,9 +93,9 @@ def out_dir_for(out: Optional[Path], default: str) -> Path:
 def compare(
     scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
     policies_: Optional[str] = typer.Option(None, "--policies", help="comma-separated policies, each a name or a "
-                                            "variant NAME:key=value[:key=value...] (quarantine:version=v1,"
-                                            "quarantine:version=v4,arm-smmu-v3); default: every policy, plug-ins "
-                                            "included"),
+                                            "variant NAME:key=value[:key=value...], for example "
+                                            "quarantine:version=v1,arm-smmu-v3 (default: every policy, plug-ins "
+                                            "included)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per policy (scenario seed, +1, ...)"),
     flush: Optional[str] = typer.Option(None, "--flush", help="strict, lazy or default: host.flush for every policy "
                                         "(default: the scenario's, which is each policy's Kconfig default unless it "

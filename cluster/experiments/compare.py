@@ -183,6 +183,8 @@ def run_compare(sc: Scenario, policies: list, seeds: int, out: Path | None, work
     ``report["files"]``: what was written under ``out``."""
     sc = with_flush(sc, flush)
     vs = [v if isinstance(v, PolicyVariant) else parse_variant(v) for v in policies]
+    for v in vs:  # a bad variant is bad input before any run, not a validation traceback in a worker
+        check_variant(v, sc)
     with Pool(workers, address, sources) as pool:
         results, stop = run_matrix(variants(sc, vs, seeds), pool, on_result, series=out is not None)
         requeued = pool.requeued
