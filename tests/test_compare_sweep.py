@@ -148,7 +148,7 @@ def test_compare_png_chooses_each_panels_unit_from_its_values_and_prints_every_b
         rows.append({**aggregate(name, runs), "policy": name})
     fig = compare_chart(rows, "t", seeds=2)
     panels = _panels(fig)
-    for key in ("healthy_p99", "worst_stall_s", "fence_latency_s", "lockup_max_s"):
+    for key in ("healthy_p99", "worst_stall_s", "fence_latency_s", "irqs_off_max_s"):
         f = BY_KEY[key]
         values = [r[key] for r in rows]
         unit, scale = time_unit(values + [r["min_max"][key]["max"] for r in rows if r["min_max"][key]])

@@ -385,7 +385,7 @@ def compare_figure(sc, runs: dict[str, tuple[dict, dict]], title: str, columns: 
 #: the figures compare.png and sweep.png chart, a panel each (``figures.FIGURES`` keys), 3 x 3
 CHART_FIGURES = ["uaf_exposures", "lazy_window_dma", "healthy_p99",
                  "worst_stall_s", "fences", "fenced_healthy",
-                 "fence_latency_s", "lockup_max_s", "syncs_per_unmap"]
+                 "fence_latency_s", "irqs_off_max_s", "syncs_per_unmap"]
 BAR_COLOR = "#4c72b0"
 #: a panel whose positive values span this factor or more goes on a (symmetric) log axis
 LOG_SPAN = 100.0

@@ -186,7 +186,7 @@ _FORMAT: dict[str, Callable[[Any], str]] = {"time": _dur, "count": _count, "rati
 #: the figures of the compare and sweep tables, in order (``figures.FIGURES`` keys)
 TABLE_FIGURES = ["uaf_exposures", "lazy_window_dma", "healthy_p50", "healthy_p99", "healthy_max", "worst_stall_s",
                  "sync_timeouts", "hw_atc_timeouts", "fences", "fenced_healthy", "fence_latency_s", "recovery_s",
-                 "lockup_s", "lockup_max_s", "commands_per_unmap", "syncs_per_unmap", "events_per_s"]
+                 "lockup_s", "irqs_off_max_s", "flush_max_s", "commands_per_unmap", "syncs_per_unmap", "events_per_s"]
 
 #: (row key, label, format) of each figure column, after the flush mode
 COMPARE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
