@@ -352,19 +352,23 @@ def test_expect_at_is_checked_during_a_live_run(local_ray, tmp_path):
 
 
 def _runs(report: dict) -> list[dict]:
-    return sorted((deterministic_view(r) for r in report["runs"]), key=lambda r: (r["policy"], r["seed"]))
+    return sorted((deterministic_view(r) for r in report["runs"]),
+                  key=lambda r: (r.get("variant", r["policy"]), r["seed"]))
 
 
 @pytest.mark.ray
 def test_compare_on_ray_gives_what_this_process_gives_with_a_plug_in_policy_on_the_workers(local_ray):
     sources = plugins.load([PLUGINS / "early_complete.py"])
     sc = scenario(duration=6, chaos=[{"at": 1, "fault": "hang", "endpoints": [5], "duration": 3}])
-    names = ["arm-smmu-v3", "test-early-complete"]
+    names = ["arm-smmu-v3", "test-early-complete", "arm-smmu-v3:sync_timeout=100ms"]  # a variant: its own column
     sharded = run_compare(sc, names, 2, None, sources=sources)
     here = run_compare(sc, names, 2, None, workers=1)
-    assert len(sharded["runs"]) == 4 and sharded["requeued"] == 0
+    assert len(sharded["runs"]) == 6 and sharded["requeued"] == 0
     assert _runs(sharded) == _runs(here)
     assert sharded["rows"][1]["uaf_exposures"] > 0  # the plug-in really ran there
+    variant = [r for r in sharded["runs"] if r["variant"] == names[2]]
+    assert [r["policy_params"]["sync_timeout"] for r in variant] == [0.1, 0.1]
+    assert sharded["rows"][2]["sync_timeouts"] > sharded["rows"][0]["sync_timeouts"]  # it gave up 10 x sooner
 
 
 @pytest.mark.ray

@@ -8,6 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
+from ats_stress.cluster.results.figures import BY_KEY
 from ats_stress.cluster.results.text import COMPARE_COLUMNS, expectation_line, print_compare, print_summary
 from ats_stress.cluster.runtime.sim import run_sim
 from helpers import scenario
@@ -48,7 +49,7 @@ def test_the_summary_prints_expectation_lines_not_dicts():
 def rows(n: int, point: bool = False) -> list[dict]:
     out = []
     for i in range(n):
-        r = {key: (123456 + i if fmt.__name__ == "_n" else 1.234567 + i) for key, _, fmt in COMPARE_COLUMNS}
+        r = {key: (123456 + i if BY_KEY[key].kind == "count" else 1.234567 + i) for key, _, fmt in COMPARE_COLUMNS}
         r["policy"] = f"policy-number-{i}"
         if point:
             r["point"] = {"policy.sync_timeout": f"{i}00ms", "topology.endpoints": 1024 + i}
@@ -103,3 +104,20 @@ def test_a_sweep_table_is_headed_by_the_swept_keys_not_policy():
     text = printed(rows(9, point=True), 100)
     assert "policy.sync_timeout" in text and "topology.endpoints" in text
     assert "┃ policy " not in text
+
+
+@pytest.mark.parametrize("n,point,width", [(6, False, 100), (6, False, 80), (4, True, 100), (2, False, 100)])
+def test_over_several_seeds_every_figure_says_sum_mean_or_max_and_shows_its_lowest_and_highest_seed(n, point, width):
+    from ats_stress.cluster.results.text import _range
+
+    many = rows(n, point)
+    for r in many:
+        r.update(runs=2, failed=0, flush="lazy")
+        r["min_max"] = {key: {"min": r[key] * 0.9, "max": r[key] * 1.1, "of": 2, "runs": 2} for key, _, _ in COMPARE_COLUMNS}
+    text = printed(many, width)
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text, text
+    flat = " ".join(text.split())
+    for key, _, fmt in COMPARE_COLUMNS:
+        assert f"({BY_KEY[key].over_seeds})" in flat
+        assert all(fmt(r[key]) in text and _range(BY_KEY[key], r["min_max"][key]) in text for r in many), key
+    assert "lowest and the highest seed" in flat and "lazy" in text

@@ -92,9 +92,14 @@ def out_dir_for(out: Optional[Path], default: str) -> Path:
 @app.command()
 def compare(
     scenario: Path = typer.Argument(..., help=SCENARIO_HELP),
-    policies_: Optional[str] = typer.Option(None, "--policies", help="comma-separated policy names (default: every "
-                                            "policy, plug-ins included)"),
+    policies_: Optional[str] = typer.Option(None, "--policies", help="comma-separated policies, each a name or a "
+                                            "variant NAME:key=value[:key=value...], for example "
+                                            "quarantine:version=v1,arm-smmu-v3 (default: every policy, plug-ins "
+                                            "included)"),
     seeds: int = typer.Option(1, "--seeds", min=1, max=1000, help="seeds per policy (scenario seed, +1, ...)"),
+    flush: Optional[str] = typer.Option(None, "--flush", help="strict, lazy or default: host.flush for every policy "
+                                        "(default: the scenario's, which is each policy's Kconfig default unless it "
+                                        "says otherwise)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory for compare.json and the charts"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -102,27 +107,38 @@ def compare(
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    """Run the same scenario and seeds under each policy and print one table."""
+    """Run the same scenario and seeds under each policy (or variant of one) and print one table."""
+    from ats_stress.cluster.experiments.compare import (PolicyVariant, check_variant, compare_title, parse_policies,
+                                                        run_compare, with_flush)
+    from ats_stress.cluster.results.text import print_compare
+
     sources = _plugins(policy_file)
-    names = policy_names() if policies_ is None else list(dict.fromkeys(p.strip() for p in policies_.split(",")
-                                                                         if p.strip()))  # a repeat once
+    try:
+        names = ([PolicyVariant(n) for n in policy_names()] if policies_ is None
+                 else parse_policies(policies_))  # a repeat once
+    except ScenarioError as exc:
+        _fail_input(str(exc))
     if not names:
         _fail_input("--policies: give at least one policy name.")
-    for n in names:
+    for v in names:
         try:
-            get_policy(n)
+            get_policy(v.name)
         except PolicyError as exc:
-            _fail_input(f"--policies: {exc}")
+            _fail_input(f"--policies {v.label!r}: {exc}")
     sc = _load(scenario, set_)
+    try:
+        sc = with_flush(sc, flush)
+        for v in names:
+            check_variant(v, sc)
+    except ScenarioError as exc:
+        _fail_input(str(exc))
     out_dir = out_dir_for(out, f"compare-{sc.name}")
-    from ats_stress.cluster.experiments.compare import run_compare
-    from ats_stress.cluster.results.text import print_compare
 
     _sigterm_as_interrupt()
     with fanout_errors(), RunProgress("compare", len(names) * seeds, quiet) as bar:
         report = run_compare(sc, names, seeds, out_dir, workers=workers, address=address, sources=sources,
-                             on_result=lambda r: bar.advance())
-    print_compare(report["rows"], out_console, title=f"{sc.name} · {seeds} seed(s) per policy · sim runtime")
+                             on_result=lambda r: bar.advance(), flush=flush, sets=set_)
+    print_compare(report["rows"], out_console, title=compare_title(sc, names, seeds, flush is not None))
     finish(report, "compare.json")
 
 
@@ -138,6 +154,8 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster to join (default: an embedded "
                                           "local Ray): sim points fan out to it, ray points run live on it"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sim runtime: " + WORKERS_HELP),
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="override policy.name (its parameters the "
+                                         "new policy has are kept); sweep policies with --param policy.name=a,b"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -145,18 +163,22 @@ def sweep(
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sources = _plugins(policy_file)
-    sc = _load(scenario, set_)
-    out_dir = out_dir_for(out, f"sweep-{sc.name}")
-    from ats_stress.cluster.experiments.sweep import grid, run_sweep
+    sc = _load(scenario, set_, policy)
+    from ats_stress.cluster.experiments.sweep import grid, policies_of, run_sweep, sweep_title
     from ats_stress.cluster.results.text import print_compare
 
+    try:
+        points = grid(sc, param, seeds, str(scenario))
+    except ScenarioError as exc:
+        _fail_input(str(exc))
+    out_dir = out_dir_for(out, f"sweep-{sc.name}-{'+'.join(policies_of(points))}")
     _sigterm_as_interrupt()
     with fanout_errors():
-        points = grid(sc, param, seeds, str(scenario))
         with RunProgress("sweep", len(points), quiet or runtime == "ray") as bar:
             report = run_sweep(sc, param, seeds, out_dir, source=str(scenario), runtime=runtime, address=address,
-                               workers=workers, sources=sources, on_result=lambda r: bar.advance(), points=points)
-    print_compare(report["rows"], out_console, title=f"{sc.name} · sweep · {seeds} seed(s) per point · {runtime} runtime")
+                               workers=workers, sources=sources, on_result=lambda r: bar.advance(), points=points,
+                               sets=set_)
+    print_compare(report["rows"], out_console, title=sweep_title(sc, points, report["params"], seeds, runtime))
     finish(report, "sweep.json")
 
 

@@ -1,29 +1,122 @@
-"""``ats-stress compare``: one scenario, several policies, several seeds, one table.
+"""``ats-stress compare``: one scenario, several policies or policy variants, several seeds, one table.
 
 Runs are independent sim runs, so they go to a ``Pool`` (``pool.py``): Ray tasks on an embedded
-local Ray or a cluster, or this process with one worker. Per-policy rows aggregate the seeds:
-counts are totals over the seeds, maxima are the maximum over the seeds, typical latencies and
-rates are means. An interruption keeps the runs finished so far (``interrupted`` in the report).
+local Ray or a cluster, or this process with one worker. A column is a policy, or a variant of one
+(``quarantine:version=v1``: NAME, then ``:key=value`` for each parameter). Its row combines the
+seeds figure by figure, as ``cluster/results/figures.py`` says (counts summed, worst cases the
+maximum, typical latencies and rates the mean) and keeps each figure's lowest and highest seed
+(``min_max``). An interruption keeps the runs finished so far (``interrupted`` in the report).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ats_stress.cluster.scenario import Scenario
+import yaml
+
+from ats_stress.cluster.scenario import Scenario, ScenarioError
+from ats_stress.cluster.results.figures import figures_legend, row_figures
 from ats_stress.cluster.results.summary import write_json
 
 from .pool import Pool, PoolError
 
+FLUSH_MODES = ("strict", "lazy", "default")
 
-def variants(sc: Scenario, policies: list[str], seeds: int) -> list[Scenario]:
+
+@dataclass(frozen=True)
+class PolicyVariant:
+    """One column of compare: a policy and the parameters given for it on the command line;
+    ``label`` names the column as the command line wrote it (``NAME`` or ``NAME:key=value:...``)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", ":".join([self.name] + [f"{k}={v}" for k, v in self.params.items()]))
+
+
+def parse_variant(spec: str) -> PolicyVariant:
+    """``NAME`` or ``NAME:key=value[:key=value...]``; ScenarioError naming the spec when malformed.
+    The policy and its parameters are checked by ``check_variant``."""
+    name, *pairs = [p.strip() for p in spec.split(":")]
+    if not name:
+        raise ScenarioError(f"--policies {spec!r}: a policy name comes first, then :key=value for each parameter "
+                            "(for example quarantine:version=v1).")
+    params: dict[str, Any] = {}
+    texts: list[str] = []
+    for pair in pairs:
+        key, eq, value = (s.strip() for s in pair.partition("="))
+        if not eq or not key or not value:
+            raise ScenarioError(f"--policies {spec!r}: {pair!r} is not key=value; write NAME:key=value, several "
+                                "joined by ':' (for example fence-on-timeout:culprit_search=linear:sync_timeout=100ms).")
+        if key in params:
+            raise ScenarioError(f"--policies {spec!r}: parameter {key!r} is given twice.")
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            params[key] = value
+        texts.append(f"{key}={value}")
+    return PolicyVariant(name, params, ":".join([name] + texts))
+
+
+def parse_policies(text: str) -> list[PolicyVariant]:
+    """``--policies``: comma-separated variants, a repeat (same label) run once."""
+    out: dict[str, PolicyVariant] = {}
+    for spec in text.split(","):
+        if spec.strip():
+            v = parse_variant(spec)
+            out.setdefault(v.label, v)
+    return list(out.values())
+
+
+def variant_params(v: PolicyVariant, sc: Scenario) -> dict[str, Any]:
+    """The scenario's parameters that the variant's policy has (its own policy's, when it names
+    that), overridden by the variant's own."""
+    return {**policy_params_for(v.name, sc), **v.params}
+
+
+def check_variant(v: PolicyVariant, sc: Scenario) -> None:
+    """ScenarioError naming the variant when its policy is unknown or a parameter is wrong."""
+    from ats_stress.iommu_actor.policy import PolicyError, validate_params
+
+    try:
+        validate_params(v.name, variant_params(v, sc))
+    except PolicyError as exc:
+        raise ScenarioError(f"--policies {v.label!r}: {str(exc).replace('Value error, ', '')}.") from None
+
+
+def with_flush(sc: Scenario, flush: str | None) -> Scenario:
+    """The scenario with ``host.flush`` forced (``--flush``), or as it is."""
+    if flush is None:
+        return sc
+    if flush not in FLUSH_MODES:
+        raise ScenarioError(f"--flush {flush!r}: the modes are strict, lazy and default (each policy's Kconfig "
+                            "default).")
+    data = sc.model_dump(mode="python")
+    data["host"]["flush"] = flush
+    return Scenario.model_validate(data)
+
+
+def flush_text(sc: Scenario, forced: bool) -> str:
+    """What decided the flush mode of every column, for titles."""
+    if sc.host.flush == "default":
+        return "flush: each policy's Kconfig default" + (" (--flush default)" if forced else "")
+    return f"flush: {sc.host.flush} for every policy" + (" (--flush)" if forced else " (the scenario's host.flush)")
+
+
+def variants(sc: Scenario, policies: list, seeds: int) -> list[Scenario]:
+    """Every (variant, seed) scenario, variant by variant, seeds consecutive."""
     out = []
-    for name in policies:
+    for v in policies:
+        v = v if isinstance(v, PolicyVariant) else parse_variant(v)
         for k in range(seeds):
             data = sc.model_dump(mode="python")
             # keep parameters that this policy knows; drop the others (they belong to another policy)
-            data["policy"] = {"name": name, **policy_params_for(name, sc)}
+            data["policy"] = {"name": v.name, **variant_params(v, sc)}
             data["seed"] = sc.seed + k
             out.append(Scenario.model_validate(data))
     return out
@@ -38,49 +131,13 @@ def policy_params_for(name: str, sc: Scenario) -> dict[str, Any]:
     return {k: v for k, v in sc.policy.params().items() if k in known}
 
 
-def _mean(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _max(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return max(xs) if xs else None
-
-
 def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
-    """One row: sums, worsts and means over the runs that did not fail (a failed run's figures stop
-    where its error struck); ``failed`` counts the others, and with none left every figure is None."""
+    """One row: each figure over the runs that did not fail (a failed run's figures stop where its
+    error struck), combined as ``figures.FIGURES`` says, with ``min_max`` per figure; ``failed``
+    counts the others, and with none left every figure is None."""
     failed = sum(1 for r in runs if r.get("status") == "failed")
     runs = [r for r in runs if r.get("status") != "failed"]
-    row = _figures(runs)
-    if not runs:
-        row = {k: None for k in row}
-    return {"policy": label, "runs": len(runs), "failed": failed, **row}
-
-
-def _figures(runs: list[dict]) -> dict[str, Any]:
-    h = [r["healthy_unmap_latency_s"] for r in runs]
-    return {
-        "uaf_exposures": sum(r["uaf_exposures"] for r in runs),
-        "uaf_reallocated": sum(r["uaf_reallocated"] for r in runs),
-        "healthy_p50": _mean([x["p50"] for x in h]),
-        "healthy_p99": _mean([x["p99"] for x in h]),
-        "healthy_max": _max([x["max"] for x in h]),
-        "worst_stall_s": _max([r["worst_stall_s"] for r in runs]),
-        "sync_timeouts": sum(r["sync_timeouts"] for r in runs),
-        "hw_atc_timeouts": sum(r["hw_atc_timeouts"] for r in runs),
-        "fences": sum(r["fence_count"] for r in runs),
-        "fenced_healthy": sum(r["fenced_healthy"] for r in runs),
-        "fence_latency_s": _max([r["fence_latency_s"]["max"] for r in runs]),
-        "recovery_s": _max([r["recovery_s"]["max"] for r in runs]),
-        "lockup_s": _mean([r["lockup_s"] for r in runs]),
-        "commands_per_unmap": _mean([r["commands_per_unmap"] for r in runs]),
-        "syncs_per_unmap": _mean([r["syncs_per_unmap"] for r in runs]),
-        "unmaps_completed": sum(r["unmaps"]["count"] for r in runs),
-        "unmaps_incomplete": sum(r["unmaps"]["incomplete"] for r in runs),
-        "events_per_s": _mean([r["wall"]["events_per_s"] for r in runs]),
-    }
+    return {"policy": label, "runs": len(runs), "failed": failed, **row_figures(runs)}
 
 
 def run_matrix(scenarios: list[Scenario], pool: Pool, on_result: Callable[[dict], None] | None = None,
@@ -118,66 +175,45 @@ def mark_stop(report: dict, stop: str | None) -> None:
         report["first_error"] = failed[0].get("error")
 
 
-def run_compare(sc: Scenario, policies: list[str], seeds: int, out: Path | None, workers: int | None = None,
+def run_compare(sc: Scenario, policies: list, seeds: int, out: Path | None, workers: int | None = None,
                 on_result: Callable[[dict], None] | None = None, address: str | None = None,
-                sources: tuple = ()) -> dict:
-    """``report["files"]``: what was written under ``out``."""
+                sources: tuple = (), flush: str | None = None, sets: list[str] = ()) -> dict:
+    """Every policy (a name or a ``PolicyVariant``) on every seed; ``flush`` forces host.flush for
+    all (``--flush``); ``sets``: the --set options the scenario was loaded with, for the record.
+    ``report["files"]``: what was written under ``out``."""
+    sc = with_flush(sc, flush)
+    vs = [v if isinstance(v, PolicyVariant) else parse_variant(v) for v in policies]
+    for v in vs:  # a bad variant is bad input before any run, not a validation traceback in a worker
+        check_variant(v, sc)
     with Pool(workers, address, sources) as pool:
-        results, stop = run_matrix(variants(sc, policies, seeds), pool, on_result, series=out is not None)
+        results, stop = run_matrix(variants(sc, vs, seeds), pool, on_result, series=out is not None)
         requeued = pool.requeued
+    rows = []
+    for i, v in enumerate(vs):
+        runs = [r for r in results[i * seeds:(i + 1) * seeds] if r is not None]
+        for r in runs:
+            r["variant"] = v.label
+        rows.append({**aggregate(v.label, runs), "policy_name": v.name, "policy_params": variant_params(v, sc)})
     done = [r for r in results if r is not None]
     series = [r.pop("series", None) for r in done]
-    rows = [aggregate(name, [r for r in done if r["policy"] == name]) for name in policies]
-    report = {"scenario": sc.name, "policies": policies, "seeds": [sc.seed + k for k in range(seeds)],
-              "rows": rows, "runs": done, "requeued": requeued}
+    report = {"scenario": sc.name, "policies": [v.label for v in vs], "seeds": [sc.seed + k for k in range(seeds)],
+              "flush": sc.host.flush, "flush_forced": flush is not None, "sets": list(sets),
+              "figures": figures_legend(), "rows": rows, "runs": done, "requeued": requeued}
     mark_stop(report, stop)
     files: list[Path] = []
     if out is not None:
-        write_json(out / "compare.json", report)
-        plot_compare(rows, out / "compare.png", title=f"{sc.name}: {seeds} seed(s) per policy")
-        files = [out / "compare.json", out / "compare.png"]
-        from ats_stress.cluster.results.plots import plot_compare_series
+        from ats_stress.cluster.results.plots import plot_compare, plot_compare_series
 
+        write_json(out / "compare.json", report)
+        plot_compare(rows, out / "compare.png", title=compare_title(sc, vs, seeds, flush is not None), seeds=seeds)
+        files = [out / "compare.json", out / "compare.png"]
         files += plot_compare_series(sc, done, series, out)  # compare-latency/cmdq/endpoints.png
     report["files"] = [str(f) for f in files]
     return report
 
 
-CHART_FIGURES = [
-    ("uaf_exposures", "UAF exposures (total)", 1.0, ""),
-    ("healthy_p99", "healthy unmap p99", 1e3, "ms"),
-    ("worst_stall_s", "worst healthy stall", 1.0, "s"),
-    ("fence_latency_s", "fence latency (max)", 1.0, "s"),
-    ("lockup_s", "CPU lockup (mean)", 1.0, "s"),
-    ("syncs_per_unmap", "CMD_SYNCs per unmap", 1.0, ""),
-]
-
-
-def plot_compare(rows: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ats_stress.cluster.results.plots import none_panel
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    names = [r["policy"] for r in rows]
-    for ax, (key, label, scale, unit) in zip(axes.flat, CHART_FIGURES):
-        values = [(r.get(key) or 0.0) * scale for r in rows]
-        bars = ax.bar(range(len(names)), values, color="#4c72b0")
-        ax.set_title(label + (f" ({unit})" if unit else ""), fontsize=10)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
-        for b, r in zip(bars, rows):  # a bar of height 0 is invisible: say 0 or n/a under it
-            if not r.get(key):
-                ax.annotate("n/a" if r.get(key) is None else "0", (b.get_x() + b.get_width() / 2, 0),
-                            ha="center", va="bottom", fontsize=7)
-        if not any(values):  # no scale to show: one sentence instead of an empty axis around 0
-            ax.set_ylim(0, 1)
-            none_panel(ax, "n/a under every policy" if all(r.get(key) is None for r in rows) else "0 under every policy")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def compare_title(sc: Scenario, vs: list[PolicyVariant], seeds: int, forced: bool) -> str:
+    """What the chart compares: scenario, columns, seeds, flush mode, runtime."""
+    seed_text = f"seed {sc.seed}" if seeds == 1 else f"{seeds} seeds ({sc.seed}-{sc.seed + seeds - 1})"
+    return (f"{sc.name}: {len(vs)} {'policy' if len(vs) == 1 else 'policies'}, {seed_text} each · "
+            f"{flush_text(sc, forced)} · sim runtime")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from ats_stress.cluster.scenario import Scenario, ScenarioError, apply_sets, scenario_from_dict
+from ats_stress.cluster.results.figures import figures_legend
 from ats_stress.cluster.results.summary import write_json
 
 from .compare import aggregate, mark_stop, run_matrix
@@ -56,8 +57,7 @@ def grid(sc: Scenario, params: list[str], seeds: int, source: str) -> list[tuple
             data = yaml.safe_load(yaml.safe_dump(base))  # a deep copy with plain types
             data = apply_sets(data, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
                                      for key, value in point.items()] + [f"seed={sc.seed + k}"])
-            label = ", ".join(f"{key}={value}" for key, value in point.items())
-            out.append((point, scenario_from_dict(data, f"{source} [{label}]")))
+            out.append((point, scenario_from_dict(data, f"{source} [{point_label(point)}]")))
     return out
 
 
@@ -92,11 +92,32 @@ def run_points_live(scenarios: list[Scenario], address: str | None, sources: tup
             ray.shutdown()
 
 
+def point_label(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def policies_of(points: list[tuple[dict, Scenario]]) -> list[str]:
+    """The policies a sweep runs, in order (several when it sweeps policy.name)."""
+    return list(dict.fromkeys(s.policy.name for _, s in points))
+
+
+def policy_text(sc: Scenario, points: list[tuple[dict, Scenario]], params: list[str]) -> str:
+    """"policy quarantine (version=v2)" or "policies amd-iommu, intel-vtd (swept)", for titles: the
+    policy's own parameters the scenario sets and the sweep does not."""
+    names = policies_of(points)
+    if len(names) > 1:
+        return "policies " + ", ".join(names)
+    swept = {k.split(".", 1)[1] for k in params if k.startswith("policy.")}
+    fixed = {k: v for k, v in sc.policy.params().items() if k not in swept}
+    return f"policy {names[0]}" + (f" ({', '.join(f'{k}={v}' for k, v in fixed.items())})" if fixed else "")
+
+
 def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, source: str = "<scenario>",
               workers: int | None = None, runtime: str = "sim", address: str | None = None,
               sources: tuple = (), on_result: Callable[[dict], None] | None = None,
-              points: list[tuple[dict, Scenario]] | None = None) -> dict:
-    """``report["files"]``: what was written under ``out``. ``points``: ``grid``'s, if already built."""
+              points: list[tuple[dict, Scenario]] | None = None, sets: list[str] = ()) -> dict:
+    """``report["files"]``: what was written under ``out``. ``points``: ``grid``'s, if already built;
+    ``sets``: the --set options the scenario was loaded with, recorded in sweep.json."""
     points = points if points is not None else grid(sc, params, seeds, source)
     requeued = 0
     if runtime == "ray":
@@ -107,19 +128,20 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
             requeued = pool.requeued
     rows: list[dict] = []
     by_label: dict[str, list[dict]] = {}
-    labels: dict[str, dict] = {}
-    for (point, _), r in zip(points, results):
-        if r is None:
-            continue
-        label = ", ".join(f"{k}={v}" for k, v in point.items())
-        by_label.setdefault(label, []).append(r)
-        labels[label] = point
+    first: dict[str, tuple[dict, Scenario]] = {}
+    for (point, s), r in zip(points, results):
+        label = point_label(point)
+        first.setdefault(label, (point, s))
+        if r is not None:
+            by_label.setdefault(label, []).append(r)
     for label, runs in by_label.items():
-        row = aggregate(label, runs)
-        row["point"] = labels[label]
-        rows.append(row)
-    report = {"scenario": sc.name, "runtime": runtime, "params": [parse_param(p)[0] for p in params],
-              "seeds": [sc.seed + k for k in range(seeds)], "rows": rows,
+        point, s = first[label]
+        row = aggregate(s.policy.name, runs)  # each row's policy is the policy its runs ran
+        rows.append({**row, "policy_params": s.policy.params(), "point": point, "label": label})
+    keys = [parse_param(p)[0] for p in params]
+    report = {"scenario": sc.name, "runtime": runtime, "policy": sc.policy.name, "policies": policies_of(points),
+              "params": keys, "sets": list(sets), "seeds": [sc.seed + k for k in range(seeds)],
+              "figures": figures_legend(), "rows": rows,
               "runs": [r for r in results if r is not None], "requeued": requeued}
     mark_stop(report, stop)
     files: list[Path] = []
@@ -127,51 +149,16 @@ def run_sweep(sc: Scenario, params: list[str], seeds: int, out: Path | None, sou
         write_json(out / "sweep.json", report)
         files.append(out / "sweep.json")
         if rows:
-            plot_sweep(rows, report["params"], out / "sweep.png", title=f"{sc.name}: sweep, {seeds} seed(s) per point")
+            from ats_stress.cluster.results.plots import plot_sweep
+
+            plot_sweep(rows, keys, out / "sweep.png", title=sweep_title(sc, points, keys, seeds, runtime),
+                       seeds=seeds, sets=list(sets))
             files.append(out / "sweep.png")
     report["files"] = [str(f) for f in files]
     return report
 
 
-SWEEP_FIGURES = [
-    ("uaf_exposures", "UAF exposures (total)"),
-    ("worst_stall_s", "worst healthy stall (s)"),
-    ("fence_latency_s", "fence latency, max (s)"),
-    ("syncs_per_unmap", "CMD_SYNCs per unmap"),
-]
-
-
-def plot_sweep(rows: list[dict], params: list[str], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ats_stress.cluster.results.plots import none_panel, plain_ticks
-
-    x_key = params[0]
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        rest = ", ".join(f"{k}={v}" for k, v in r["point"].items() if k != x_key) or "all"
-        series.setdefault(rest, []).append(r)
-    fig, axes = plt.subplots(1, len(SWEEP_FIGURES), figsize=(4.2 * len(SWEEP_FIGURES), 3.8))
-    for ax, (key, label) in zip(axes, SWEEP_FIGURES):
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel(x_key, fontsize=8)
-        values = [r.get(key) for r in rows]
-        if not any(values):  # all zero or missing: say so rather than draw an empty axis
-            none_panel(ax)
-            ax.set_xticks([])
-            continue
-        for name, pts in series.items():
-            xs = [str(p["point"][x_key]) for p in pts]
-            ys = [p.get(key) if p.get(key) is not None else float("nan") for p in pts]
-            ax.plot(xs, ys, marker="o", label=name)
-        plain_ticks(ax, [v for v in values if v is not None])  # no offset labels (1e-5+1.99981e1)
-    if len(series) > 1:
-        axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def sweep_title(sc: Scenario, points: list[tuple[dict, Scenario]], keys: list[str], seeds: int, runtime: str) -> str:
+    n = len({point_label(p) for p, _ in points})
+    seed_text = f"seed {sc.seed}" if seeds == 1 else f"{seeds} seeds ({sc.seed}-{sc.seed + seeds - 1})"
+    return f"{sc.name} · {policy_text(sc, points, keys)} · {n} points, {seed_text} each · {runtime} runtime"

@@ -345,8 +345,9 @@ def plot_compare_series(sc, runs: list[dict], series: list[dict | None], out_dir
     out = Path(out_dir)
     first: dict[str, tuple[dict, dict]] = {}
     for r, s in zip(runs, series):
-        if s and r["policy"] not in first and r["seed"] == sc.seed:
-            first[r["policy"]] = (r, s)
+        column = r.get("variant", r["policy"])  # a policy, or a variant of one (quarantine:version=v1)
+        if s and column not in first and r["seed"] == sc.seed:
+            first[column] = (r, s)
     if not first:
         return []
     written = []
@@ -402,3 +403,319 @@ def compare_figure(sc, runs: dict[str, tuple[dict, dict]], title: str, columns: 
             count_axis(top, values)
     fig.tight_layout()
     return fig
+
+
+
+# --- compare.png and sweep.png: the figures of compare's and sweep's rows ---------------------------
+
+
+#: the figures compare.png and sweep.png chart, a panel each (``figures.FIGURES`` keys), 3 x 3
+CHART_FIGURES = ["uaf_exposures", "lazy_window_dma", "healthy_p99",
+                 "worst_stall_s", "fences", "fenced_healthy",
+                 "fence_latency_s", "irqs_off_max_s", "syncs_per_unmap"]
+BAR_COLOR = "#4c72b0"
+#: a panel whose positive values span this factor or more goes on a (symmetric) log axis
+LOG_SPAN = 100.0
+
+
+def _unit_of(fig, values: list) -> tuple[str, float]:
+    """A panel's unit: s, ms, us or ns for times (chosen by its largest value), none otherwise."""
+    from .figures import time_unit
+
+    return time_unit(values) if fig.kind == "time" else ("", 1.0)
+
+
+def value_text(v, fig, unit: str = "", scale: float = 1.0) -> str:
+    """A value as a chart prints it: "none", "19.9 s", "7,438", "0.5", "2.01"."""
+    if v is None:
+        return "none"
+    x = v / scale
+    if fig.kind == "time":
+        return f"{x:.3g} {unit}" if x else f"0 {unit}"
+    if fig.kind == "count":
+        if float(x).is_integer():
+            return f"{int(x):,}"
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2g}" if abs(x) < 1 else f"{x:.3g}"
+    return f"{x:.3g}"
+
+
+def _log_threshold(fig, positive: list[float]) -> float | None:
+    """The linear threshold of a symmetric-log axis for these values, or None for a linear axis:
+    counts keep 0..1 linear; times the decade below their smallest value."""
+    import math
+
+    if not positive or max(positive) < LOG_SPAN * min(positive):
+        return None
+    return 1.0 if fig.kind == "count" else 10 ** math.floor(math.log10(min(positive)))
+
+
+def _plain_number(v: float, _pos=None) -> str:
+    """A tick label: 0.5, 20, 500, 2.5k, 3M (never 1e4 or an offset)."""
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:,.0f}" if a >= 1 and float(v).is_integer() else f"{v:g}"
+
+
+def _plain_log_labels(axis) -> None:
+    """Tick labels of a log axis as plain numbers (1, 10, 100, 1,000, 10k), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(_plain_number))
+
+
+def _wrap_label(label: str, width: int = 28) -> str:
+    """A long variant label (NAME:key=value:...) broken before its ':' parameters."""
+    if len(label) <= width or ":" not in label:
+        return label
+    name, *params = label.split(":")
+    return "\n".join([name] + [":" + p for p in params])
+
+
+def plot_compare(rows: list[dict], path: Path, title: str = "", seeds: int = 1) -> None:
+    fig = compare_chart(rows, title, seeds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
+def compare_chart(rows: list[dict], title: str = "", seeds: int = 1):
+    """compare.png: a panel per figure (``CHART_FIGURES``), a horizontal bar per policy or variant
+    (its flush mode beside its name), each bar's value printed at its end, the unit chosen per panel
+    from its values, whiskers from the lowest to the highest seed, and a symmetric-log axis, said in
+    the panel's title, when the values span two orders of magnitude or more."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    from .figures import BY_KEY, chart_how, chart_value
+
+    plt = _plt()
+    labels = [_wrap_label(str(r["policy"])) + (f"  ({r['flush']})" if r.get("flush") else "") for r in rows]
+    lines = sum(max(1, lb.count("\n") + 1) for lb in labels)
+    panel_h = 0.55 + 0.2 * lines + 0.12 * len(rows)
+    fig, axes = plt.subplots(3, 3, figsize=(13, 0.9 + 3 * panel_h), sharey=True)
+    ys = list(range(len(rows)))
+    for ax, key in zip(axes.flat, CHART_FIGURES):
+        f = BY_KEY[key]
+        drawn = [chart_value(f, r) for r in rows]
+        unit, scale = _unit_of(f, [v for v, _ in drawn] + [s["max"] for _, s in drawn if s])
+        vals = [None if v is None else v / scale for v, _ in drawn]
+        span = max([v or 0.0 for v in vals] + [s["max"] / scale for _, s in drawn if s] + [0.0])
+
+        def visible(sp: dict) -> bool:  # a whisker shorter than a line's width says nothing
+            return (sp["max"] - sp["min"]) / scale > 0.01 * span
+        ax.barh(ys, [v or 0.0 for v in vals], height=0.6, color=BAR_COLOR)
+        tops = []
+        for y, v, (raw, sp) in zip(ys, vals, drawn):
+            top = v or 0.0
+            if sp and seeds > 1 and sp["max"] > sp["min"] and v is not None and visible(sp):
+                lo, hi = sp["min"] / scale, sp["max"] / scale
+                ax.errorbar(v, y, xerr=[[max(0.0, v - lo)], [max(0.0, hi - v)]], fmt="none", ecolor="black",
+                            elinewidth=1, capsize=3)
+                top = max(top, hi)
+            tops.append(top)
+            ax.annotate(value_text(raw, f, unit, scale), (top, y), xytext=(4, 0),
+                        textcoords="offset points", va="center", ha="left", fontsize=8,
+                        color="#777777" if not v else "black")
+        positive = [t for t in tops if t > 0]
+        thresh = _log_threshold(f, positive)
+        how = [h for h in (chart_how(f, seeds), "log scale" if thresh else "") if h]
+        ax.set_title(f.title + (f" ({unit})" if unit else "") + ("\n" + ", ".join(how) if how else ""), fontsize=9)
+        if not positive:  # nothing to scale: the labels say 0 or none, the axis says nothing
+            ax.set_xlim(0, 1)
+            ax.tick_params(axis="x", bottom=False, labelbottom=False)
+        elif thresh:
+            import math
+
+            ax.set_xscale("symlog", linthresh=thresh, linscale=0.5)
+            decades = math.log10(max(positive) / thresh) + 1
+            ax.set_xlim(0, max(positive) * 10 ** (0.35 * decades))  # room for the value labels
+            _plain_log_labels(ax.xaxis)
+        else:
+            ax.set_xlim(0, max(positive) * 1.3)
+            ax.xaxis.set_major_locator(MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]))
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0][0].set_yticks(ys, labels)
+    axes[0][0].set_ylim(len(rows) - 0.5, -0.5)  # the first policy on top
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    if seeds > 1:
+        fig.text(0.5, 0.005, "whiskers: the lowest and the highest seed, where they differ visibly. Counts are drawn "
+                 "per run; the table and compare.json give their sums over the seeds.", ha="center", va="bottom", fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, 0.02 if seeds > 1 else 0, 1, 1))
+    return fig
+
+
+def sweep_axis(values: list) -> tuple[str, list[float]]:
+    """How sweep.png lays out the swept values (in the order given): ("linear", their numbers) when
+    they are numbers or durations evenly spaced; ("log", their numbers) when positive and not
+    evenly spaced (a hardware timeout of 50ms, 500ms, 5s, 60s); ("categorical", 0, 1, 2...) for
+    anything else (names, modes, a single value, uneven values with a zero)."""
+    from ats_stress.iommu_actor.units import parse_duration
+
+    nums: list[float] = []
+    for v in values:
+        if isinstance(v, bool):
+            break
+        try:
+            nums.append(float(v) if isinstance(v, (int, float)) else parse_duration(v))
+        except (TypeError, ValueError):
+            break
+    if len(nums) == len(values) and len(set(nums)) == len(nums) >= 2:
+        xs = sorted(nums)
+        steps = [b - a for a, b in zip(xs, xs[1:])]
+        if max(steps) - min(steps) <= 1e-9 * max(abs(x) for x in xs):
+            return "linear", nums
+        if xs[0] > 0:
+            return "log", nums
+    return "categorical", [float(i) for i in range(len(values))]
+
+
+#: with more series than this, sweep.png marks a point with no value by an x on the axis, not "none"
+MAX_NONE_TEXTS = 3
+
+
+#: series colours of sweep.png (matplotlib's tab10, then tab20b for more)
+def _series_colors(n: int) -> list:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_sweep(rows: list[dict], params: list[str], path: Path, title: str = "", seeds: int = 1,
+               sets: list[str] = ()) -> None:
+    fig = sweep_chart(rows, params, title, seeds, sets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
+def sweep_chart(rows: list[dict], params: list[str], title: str = "", seeds: int = 1, sets: list[str] = ()):
+    """sweep.png: a panel per figure (``CHART_FIGURES``) over the first swept key, one series per
+    combination of the others. Every panel has every point on the same x ticks: numbers evenly
+    spaced on a linear axis, otherwise positive numbers on a log axis, otherwise categories (said
+    under the axis), whose points are not joined by lines. A point with no value (no fence, so no
+    fence latency) says "none" where it would be. Counts (per run) and times start at 0, on a
+    symmetric-log axis, said in the title, when they span two orders of magnitude or more; error
+    bars go from the lowest to the highest seed."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+
+    from .figures import BY_KEY, chart_how, chart_value
+
+    plt = _plt()
+    x_key = params[0]
+    values = list(dict.fromkeys(r["point"][x_key] for r in rows))
+    texts = {v: str(v) for v in values}
+    kind, pos = sweep_axis(values)
+    at = dict(zip(values, pos))
+    series: dict[str, list[dict]] = {}
+    others = [k for k in params if k != x_key]
+    short = [k.rsplit(".", 1)[-1] for k in others]
+    for r in rows:  # the legend's title names the other keys; each entry their values
+        rest = (str(r["point"][others[0]]) if len(others) == 1 else
+                ", ".join(f"{s}={r['point'][k]}" for s, k in zip(short, others)) or "all")
+        series.setdefault(rest, []).append(r)
+    colors = _series_colors(len(series))
+    width = 0.6 / max(1, len(series))  # categorical: the series side by side within a category
+    fig, axes = plt.subplots(3, 3, figsize=(13, 9.6), sharex=True)
+    for ax, key in zip(axes.flat, CHART_FIGURES):
+        f = BY_KEY[key]
+        drawn_all = [chart_value(f, r) for r in rows]
+        unit, scale = _unit_of(f, [v for v, _ in drawn_all] + [s["max"] for _, s in drawn_all if s])
+        tops: list[float] = []
+        for j, (name, pts) in enumerate(series.items()):
+            pts = sorted(pts, key=lambda r: at[r["point"][x_key]])
+            shift = (j - (len(series) - 1) / 2) * width if kind == "categorical" else 0.0
+            xs = [at[r["point"][x_key]] + shift for r in pts]
+            drawn = [chart_value(f, r) for r in pts]
+            ys = [float("nan") if v is None else v / scale for v, _ in drawn]
+            lo = [0.0 if v is None or not sp else max(0.0, v - sp["min"]) / scale for v, sp in drawn]
+            hi = [0.0 if v is None or not sp else max(0.0, sp["max"] - v) / scale for v, sp in drawn]
+            ax.errorbar(xs, ys, yerr=[lo, hi] if seeds > 1 else None, color=colors[j], marker="o", ms=4,
+                        lw=1.3, ls="none" if kind == "categorical" else "-", capsize=3, elinewidth=1, label=name)
+            tops += [y + h for y, h in zip(ys, hi) if y == y]
+            missing = [x for x, (v, _) in zip(xs, drawn) if v is None]
+            if len(series) > MAX_NONE_TEXTS:  # too many series to stack words: an x on the axis each
+                ax.plot(missing, [0.0] * len(missing), ls="none", marker="x", ms=6, mew=1.5, color=colors[j],
+                        transform=ax.get_xaxis_transform(), clip_on=False)[0].set_in_layout(False)
+            for x in missing:  # no value here: say so where the point would be
+                if len(series) <= MAX_NONE_TEXTS:
+                    ax.annotate("none", (x, 0), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
+                                xytext=(0, 3 + (0 if kind == "categorical" else 9 * j)), ha="center", va="bottom",
+                                fontsize=7, color=colors[j])
+        positive = [t for t in tops if t > 0]
+        thresh = _log_threshold(f, positive)
+        how = [h for h in (chart_how(f, seeds), "log scale" if thresh else "") if h]
+        ax.set_title(f.title + (f" ({unit})" if unit else "") + ("\n" + ", ".join(how) if how else ""), fontsize=9)
+        if not positive:  # every point 0 or none: the axis is only its 0
+            ax.set_ylim(0, 1)
+            ax.set_yticks([0])
+        elif thresh:
+            ax.set_yscale("symlog", linthresh=thresh, linscale=0.5)
+            ax.set_ylim(0, max(positive) * 10 ** (0.15 * (math.log10(max(positive) / thresh) + 1)))
+            _plain_log_labels(ax.yaxis)
+        else:
+            ax.set_ylim(0, max(positive) * 1.15)
+            ax.yaxis.set_major_locator(MaxNLocator(5, steps=[1, 2, 2.5, 5, 10], integer=f.kind == "count"
+                                                   and seeds == 1))
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+    # one set of x ticks for every panel: every swept value, whether or not a panel has a value there
+    ax0 = axes[0][0]
+    if kind == "log":
+        ax0.set_xscale("log")
+        pad = 10 ** (0.06 * max(1.0, math.log10(max(pos) / min(pos))))
+        ax0.set_xlim(min(pos) / pad, max(pos) * pad)
+    elif kind == "linear":
+        pad = 0.06 * (max(pos) - min(pos))
+        ax0.set_xlim(min(pos) - pad, max(pos) + pad)
+    else:
+        ax0.set_xlim(-0.5, len(values) - 0.5)
+    ax0.set_xticks(pos, [texts[v] for v in values])
+    ax0.xaxis.set_minor_locator(NullLocator())
+    note = {"linear": "", "log": " (log scale)",
+            "categorical": " (categorical: the values are not evenly spaced)" if _numeric(values) else
+            " (categorical)"}[kind]
+    long_ticks = max(len(t) for t in texts.values()) * len(values) > 60
+    for ax in axes[-1]:
+        ax.set_xlabel(x_key + note, fontsize=9)
+        if long_ticks:
+            ax.tick_params(axis="x", labelrotation=25)
+            for t in ax.get_xticklabels():
+                t.set_ha("right")
+    lines = [title]
+    if sets:
+        lines.append("with " + " ".join(f"--set {s}" for s in sets))
+    fig.suptitle("\n".join(lines), fontsize=10)
+    foot = []
+    if seeds > 1:
+        foot.append("error bars: the lowest and the highest seed; counts are drawn per run (sweep.json and the "
+                    "table give their sums)")
+    foot.append(('an x on the axis' if len(series) > MAX_NONE_TEXTS else '"none"')
+                + ": no value at that point (nothing fenced has no fence latency)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    bottom = 0.03
+    if len(series) > 1:
+        ncol = min(len(series), 4)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.025), title=", ".join(others), title_fontsize=8)
+        bottom += 0.03 * math.ceil(len(series) / ncol) + 0.02
+    fig.text(0.5, 0.005, "; ".join(foot) + ".", ha="center", va="bottom", fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def _numeric(values: list) -> bool:
+    from ats_stress.iommu_actor.units import parse_duration
+
+    try:
+        return all(not isinstance(v, bool) and (isinstance(v, (int, float)) or parse_duration(v) >= 0) for v in values)
+    except (TypeError, ValueError):
+        return False

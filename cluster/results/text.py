@@ -3,6 +3,7 @@ sweep tables, each fitted to the console's width (transposed when that fits, els
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ats_stress.cluster.scenario import EXPECTABLE
+from ats_stress.cluster.results.figures import BY_KEY, Figure, time_unit
 from ats_stress.iommu_actor.units import format_duration
 
 
@@ -35,8 +37,7 @@ def _get(s: dict, *path: str) -> Any:
 
 # --- expectations -------------------------------------------------------------------------------
 
-#: (unit, seconds per unit) for time figures, largest first
-TIME_UNITS = [("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)]
+from ats_stress.cluster.results.figures import TIME_UNITS  # noqa: E402  (s, ms, us, ns: largest first)
 
 
 def _unit(name: str, bound: dict, observed: Any) -> tuple[str, float]:
@@ -151,31 +152,110 @@ def live_lockup_note(s: dict) -> str | None:
 
 # --- compare and sweep tables --------------------------------------------------------------------
 
+
+def _dur(v: Any) -> str:
+    """A duration in a compare or sweep cell, always with its unit (0 is "0s", not "0")."""
+    if v is None:
+        return "-"
+    return "0s" if v == 0 else format_duration(v)
+
+
+def _count(v: Any) -> str:
+    """A count or rate in a cell: 120033, 3.5, 65169 (no exponent)."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return str(v)
+
+
+def _range(fig: Figure, spread_: dict | None) -> str:
+    """The line below a figure: its lowest and highest seed, one unit for both (``19.84-19.89s``),
+    and ``in k/n`` when only k of the n runs had a value (a fence latency where some seeds fenced)."""
+    if not spread_:
+        return ""
+    lo, hi = spread_["min"], spread_["max"]
+    if fig.kind == "time":
+        unit, k = time_unit([hi])
+        text = f"{lo / k:.3g}-{hi / k:.3g}{unit}"
+    else:
+        text = f"{_count(lo)}-{_count(hi)}"
+    if spread_["of"] < spread_["runs"]:
+        text += f" in {spread_['of']}/{spread_['runs']}"
+    return text
+
+
+_FORMAT: dict[str, Callable[[Any], str]] = {"time": _dur, "count": _count, "ratio": _n, "rate": _count}
+
+#: the figures of the compare and sweep tables, in order (``figures.FIGURES`` keys)
+TABLE_FIGURES = ["uaf_exposures", "lazy_window_dma", "healthy_p50", "healthy_p99", "healthy_max", "worst_stall_s",
+                 "sync_timeouts", "hw_atc_timeouts", "fences", "fenced_healthy", "fence_latency_s", "recovery_s",
+                 "lockup_s", "irqs_off_max_s", "flush_max_s", "commands_per_unmap", "syncs_per_unmap", "events_per_s"]
+
+#: (row key, label, format) of each figure column, after the flush mode
 COMPARE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
-    ("uaf_exposures", "UAF", _n),
-    ("healthy_p50", "healthy p50", _d),
-    ("healthy_p99", "healthy p99", _d),
-    ("healthy_max", "healthy max", _d),
-    ("worst_stall_s", "worst stall", _d),
-    ("sync_timeouts", "sync timeouts", _n),
-    ("fences", "fences", _n),
-    ("fenced_healthy", "healthy fenced", _n),
-    ("fence_latency_s", "fence latency", _d),
-    ("recovery_s", "recovery", _d),
-    ("lockup_s", "CPU lockup", _d),
-    ("commands_per_unmap", "cmds/unmap", _n),
-    ("syncs_per_unmap", "syncs/unmap", _n),
-    ("events_per_s", "events/s", _n),
-]
+    (k, BY_KEY[k].label, _FORMAT[BY_KEY[k].kind]) for k in TABLE_FIGURES]
+
+
+def _seeds_of(rows: list[dict]) -> int:
+    return max([(r.get("runs") or 0) + (r.get("failed") or 0) for r in rows] + [1])
+
+
+def _figure_cells(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """(label, a cell per row) for the flush mode and every figure; with several seeds, each label
+    says how the seeds combine (sum, mean or max) and each cell has a second line: its lowest and
+    highest seed."""
+    seeds = _seeds_of(rows)
+    out = [("flush", [str(r.get("flush") or "-") for r in rows])]
+    for key, label, fmt in COMPARE_COLUMNS:
+        fig = BY_KEY[key]
+        cells = [fmt(r.get(key)) for r in rows]
+        if seeds > 1:
+            label = f"{label} ({fig.over_seeds})"
+            cells = [c if not r.get("runs") else f"{c}\n{_range(fig, (r.get('min_max') or {}).get(key))}"
+                     for c, r in zip(cells, rows)]
+        out.append((label, cells))
+    return out
+
+
+def seeds_note(rows: list[dict]) -> str | None:
+    """What a table over several seeds shows, said once below it."""
+    seeds = _seeds_of(rows)
+    if seeds <= 1:
+        return None
+    return (f"{seeds} seeds: each figure is their sum, mean or max, as its label says; below it, the lowest and the "
+            f"highest seed (in k/{seeds}: only k seeds had one).")
+
+
+def _cell_width(cell: str) -> int:
+    return max(len(line) for line in cell.split("\n"))
+
+
+def _cell(text: str) -> Text:
+    """A cell; a second line (a figure's lowest and highest seed) dim."""
+    first, nl, rest = text.partition("\n")
+    return Text.assemble(first, nl, (rest, "dim")) if nl else Text(text)
 
 
 def _width(header: str, cells: list[str]) -> int:
-    """A column's width: its longest cell, or its header's longest word (headers wrap)."""
-    return max([len(w) for w in header.split()] + [len(c) for c in cells] + [1])
+    """A column's width: its longest cell line, or its header's longest word (headers wrap)."""
+    return max([len(w) for w in header.split()] + [_cell_width(c) for c in cells] + [1])
 
 
 def _table_width(widths: list[int]) -> int:
     return sum(widths) + 3 * len(widths) + 1  # a space either side of each cell, and the rules
+
+
+def _wrap_key(key: str, width: int) -> str:
+    """A swept key as a column header, broken after its '.' and '_' into lines of about ``width``
+    (a header wraps only at spaces, and a key has none)."""
+    pieces = re.findall(r"[^._]+[._]?|[._]", key)
+    lines = [""]
+    for p in pieces:
+        if lines[-1] and len(lines[-1]) + len(p) > width:
+            lines.append("")
+        lines[-1] += p
+    return "\n".join(lines)
 
 
 def _labels(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -199,20 +279,23 @@ def print_compare(rows: list[dict], console: Console | None = None, title: str =
     console = console or Console()
     width = console.width
     label_heads, label_cells, across = _labels(rows)
-    figures = [(label, [fmt(r.get(key)) for r in rows]) for key, label, fmt in COMPARE_COLUMNS]
+    figures = _figure_cells(rows)
+    note = seeds_note(rows)
     # transposed
     widths = [max(len(label) for label, _ in figures)]
     for i, head in enumerate(across):
-        widths.append(max([len(x) for x in head.split("\n")] + [len(cells[i]) for _, cells in figures]))
+        widths.append(max([len(x) for x in head.split("\n")] + [_cell_width(cells[i]) for _, cells in figures]))
     if _table_width(widths) <= width:
         t = Table()
         t.add_column("figure", no_wrap=True, width=widths[0])
         for head, w in zip(across, widths[1:]):
             t.add_column(head, justify="right", width=w)
         for label, cells in figures:
-            t.add_row(label, *cells)
+            t.add_row(label, *map(_cell, cells))
         console.print(title, soft_wrap=True, highlight=False)
         console.print(t)
+        if note:
+            console.print(note, highlight=False)
         return
     # one row per policy or point, the figures split evenly over as few tables as fit
     lw = [_width(h, [c[i] for c in label_cells]) for i, h in enumerate(label_heads)]
@@ -232,11 +315,23 @@ def print_compare(rows: list[dict], console: Console | None = None, title: str =
         console.print(legend)
         label_heads, label_cells = ["#"], [[str(i + 1)] for i in range(len(label_cells))]
         lw = [_width("#", [c[0] for c in label_cells])]
+    else:  # a swept key longer than its values wraps after its '.' and '_' (it has no space to wrap at)
+        cell_w = [max([len(c[i]) for c in label_cells] + [1]) for i in range(len(label_heads))]
+        label_heads = [_wrap_key(h, max(w, 10)) for h, w in zip(label_heads, cell_w)]
+        lw = [_width(h, [c[i] for c in label_cells]) for i, h in enumerate(label_heads)]
     fw = [_width(label, cells) for label, cells in figures]
-    for n in range(1, len(figures) + 1):
+    greedy: list[list[int]] = [[]]  # as many figures per table as fit, in order: the fewest tables
+    for j in range(len(figures)):
+        if greedy[-1] and _table_width(lw + [fw[i] for i in greedy[-1] + [j]]) > width:
+            greedy.append([])
+        greedy[-1].append(j)
+    for n in range(1, len(figures) + 1):  # the fewest tables, with figures spread evenly when that fits
         bounds = [round(k * len(figures) / n) for k in range(n + 1)]
         chunks = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
         if all(_table_width(lw + [fw[j] for j in c]) <= width for c in chunks):
+            break
+        if len(greedy) <= n:
+            chunks = greedy
             break
     for n, chunk in enumerate(chunks):
         part = f" ({n + 1}/{len(chunks)})" if len(chunks) > 1 else ""
@@ -246,6 +341,8 @@ def print_compare(rows: list[dict], console: Console | None = None, title: str =
         for j in chunk:
             t.add_column(figures[j][0], justify="right", width=fw[j])
         for i, cells in enumerate(label_cells):
-            t.add_row(*cells, *[figures[j][1][i] for j in chunk])
+            t.add_row(*cells, *[_cell(figures[j][1][i]) for j in chunk])
         console.print(title + part, soft_wrap=True, highlight=False)
         console.print(t)
+    if note:
+        console.print(note, highlight=False)
