@@ -37,13 +37,6 @@ def _at(*path: str) -> Callable[[dict], Any]:
     return get
 
 
-def _first(*gets: Callable[[dict], Any]) -> Callable[[dict], Any]:
-    """The first of several places a figure may be in a summary (a field renamed between versions)."""
-    def get(s: dict) -> Any:
-        return next((v for v in (g(s) for g in gets) if v is not None), None)
-    return get
-
-
 FIGURES: list[Figure] = [
     Figure("uaf_exposures", "UAF", "UAF exposures", "sum", "count", _at("uaf_exposures")),
     Figure("uaf_reallocated", "UAF, page reallocated", "UAF exposures to a reallocated page", "sum", "count",
@@ -62,7 +55,7 @@ FIGURES: list[Figure] = [
     Figure("recovery_s", "recovery", "recovery", "max", "time", _at("recovery_s", "max")),
     Figure("lockup_s", "irqs-off total", "CPU time with interrupts off", "mean", "time", _at("lockup_s")),
     Figure("irqs_off_max_s", "longest irqs-off", "longest window with interrupts off", "max", "time",
-           _first(_at("irqs_off_max_s"), _at("lockup_max_s"))),  # lockup_max_s: its name before #19
+           _at("irqs_off_max_s")),
     Figure("flush_max_s", "longest flush", "longest time inside one flush", "max", "time", _at("flush_max_s")),
     Figure("commands_per_unmap", "cmds/unmap", "commands per unmap", "mean", "ratio", _at("commands_per_unmap")),
     Figure("syncs_per_unmap", "syncs/unmap", "CMD_SYNCs per unmap", "mean", "ratio", _at("syncs_per_unmap")),
