@@ -183,7 +183,7 @@ def t_queues() -> list[str]:
             cells = []
             for src, v in ((series, "quarantine v4"), (fot, "fence-on-timeout (per-device-batches)"),
                            (fot, "fence-on-timeout (bisect)")):
-                f = figures(group(src, variant=v, hw=hw, queues=q))
+                f = figures(group(src, variant=v, hw=hw, queues=q, irq="busy"))
                 cells.append(f"{n(f['uaf'])} UAF, {f['fences']} ({f['healthy_fenced']}) fenced, stall {d(f['stall'])}")
             rows.append([d(hw), QUEUES[q]] + cells)
     return table(["hardware ATC timeout", "command queues", "`quarantine v4`",
