@@ -55,7 +55,7 @@ class CpuJobs:
             return
         # queue_iova(): dma_unmap returns at once unless this CPU's ring is full
         self.oracle.on_unmap_returned(job.tag)
-        self._free_entries(d, d.fq.free(job.cpu))
+        self._free_entries(d, d.fq.free(job.cpu), self.uaf_trace.last_flush.get(job.dom))
         if d.fq.full(job.cpu):
             job.flushing = True
             self._start_flush(job, d)
@@ -73,16 +73,19 @@ class CpuJobs:
         self._events.append(UnmapStart(job.cpu, job.id, d.spec.asid, 0, ATC_INV_SIZE_ALL, job.sids, full=True))
 
     def _queue_iova(self, job: Job, d: Domain) -> None:
-        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag)):
+        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag, job, self.now)):
             self.timers.append((self.now + IOVA_DEFAULT_FQ_TIMEOUT, (T_FQ, job.dom)))
 
     def _fq_timer(self, dom: int) -> None:
         d = self.domains[dom]
         self._queue_job(Job(self._new_job_id(), FLUSH, d.fq.timer_cpu, dom, -1, self.now), first=True)
 
-    def _free_entries(self, d: Domain, entries: list) -> int:
-        for slot, pa, tag in entries:
+    def _free_entries(self, d: Domain, entries: list, flush: tuple | None) -> int:
+        """Free what a completed lazy flush (``flush``, as UafTrace.flush_done has it) covers."""
+        trace = self.uaf_trace
+        for slot, pa, tag, job, returned in entries:
             self.pages.release(d, slot, pa, tag)
+            trace.freed_page(self.now, job, d, slot, pa, tag, returned, 0, flush)
         return len(entries)
 
     def _complete(self, jid: int, err: int) -> None:
@@ -95,9 +98,11 @@ class CpuJobs:
         d = self.domains[job.dom]
         if job.kind == UNMAP and not self.lazy:
             self.pages.release(d, job.slot, job.pa, job.tag)
+            self.uaf_trace.freed_page(self.now, job, d, job.slot, job.pa, job.tag, self.now, err)
         else:  # a lazy flush returned: what it covers is freed (this CPU's ring, or all of them)
             d.fq.flush_finished()
-            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all())
+            flush = self.uaf_trace.flush_done(self.now, job, err)
+            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all(), flush)
             self.flushes += 1
             self.iovas_flushed += freed
             self.flush_latencies.append(self.now - job.started)

@@ -47,7 +47,7 @@ class Job:
     """One CPU's work item: an unmap, or a lazy flush of a whole domain."""
 
     __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing",
-                 "sids")
+                 "sids", "syncs")
 
     def __init__(self, jid: int, kind: int, cpu: int, dom: int, slot: int, arrived: float):
         self.id = jid
@@ -62,6 +62,7 @@ class Job:
         self.spin_end = -1.0
         self.flushing = False  # a lazy unmap flushing its domain because its CPU's ring is full
         self.sids: tuple[int, ...] = ()  # the ATS masters its flush invalidates (the invs readers)
+        self.syncs: list | None = None  # (issued, returned, code) of each CMD_SYNC its flush waited on
 
 
 class Domain:
