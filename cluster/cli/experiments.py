@@ -116,13 +116,14 @@ def compare(
     sc = _load(scenario, set_)
     out_dir = out_dir_for(out, f"compare-{sc.name}")
     from ats_stress.cluster.experiments.compare import run_compare
-    from ats_stress.cluster.results.text import print_compare
+    from ats_stress.cluster.results.text import print_compare, print_verdicts
 
     _sigterm_as_interrupt()
     with fanout_errors(), RunProgress("compare", len(names) * seeds, quiet) as bar:
         report = run_compare(sc, names, seeds, out_dir, workers=workers, address=address, sources=sources,
                              on_result=lambda r: bar.advance())
     print_compare(report["rows"], out_console, title=f"{sc.name} · {seeds} seed(s) per policy · sim runtime")
+    print_verdicts(report["rows"], out_console)
     finish(report, "compare.json")
 
 

@@ -56,7 +56,17 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
     row = _figures(runs)
     if not runs:
         row = {k: None for k in row}
-    return {"policy": label, "runs": len(runs), "failed": failed, **row}
+    return {"policy": label, "runs": len(runs), "failed": failed, **row, "verdict": _verdict(runs)}
+
+
+def _verdict(runs: list[dict]) -> list[str] | None:
+    """Every failure mode any of the runs showed (cluster/results/verdict.py), in its order; [] is SAFE."""
+    from ats_stress.cluster.results.verdict import MODES
+
+    if not runs:
+        return None
+    seen = {m for r in runs for m in (r.get("verdict") or {}).get("modes", [])}
+    return [m for m in MODES if m in seen]
 
 
 def _figures(runs: list[dict]) -> dict[str, Any]:

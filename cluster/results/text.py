@@ -130,6 +130,13 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     note = live_lockup_note(s)
     if note:
         console.print(note, style="dim")
+    v = s.get("verdict") or {}
+    if v.get("line"):
+        word, _, rest = v["line"].partition(": ")
+        style = "bold green" if v.get("safe") else "bold yellow" if word == "INCONCLUSIVE" else "bold red"
+        console.print(Text.assemble("verdict: ", (word, style), ": ", rest))
+        if v.get("inaction"):
+            console.print("why nothing was fenced: " + " ".join(v["inaction"]), style="dim", highlight=False)
     for e in s.get("expectations") or []:
         console.print(_expectation_text(e), soft_wrap=True)
 
@@ -150,6 +157,25 @@ def live_lockup_note(s: dict) -> str | None:
 
 
 # --- compare and sweep tables --------------------------------------------------------------------
+
+
+def print_verdicts(rows: list[dict], console: Console | None = None) -> None:
+    """compare: one verdict line per policy, every failure any of its runs showed."""
+    from ats_stress.cluster.results.verdict import SHORT
+
+    console = console or Console()
+    width = max((len(str(r.get("policy"))) for r in rows), default=0)
+    for r in rows:
+        modes = r.get("verdict")
+        if modes is None:
+            text = Text("-", style="dim")
+        elif not modes:
+            text = Text("SAFE", style="bold green")
+        else:
+            word = "INCONCLUSIVE" if modes == ["saturated"] else "UNSAFE"
+            text = Text.assemble((word, "bold yellow" if word == "INCONCLUSIVE" else "bold red"),
+                                 ": " + ", ".join(SHORT[m] for m in modes))
+        console.print(Text.assemble("verdict ", str(r.get("policy")).ljust(width), "  ", text))
 
 COMPARE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("uaf_exposures", "UAF", _n),
