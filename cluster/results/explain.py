@@ -138,7 +138,8 @@ def timeline(st: dict, summary: dict | None = None) -> list[str]:
         err = (flush or un)["err"]
         ev(st.get("flush_returned_s"), sync_task, sync_cpu,
            f"{'flush_iotlb_all' if flush else 'iotlb_sync'}: ret={_code(err)}"
-           + (" (ignored: iotlb_sync is void; the unmap is complete)" if err else " (the unmap is complete)"))
+           + ((" (ignored: the IOVAs it covers are freed)" if err else " (the IOVAs it covers are freed)") if flush
+              else (" (ignored: iotlb_sync is void; the unmap is complete)" if err else " (the unmap is complete)")))
         ev(st.get("freed_s"), sync_task, sync_cpu, f"free_page: page={_hex(st['page'])} mapping={st['mapping']}")
         to = st.get("reallocated_to")
         if to:
