@@ -136,3 +136,21 @@ def test_inaction_names_a_gerror_that_waited_for_a_cpu_with_interrupts_off():
                    "spinning inside a flush with interrupts off; the queue stayed halted meanwhile."]
     assert V.inaction(sc, figures(fences=[{"sid": 5}])) == []  # it acted
     assert V.inaction(scenario(), figures()) == []  # nothing was faulty
+
+
+def test_done_when_report_md_of_single_hang_under_fence_on_timeout_names_the_lockup(tmp_path):
+    # issue 24's own check, on the library scenario (its hang, topology and one queue; a tenth of
+    # its unmap and DMA rates to keep the suite fast: the CPU spins all the same)
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    r = CliRunner().invoke(app, ["run", "single-hang", "--policy", "fence-on-timeout", "-q", "--out", str(tmp_path),
+                                 "--set", "workload.unmaps_per_s=200", "--set", "workload.dma_per_endpoint_per_s=5"])
+    assert r.exit_code == 1, r.output  # its expectations are mainline's leak: this policy does not leak
+    assert "verdict: UNSAFE: hard lockup: a CPU kept interrupts off for 19.9s" in r.output
+    md = (tmp_path / "report.md").read_text()
+    verdict = md.split("## Verdict\n\n", 1)[1].splitlines()[0]
+    assert verdict.startswith("- **UNSAFE: hard lockup: a CPU kept interrupts off for ")
+    assert "(watchdog_thresh 10s)" in verdict and "no culprit fenced: stream 17" in verdict
+    assert "SAFE: no UAF" not in md
