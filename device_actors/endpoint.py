@@ -4,7 +4,11 @@ Sans-IO: the runtime calls ``start``, ``on_messages``, ``on_timer``, ``apply_fau
 ``end_fault`` with the scenario time, then ``drain()`` for the upstream messages and the timers.
 
 Each endpoint has an Address Translation Cache (LRU, ``atc_entries``), filled by Translation
-Requests; DMA goes out as translated requests on an ATC hit. Invalidate Requests are processed
+Requests; DMA goes out as translated requests on an ATC hit. An entry is ``(pa, tag, kind)``:
+``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
+covers it has been received and not processed yet (held while hung; in progress on a device slowed
+by chaos: a healthy device's few microseconds are not marked) or answered without dropping it
+(lie), MSG_TRANSLATED_PENDING / MSG_TRANSLATED_KEPT: the same TLP, which the story of a UAF reads. Invalidate Requests are processed
 after a latency drawn from a log-normal distribution given by its median and p99, and answered
 with an Invalidate Completion for their ITag. Behaviours (switched by chaos at any time):
 
@@ -47,6 +51,8 @@ from .pcie import (
     MSG_TRANS_CPL,
     MSG_TRANS_REQ,
     MSG_TRANSLATED,
+    MSG_TRANSLATED_PENDING,
+    MSG_TRANSLATED_KEPT,
     MSG_UNTRANSLATED,
 )
 
@@ -83,7 +89,7 @@ class Endpoint:
     def __init__(self, sid: int, asid: int):
         self.sid = sid
         self.asid = asid
-        self.atc: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self.atc: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # addr -> (pa, tag, message kind)
         self.mode = HEALTHY
         self.step = -1  # the chaos step whose fault is active
         self.pending: list[tuple[int, int, int]] = []  # held Invalidate Requests: (itag, addr, size)
@@ -275,7 +281,10 @@ class EndpointGroup:
             return
         if ep.hung:
             ep.pending.append((itag, addr, size))
+            _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return
+        if ep.lat_median:  # slowed by chaos: received, in progress for a while
+            _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
         self.timers.append((self.now + self._latency(ep), (E_INV, ep.sid, itag, addr, size, ep.epoch)))
 
     def _release_pending(self, ep: Endpoint) -> None:
@@ -290,8 +299,11 @@ class EndpointGroup:
             return
         if ep.hung:
             ep.pending.append((itag, addr, size))
+            _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return
-        if mode != LIE:
+        if mode == LIE:
+            _mark(ep.atc, addr, size, MSG_TRANSLATED_KEPT)
+        else:
             atc = ep.atc
             if size >= ATC_INV_SIZE_ALL:
                 atc.clear()
@@ -331,7 +343,7 @@ class EndpointGroup:
         if entry is not None:
             ep.atc.move_to_end(addr)
             self.translated_sent += 1
-            self.outbox.append((MSG_TRANSLATED, ep.sid, addr, entry[0], entry[1]))
+            self.outbox.append((entry[2], ep.sid, addr, entry[0], entry[1]))
         else:
             self.translation_requests += 1
             self.outbox.append((MSG_TRANS_REQ, ep.sid, addr, 0, 0))
@@ -343,7 +355,7 @@ class EndpointGroup:
             self.translation_failed += 1
             return
         atc = ep.atc
-        atc[addr] = (pa, tag)
+        atc[addr] = (pa, tag, MSG_TRANSLATED)
         atc.move_to_end(addr)
         if len(atc) > self.atc_entries:
             atc.popitem(last=False)
@@ -381,3 +393,17 @@ class EndpointGroup:
             name = MODE_NAMES[ep.mode]
             counts[name] = counts.get(name, 0) + 1
         return counts
+
+
+def _mark(atc: OrderedDict, addr: int, size: int, kind: int) -> None:
+    """Say in the entries an Invalidate Request covers that the device has received it without
+    dropping them (``kind``): their DMA goes out as that message. Only faulty devices get here."""
+    if size >= ATC_INV_SIZE_ALL:
+        keys = list(atc)
+    elif size == 0:
+        keys = [addr] if addr in atc else []
+    else:
+        keys = [a for a in atc if addr <= a < addr + (1 << size)]
+    for a in keys:
+        pa, tag, _ = atc[a]
+        atc[a] = (pa, tag, kind)  # an existing key keeps its place in the LRU order

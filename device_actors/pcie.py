@@ -19,6 +19,12 @@ Upstream (endpoint -> root complex):
     (MSG_INV_CPL, sid, itag, count, 0)          Invalidate Completion (Completion Count = count)
     (MSG_TRANS_REQ, sid, addr, 0, 0)            Translation Request (AT = 0b01)
     (MSG_TRANSLATED, sid, addr, pa, tag)        memory write with AT = 0b10 (translated)
+    (MSG_TRANSLATED_PENDING, sid, addr, pa, tag) the same TLP, sent through an ATC entry that an
+                                                Invalidate Request the device has received and not
+                                                processed yet covers (hung: held; slow: in progress)
+    (MSG_TRANSLATED_KEPT, sid, addr, pa, tag)   the same TLP, through an entry that an Invalidate
+                                                Request the device answered without dropping it
+                                                (lie) covered
     (MSG_UNTRANSLATED, sid, addr, 0, 0)         memory write with AT = 0b00: the SMMU walks the page
                                                 table itself (a device with ATS disabled sends these)
     (MSG_FLR_DONE, sid, ok, started_at, 0)      the function answered (or not) after its reset
@@ -26,7 +32,8 @@ Upstream (endpoint -> root complex):
 
 ``tag`` in a translation and a translated request is the ground-truth identity of the mapping
 the translation came from. Real TLPs do not carry it: only the safety oracle reads it, never a
-recovery policy.
+recovery policy. Nor do they carry what MSG_TRANSLATED_PENDING and MSG_TRANSLATED_KEPT add (the SMMU
+treats all three alike): only the story of a UAF exposure reads it (iommu_actor/uaftrace.py).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ MSG_TRANSLATED: Final = 13
 MSG_FLR_DONE: Final = 14
 MSG_PRESENCE: Final = 15
 MSG_UNTRANSLATED: Final = 16
+MSG_TRANSLATED_PENDING: Final = 17
+MSG_TRANSLATED_KEPT: Final = 18
 
 #: MSG_FLR outcomes
 FLR_AS_DEVICE: Final = 0  # the device comes back unless its fault says it does not (recover_on_reset)
@@ -65,11 +74,13 @@ MSG_NAMES: Final[dict[int, str]] = {
     MSG_FLR_DONE: "FLR done",
     MSG_PRESENCE: "presence",
     MSG_UNTRANSLATED: "untranslated request",
+    MSG_TRANSLATED_PENDING: "translated request (its invalidation received, not processed yet)",
+    MSG_TRANSLATED_KEPT: "translated request (its invalidation answered, the entry kept)",
 }
 
 DOWNSTREAM: Final = frozenset({MSG_INV_REQ, MSG_TRANS_CPL, MSG_FLR, MSG_PRESENCE_QUERY, MSG_ATS_CTRL,
                                MSG_BUS_MASTER})
 UPSTREAM: Final = frozenset({MSG_INV_CPL, MSG_TRANS_REQ, MSG_TRANSLATED, MSG_FLR_DONE, MSG_PRESENCE,
-                             MSG_UNTRANSLATED})
+                             MSG_UNTRANSLATED, MSG_TRANSLATED_PENDING, MSG_TRANSLATED_KEPT})
 
 Msg = tuple  # (kind, sid, a, b, c): see the module docstring

@@ -62,7 +62,7 @@ class CpuJobs:
         else:
             for _, _, tag in job.pages:
                 self.oracle.on_unmap_returned(tag)
-        self._free_entries(d, d.fq.free(job.cpu))
+        self._free_entries(d, d.fq.free(job.cpu), self.uaf_trace.last_flush.get(job.dom))
         if d.fq.full(job.cpu):
             job.flushing = True
             self._start_flush(job, d)
@@ -81,20 +81,29 @@ class CpuJobs:
 
     def _queue_iova(self, job: Job, d: Domain) -> None:
         # one entry per unmapped IOVA range, as queue_iova(); a replayed span carries its pages
-        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag) if job.pages is None else (-1, job.pages, -1)):
+        if d.fq.add(job.cpu, (job.slot, job.pa, job.tag, job, self.now) if job.pages is None
+                    else (-1, job.pages, -1, job, self.now)):
             self.timers.append((self.now + IOVA_DEFAULT_FQ_TIMEOUT, (T_FQ, job.dom)))
 
     def _fq_timer(self, dom: int) -> None:
         d = self.domains[dom]
         self._queue_job(Job(self._new_job_id(), FLUSH, d.fq.timer_cpu, dom, -1, self.now), first=True)
 
-    def _free_entries(self, d: Domain, entries: list) -> int:
-        for slot, pa, tag in entries:
+    def _free_entries(self, d: Domain, entries: list, flush: tuple | None) -> int:
+        """Free what a completed lazy flush (``flush``, as UafTrace.flush_done has it) covers."""
+        for slot, pa, tag, job, returned in entries:
             if slot < 0:  # a replayed span: pa holds its pages
-                self._release_span(d, pa)
+                for s, p, t in pa:
+                    self._free_page(d, job, s, p, t, returned, 0, flush)
             else:
-                self.pages.release(d, slot, pa, tag)
+                self._free_page(d, job, slot, pa, tag, returned, 0, flush)
         return len(entries)
+
+    def _free_page(self, d: Domain, job: Job, slot: int, pa: int, tag: int, returned: float, err: int,
+                   flush: tuple | None = None) -> None:
+        """The flush covering this page returned: free it (and map its IOVA again), and tell the UAF trace."""
+        self.pages.release(d, slot, pa, tag)
+        self.uaf_trace.freed_page(self.now, job, d, slot, pa, tag, returned, err, flush)
 
     def _complete(self, jid: int, err: int) -> None:
         """The policy's CompleteUnmap: the driver's flush for job ``jid`` returned ``err``."""
@@ -106,12 +115,14 @@ class CpuJobs:
         d = self.domains[job.dom]
         if job.kind == UNMAP and not self.lazy:
             if job.pages is None:
-                self.pages.release(d, job.slot, job.pa, job.tag)
+                self._free_page(d, job, job.slot, job.pa, job.tag, self.now, err)
             else:
-                self._release_span(d, job.pages)
+                for s, p, t in job.pages:
+                    self._free_page(d, job, s, p, t, self.now, err)
         else:  # a lazy flush returned: what it covers is freed (this CPU's ring, or all of them)
             d.fq.flush_finished()
-            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all())
+            flush = self.uaf_trace.flush_done(self.now, job, err)
+            freed = self._free_entries(d, d.fq.free(job.cpu) if job.kind == UNMAP else d.fq.free_all(), flush)
             self.flushes += 1
             self.iovas_flushed += freed
             self.flush_latencies.append(self.now - job.started)

@@ -47,7 +47,7 @@ class Job:
     """One CPU's work item: an unmap, or a lazy flush of a whole domain."""
 
     __slots__ = ("id", "kind", "cpu", "dom", "slot", "pa", "tag", "arrived", "started", "spin_end", "flushing",
-                 "sids", "size", "pages")
+                 "sids", "size", "pages", "syncs")
 
     def __init__(self, jid: int, kind: int, cpu: int, dom: int, slot: int, arrived: float):
         self.id = jid
@@ -64,6 +64,7 @@ class Job:
         self.sids: tuple[int, ...] = ()  # the ATS masters its flush invalidates (the invs readers)
         self.size = 0  # log2 of the pages the unmap covers from slot (a replayed trace: replay.py)
         self.pages = None  # a replayed span: its slots, then their (slot, pa, tag); None: the one page at slot
+        self.syncs: list | None = None  # (issued, returned, code) of each CMD_SYNC its flush waited on
 
 
 class Domain:

@@ -29,9 +29,12 @@ from ats_stress.device_actors.pcie import (
     MSG_PRESENCE_QUERY,
     MSG_TRANS_REQ,
     MSG_TRANSLATED,
+    MSG_TRANSLATED_KEPT,
+    MSG_TRANSLATED_PENDING,
     MSG_UNTRANSLATED,
 )
 
+from .cmdq import INV_OUTSTANDING
 from .cpus import T_FQ, CpuJobs
 from .flushq import FlushQueue
 from .host import UNMAP, Domain, Job, NodeSpec, PageAllocator
@@ -73,6 +76,7 @@ from .spec import (
     STRTAB_STE_1_EATS_TRANS,
 )
 from .stats import Histogram
+from .uaftrace import UafTrace
 
 # timer tags: (kind, arg)
 T_ARRIVAL = 0
@@ -116,6 +120,9 @@ class SmmuNode(CpuJobs, ReplayJobs):
         self.core = ResetPath(self)
         self.ste_writer: dict[int, str] = {}  # who wrote each STE last: the policy or the core
 
+        #: the story of each UAF exposure (the oracle tells it when it counts one)
+        self.uaf_trace = UafTrace(self)
+        oracle.trace = self.uaf_trace
         self.pages = PageAllocator(spec.index, spec.tag_stride, oracle)
         for d in self.domains:
             for slot in range(spec.pages_per_domain):
@@ -221,6 +228,12 @@ class SmmuNode(CpuJobs, ReplayJobs):
                 self.core.flr_done(m[1], bool(m[2]), m[3])
             elif kind == MSG_PRESENCE:
                 self._events.append(PresenceReply(m[1], bool(m[2])))
+            elif kind == MSG_TRANSLATED_PENDING or kind == MSG_TRANSLATED_KEPT:
+                # the same TLP; the kind says what the device had been told, for the UAF's story
+                trace = self.uaf_trace
+                trace.inv_seen = kind
+                smmu.translated_request(m[1], m[2], m[3], m[4])
+                trace.inv_seen = 0
         self._pump()
 
     def chaos_reset(self, now: float, sid: int, ok: bool) -> None:
@@ -248,6 +261,8 @@ class SmmuNode(CpuJobs, ReplayJobs):
             self._events.append(SyncDone(queue, token))
 
     def cmdq_error(self, queue: int, cerror: int, token: int, ite_sid: int) -> None:
+        if ite_sid >= 0:  # the stream whose invalidation the hardware gave up (ground truth on SMMUv3)
+            self.oracle.on_unanswered(ite_sid, self.now)
         ev = CmdqError(queue, cerror, token, ite_sid if self.policy.hw_reports_ite_sid else -1)
         if self.policy.fence_waits:  # SMMUv3: GERROR.CMDQ_ERR, a hard IRQ (arm_smmu_gerror_handler)
             self._raise_irq("gerror", ev)
@@ -259,8 +274,10 @@ class SmmuNode(CpuJobs, ReplayJobs):
         self.space_due.add(queue)
 
     def event(self, evt_id: int, sid: int, addr: int) -> None:
-        if evt_id in _LOGGED_EVENTS and len(self.event_records) < MAX_LOG_LINES:
-            self.event_records.append({"event": EVT_NAMES.get(evt_id, hex(evt_id)), "sid": sid, "at_s": self.now})
+        if evt_id in _LOGGED_EVENTS:  # IOTLB_INV_TIMEOUT: the hardware gave an invalidation of ``sid`` up
+            self.oracle.on_unanswered(sid, self.now)
+            if len(self.event_records) < MAX_LOG_LINES:
+                self.event_records.append({"event": EVT_NAMES.get(evt_id, hex(evt_id)), "sid": sid, "at_s": self.now})
         if self.policy.wants_events:  # the event queue's interrupt (arm_smmu_evtq_thread, AMD's event log)
             self._raise_irq("event" if evt_id in _LOGGED_EVENTS else "fault", EventRecord(evt_id, sid, addr))
 
@@ -348,12 +365,19 @@ class SmmuNode(CpuJobs, ReplayJobs):
             self._complete(a.unmap, a.err)
         elif t is Note:
             self.notes[a.kind] = self.notes.get(a.kind, 0) + 1
+            if a.kind == "sync_timeout":
+                self._timeout_symptoms()
             if a.since >= 0:  # the policy's own account of when its verdict's CMD_SYNC was issued
                 self.oracle.on_verdict(a.sid, a.since)
             if a.text and len(self.log) < MAX_LOG_LINES:
                 self.log.append(f"[{self.now:.6f}] smmu{self.spec.index}: {a.text}")
         elif t is SyncReturned:
             self.sync_returns[a.code] = self.sync_returns.get(a.code, 0) + 1
+            j = self.cpu_current[a.cpu] if a.cpu >= 0 else None
+            if j is not None:  # filed under the CPU's flush, for the story of a UAF
+                if j.syncs is None:
+                    j.syncs = []
+                j.syncs.append((a.issued, self.now, a.code))
         elif t is AckCmdqError:
             self.smmu.ack_cmdq_error(a.queue, self.now)
         elif t is ScrubQueuedAtcInv:
@@ -387,6 +411,19 @@ class SmmuNode(CpuJobs, ReplayJobs):
             self.irq_restore(a.cpu, every=True)  # it sleeps: interrupts on, the CPU free for other work
         else:
             raise TypeError(f"policy {self.policy.name!r} returned {a!r}, which is not an action")
+
+    def _timeout_symptoms(self) -> None:
+        """A CMD_SYNC wait timed out in software: each device with an Invalidate Request unanswered
+        for the whole software timeout is one the driver could have caught (the oracle keeps the
+        faulty ones: ``Oracle.catchable``)."""
+        timeout = self.policy.poll_timeout()
+        if timeout is None:
+            return
+        before = self.now - timeout + 1e-9
+        for q in self.smmu.queues:
+            for rec in q.inflight:
+                if rec.state == INV_OUTSTANDING and rec.sent_at <= before:
+                    self.oracle.on_unanswered(rec.sid, self.now)
 
     # --- interrupts --------------------------------------------------------------------------
 

@@ -18,6 +18,13 @@ from Ray-level faults). From that it counts UAF exposures and judges each fence.
   cleared (the posted series' v1). The IOMMU core's blocking domain during a PCI reset is not a
   fence. A fence of a device with no fault is a culprit mistake (``fenced_healthy``); an unfence
   is the device's translated requests allowed again (after a successful reset).
+- A faulty device is **catchable** once the driver has seen a symptom that points at it: an
+  Invalidate Request to it was still unanswered when one of the driver's CMD_SYNC waits timed out
+  in software, and had been for at least the driver's software timeout (so it alone would have
+  timed that wait out), or the hardware gave one of its invalidations up (CERROR_ATC_INV_SYNC,
+  VT-d's ITE, AMD's IOTLB_INV_TIMEOUT). A catchable device never fenced is a culprit the policy
+  missed (the verdict's "no culprit fenced"). A device that lies is never catchable: nothing a
+  driver sees points at it.
 
 Sans-IO: it is told things with the scenario time; it never reads a clock.
 """
@@ -60,6 +67,10 @@ class Oracle:
         self.reset_blocks = 0  # the core's blocking domain took effect for a reset
         self.last_reset_start: dict[int, float] = {}
         self.resets: list[dict] = []
+        #: faulty sid -> when the driver first saw a symptom pointing at it (see "catchable" above)
+        self.catchable: dict[int, float] = {}
+        #: the story of each UAF (iommu_actor/uaftrace.py), told when one is counted; None: not kept
+        self.trace = None
 
     # --- what happened to memory --------------------------------------------------------------
 
@@ -88,6 +99,8 @@ class Oracle:
             owner = self.page_owner.get(pa)
             if owner is not None and owner != tag:
                 self.uaf_reallocated += 1
+            if self.trace is not None:
+                self.trace.exposure(sid, pa, tag, now, owner)
         elif tag in self.returned:
             self.lazy_window_dma += 1
 
@@ -115,6 +128,12 @@ class Oracle:
             return None
         i = bisect.bisect_right(starts, now)
         return starts[i - 1] if i else None
+
+    def on_unanswered(self, sid: int, now: float) -> None:
+        """The driver saw a symptom pointing at ``sid`` (an invalidation it timed out waiting for,
+        or one the hardware gave up): a faulty device is catchable from now on."""
+        if sid not in self.catchable and self.fault_start(sid, now) is not None:
+            self.catchable[sid] = now
 
     def on_verdict(self, sid: int, sync_issued_at: float) -> None:
         """The policy named ``sid`` as the culprit of a CMD_SYNC whose wait began at

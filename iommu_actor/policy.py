@@ -247,9 +247,15 @@ class ReportBroken:
 
 @dataclass(frozen=True, slots=True)
 class SyncReturned:
-    """What one waited CMD_SYNC returned to the driver (0, -ETIMEDOUT, -EIO): counted per code."""
+    """What one waited CMD_SYNC returned to the driver (0, -ETIMEDOUT, -EIO): counted per code.
+
+    ``cpu`` is the CPU whose flush waited on it and ``issued`` when it was written (-1: not said);
+    with ``cpu`` the host files the code under that CPU's unmap, for the story of a UAF
+    (``uaf-trace.jsonl``). The flush drivers (``policies/flusher.py``) fill both in themselves."""
 
     code: int
+    cpu: int = -1
+    issued: float = -1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +343,10 @@ class Policy:
     #: the driver's sync (CMD_SYNC, COMPLETION_WAIT) holds its queue until it completes; VT-d's wait
     #: descriptor without the Fence flag does not (the IOMMU fetches on)
     fence_waits: ClassVar[bool] = True
+    #: The driver has a recovery path that can fence a device (block its translated requests or its
+    #: DMA). False for the mainline drivers, which only log and go on; the report uses it to say why
+    #: nothing was fenced.
+    can_fence: ClassVar[bool] = True
 
     def __init__(self, params: PolicyParams, hw: HwInfo):
         self.params = params

@@ -80,8 +80,3 @@ class ReplayJobs:
             pt[s] = None
             taken.append((s, pa, tag))
         job.pages = taken
-
-    def _release_span(self, d: Domain, pages: list) -> None:
-        """The flush covering the span is complete: free each page, map each IOVA page again."""
-        for s, pa, tag in pages:
-            self.pages.release(d, s, pa, tag)

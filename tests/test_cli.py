@@ -100,6 +100,12 @@ def test_compare_prints_one_table_and_writes_json_and_png(tmp_path):
     assert by["arm-smmu-v3"]["uaf_exposures"] > 0 and by["fence-on-timeout"]["uaf_exposures"] == 0
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "arm-smmu-v3" in r.output and "UAF" in r.output
+    # one verdict per policy, every failure any of its seeds showed; the stories stay with `run`
+    assert by["arm-smmu-v3"]["verdict"] == ["uaf", "no_culprit_fenced"]
+    assert "verdict arm-smmu-v3       UNSAFE: UAF, no culprit fenced" in r.output
+    assert all("stories" not in run["uaf_trace"] for run in report["runs"])
+    # one queue: its culprit search waits behind the wedged CMD_SYNC and the 4 s hang ends first
+    assert by["fence-on-timeout"]["verdict"] == ["no_culprit_fenced"]
 
 
 def test_sweep_on_sim_writes_json_and_chart_and_lists_them(tmp_path):

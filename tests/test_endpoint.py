@@ -3,7 +3,7 @@
 from ats_stress.device_actors.endpoint import DEAD, HEALTHY, EndpointGroup
 from ats_stress.device_actors.pcie import (
     MSG_FLR, MSG_FLR_DONE, MSG_INV_CPL, MSG_INV_REQ, MSG_PRESENCE, MSG_PRESENCE_QUERY, MSG_TRANS_CPL,
-    MSG_TRANS_REQ, MSG_TRANSLATED,
+    MSG_TRANS_REQ, MSG_TRANSLATED, MSG_TRANSLATED_KEPT, MSG_TRANSLATED_PENDING,
 )
 
 
@@ -55,7 +55,8 @@ def test_hung_endpoint_holds_invalidations_and_keeps_using_stale_entries():
     g.apply_fault(1.0, 1, "hang", {}, step=0)
     g.on_messages(1.0, [(MSG_INV_REQ, 1, 5, 3, 0)])
     assert run_timers(g, 5.0) == []
-    assert g.by_sid[1].atc[3] == (100, 7)  # received but not processed: still usable for DMA
+    # received but not processed: still usable for DMA, which says so (for the UAF's story)
+    assert g.by_sid[1].atc[3] == (100, 7, MSG_TRANSLATED_PENDING)
     g.end_fault(6.0, 1, step=0)
     sent = run_timers(g, 7.0)
     assert sent == [(MSG_INV_CPL, 1, 5, 1, 0)]  # the timed hang ends: what it held is answered
@@ -140,3 +141,67 @@ def test_atc_is_lru_bounded():
     for addr in range(3):
         fill(g, 1, addr)
     assert list(g.by_sid[1].atc) == [1, 2]
+
+
+def one_page_group(dma=1000.0, median=1e-5, p99=1e-5):
+    """One endpoint, one page: every DMA goes to address 0."""
+    return EndpointGroup(0, [(1, 0)], atc_entries=4, pages_per_domain=1, dma_per_endpoint_per_s=dma,
+                         inv_latency_median=median, inv_latency_p99=p99, flr_time=0.1, seed="t")
+
+
+def dma_kinds(g, start, until):
+    g.start(start)
+    return {m[0] for m in run_timers(g, until) if m[0] in (MSG_TRANSLATED, MSG_TRANSLATED_PENDING,
+                                                           MSG_TRANSLATED_KEPT)}
+
+
+def test_dma_through_an_entry_whose_invalidation_a_hung_device_holds_says_so():
+    g = one_page_group()
+    fill(g, 1, 0)
+    assert dma_kinds(g, 0.0, 0.01) == {MSG_TRANSLATED}  # nothing received yet: a plain translated request
+    g.apply_fault(0.02, 1, "hang", {}, step=0)
+    g.on_messages(0.02, [(MSG_INV_REQ, 1, 5, 0, 0)])
+    assert {m[0] for m in run_timers(g, 0.05) if m[0] != MSG_INV_CPL} == {MSG_TRANSLATED_PENDING}
+
+
+def test_an_entry_filled_after_the_held_invalidation_is_not_marked():
+    g = group()
+    g.apply_fault(0.0, 1, "hang", {}, step=0)
+    fill(g, 1, 3)
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 5, 3, 0)])  # held: covers the entry filled before it
+    assert g.by_sid[1].atc[3][2] == MSG_TRANSLATED_PENDING
+    fill(g, 1, 3, pa=101, tag=8)  # a newer translation for the same page: its invalidation is yet to come
+    assert g.by_sid[1].atc[3] == (101, 8, MSG_TRANSLATED)
+
+
+def test_a_held_invalidation_marks_only_the_pages_it_covers():
+    g = group(atc=8)
+    g.apply_fault(0.0, 1, "hang", {}, step=0)
+    for addr in range(6):
+        fill(g, 1, addr)
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 5, 2, 1)])  # pages 2 and 3
+    assert [a for a, e in g.by_sid[1].atc.items() if e[2] == MSG_TRANSLATED_PENDING] == [2, 3]
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 6, 0, 52)])  # ATC_INV_SIZE_ALL
+    assert all(e[2] == MSG_TRANSLATED_PENDING for e in g.by_sid[1].atc.values())
+    assert list(g.by_sid[1].atc) == [0, 1, 2, 3, 4, 5]  # marking keeps the LRU order
+
+
+def test_a_lying_device_keeps_the_entry_and_its_dma_says_so():
+    g = group()
+    fill(g, 1, 3)
+    g.apply_fault(0.5, 1, "lie", {}, step=0)
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 5, 3, 0)])
+    run_timers(g, 2.0)
+    assert g.by_sid[1].atc[3] == (100, 7, MSG_TRANSLATED_KEPT)
+
+
+def test_a_slowed_device_marks_what_it_received_and_a_healthy_one_does_not():
+    g = group()
+    fill(g, 1, 3)
+    fill(g, 2, 3)
+    g.apply_fault(0.5, 1, "slow", {"latency": {"median": 0.5, "p99": 0.5}}, step=0)
+    g.on_messages(1.0, [(MSG_INV_REQ, 1, 5, 3, 0), (MSG_INV_REQ, 2, 5, 3, 0)])
+    assert g.by_sid[1].atc[3][2] == MSG_TRANSLATED_PENDING  # in progress for half a second
+    assert g.by_sid[2].atc[3][2] == MSG_TRANSLATED  # the group's 10 us: not marked
+    run_timers(g, 2.0)
+    assert 3 not in g.by_sid[1].atc and 3 not in g.by_sid[2].atc

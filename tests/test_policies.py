@@ -48,7 +48,8 @@ def test_arm_smmu_domain_inv_range_syncs_the_tlbi_before_one_atc_batch_with_one_
     assert [c.sid for c in s2.cmds[:2]] == [10, 11]  # the sorted invalidation array (arm_smmu_invs)
     a = p.handle(0.002, SyncDone(0, sync_token(s2)))
     assert only(a, CompleteUnmap) == [CompleteUnmap(1, 0)]
-    assert only(a, SyncReturned) == [SyncReturned(0)]
+    # what the ATC batch's CMD_SYNC returned, on whose CPU, written when (the UAF trace's sync_codes)
+    assert only(a, SyncReturned) == [SyncReturned(0, cpu=0, issued=0.001)]
 
 
 def test_arm_smmu_domain_inv_range_skips_the_atc_batch_for_a_domain_with_no_ats_master():

@@ -82,6 +82,16 @@ def test_hang_verdicts_match_sim(local_ray, policy, tmp_path):
     assert {a["kind"] for a in live["placement"]["actors"]} == {"smmu", "device"}
     assert live["lost"] == {"actors": [], "endpoints": [], "nodes": []}
     assert set(sim) - {"wall"} <= set(live)  # same fields as the sim runtime's
+    # the verdict names the same failures (saturation aside, which only a live run can have)
+    assert [m for m in live["verdict"]["modes"] if m != "saturated"] == sim["verdict"]["modes"]
+    if policy == "arm-smmu-v3":  # the UAF's story travels from the SMMU actor to uaf-trace.jsonl
+        tr = live["uaf_trace"]
+        assert tr["exposures"] == live["uaf_exposures"] > 0 and tr["stories"][0]["sid"] == 5
+        first = tr["stories"][0]
+        assert first["unmap"]["err"] == -110 and [c["code"] for c in first["sync_codes"]][-1] == -110
+        assert first["atc"]["invalidation"] == "pending" and first["freed_s"] < first["dma_s"]
+        assert len((tmp_path / "uaf-trace.jsonl").read_text().splitlines()) == tr["recorded"]
+        assert "stories" not in json.loads((tmp_path / "summary.json").read_text())["uaf_trace"]
 
 
 @pytest.mark.ray

@@ -68,8 +68,12 @@ def test_report_of_a_mainline_hang_says_unsafe_with_first_uaf_and_culprit_stream
     summary, samples = sampled(sc)
     assert summary["uaf_exposures"] > 0
     md = write_report(sc, summary, samples, tmp_path)[0].read_text()
-    assert f"UNSAFE: {summary['uaf_exposures']} UAF exposure(s)" in md
+    # the verdict line first, naming every failure; then the detail and why nothing was fenced
+    assert f"## Verdict\n\n- **UNSAFE: {summary['uaf_exposures']} UAF exposures (first at " in md
+    assert "; no culprit fenced: stream 5 (faulty from 2s, " in md
+    assert "- Why nothing was fenced: arm-smmu-v3 has no recovery" in md
     assert "stream 5" in md and "No stream was fenced." in md
+    assert "is in uaf-trace.jsonl: `ats-stress explain " in md
 
 
 def test_report_without_time_series_still_has_the_story(tmp_path):
@@ -88,11 +92,12 @@ def test_cli_run_writes_summary_report_plots_and_openmetrics(tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["run", str(scen), "-q", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    names = ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om")
+    names = ("summary.json", "uaf-trace.jsonl", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om")
     for name in names:
         assert (out / name).exists(), name
-    listed = r.output[r.output.index("written:"):].split()[1:]
+    listed = [line.strip() for line in r.output[r.output.index("written:"):].splitlines()[1:] if line.startswith("  ")]
     assert listed == [str(out / name) for name in names]  # every file it wrote, the PNGs too
+    assert f"the story of a UAF: ats-stress explain {out} --uaf 1" in r.output
     om = (out / "metrics.om").read_text()
     assert om.endswith("# EOF\n") and "ats_uaf_exposures_total{" in om
     assert json.loads((out / "summary.json").read_text())["uaf_exposures"] > 0

@@ -110,7 +110,7 @@ def compare(
     """Run the same scenario and seeds under each policy (or variant of one) and print one table."""
     from ats_stress.cluster.experiments.compare import (PolicyVariant, check_variant, compare_title, parse_policies,
                                                         run_compare, with_flush)
-    from ats_stress.cluster.results.text import print_compare
+    from ats_stress.cluster.results.text import print_compare, print_verdicts
 
     sources = _plugins(policy_file)
     try:
@@ -139,6 +139,7 @@ def compare(
         report = run_compare(sc, names, seeds, out_dir, workers=workers, address=address, sources=sources,
                              on_result=lambda r: bar.advance(), flush=flush, sets=set_)
     print_compare(report["rows"], out_console, title=compare_title(sc, names, seeds, flush is not None))
+    print_verdicts(report["rows"], out_console)
     finish(report, "compare.json")
 
 

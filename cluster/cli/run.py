@@ -1,4 +1,5 @@
-"""``ats-stress run``, ``validate``, ``scenarios`` and ``observe``: one scenario, and what looks at its results."""
+"""``ats-stress run``, ``validate``, ``scenarios``, ``explain`` and ``observe``: one scenario, and what looks at
+its results."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ats_stress.cluster.results.summary import write_json
+from ats_stress.cluster.results.summary import write_summary
 from ats_stress.cluster.scenario import ScenarioError, library
 
 from .app import (
@@ -72,7 +73,7 @@ def run(
                 _fail_input(str(exc))
     except ScenarioError as exc:
         _fail_input(str(exc))
-    write_json(out_dir / "summary.json", summary)
+    write_summary(out_dir, summary)  # summary.json and uaf-trace.jsonl
     write_run_outputs(sc, summary, sampler, out_dir, err_console)
     from ats_stress.cluster.results.text import print_summary
 
@@ -80,6 +81,9 @@ def run(
     out_console.print("written:", highlight=False)
     for path in run_outputs(out_dir):
         out_console.print(f"  {path}", highlight=False, soft_wrap=True)
+    if (summary.get("uaf_trace") or {}).get("stories"):
+        out_console.print(f"the story of a UAF: ats-stress explain {out_dir} --uaf 1 (or --sid S)", highlight=False,
+                          soft_wrap=True)
     if summary["status"] == "interrupted":
         err_console.print("interrupted: the summary above covers the run up to the interruption", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -165,6 +169,27 @@ def scenarios() -> None:
     out_console.print(t)
     out_console.print(f"files: {library.LIBRARY}  (run one: ats-stress run NAME; copy one to edit it)",
                       highlight=False, soft_wrap=True)
+
+
+@app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="a run's --out directory (its uaf-trace.jsonl)"),
+    uaf: Optional[int] = typer.Option(None, "--uaf", help="the Nth story of the trace (1-based; default 1): the "
+                                      "run's Nth exposure among the first 1,000"),
+    sid: Optional[int] = typer.Option(None, "--sid", help="the first UAF of stream S"),
+) -> None:
+    """Print the story of one UAF exposure as an ftrace-like timeline: the unmap, each CMD_SYNC it
+    waited on and what it returned, the page freed and reallocated, the device's DMA."""
+    from ats_stress.cluster.results.explain import ExplainError, explain_lines
+
+    if uaf is not None and sid is not None:
+        _fail_input("--uaf and --sid pick one story each: give one of them.")
+    try:
+        lines = explain_lines(run_dir, uaf, sid)
+    except ExplainError as exc:
+        _fail_input(str(exc))
+    for line in lines:
+        out_console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

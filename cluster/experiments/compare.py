@@ -137,7 +137,17 @@ def aggregate(label: str, runs: list[dict]) -> dict[str, Any]:
     counts the others, and with none left every figure is None."""
     failed = sum(1 for r in runs if r.get("status") == "failed")
     runs = [r for r in runs if r.get("status") != "failed"]
-    return {"policy": label, "runs": len(runs), "failed": failed, **row_figures(runs)}
+    return {"policy": label, "runs": len(runs), "failed": failed, **row_figures(runs), "verdict": _verdict(runs)}
+
+
+def _verdict(runs: list[dict]) -> list[str] | None:
+    """Every failure mode any of the runs showed (cluster/results/verdict.py), in its order; [] is SAFE."""
+    from ats_stress.cluster.results.verdict import MODES
+
+    if not runs:
+        return None
+    seen = {m for r in runs for m in (r.get("verdict") or {}).get("modes", [])}
+    return [m for m in MODES if m in seen]
 
 
 def run_matrix(scenarios: list[Scenario], pool: Pool, on_result: Callable[[dict], None] | None = None,

@@ -28,6 +28,7 @@ class PoolError(Exception):
 def run_job(job: tuple[str, dict], sources: tuple = ()) -> dict:
     """One sim run, in whichever process the pool put it."""
     from ats_stress.cluster import plugins
+    from ats_stress.cluster.results.summary import without_stories
     from ats_stress.cluster.runtime.sim import run_sim
     from ats_stress.cluster.scenario import Scenario
 
@@ -42,10 +43,10 @@ def run_job(job: tuple[str, dict], sources: tuple = ()) -> dict:
         from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
 
         sampler = RunSampler(sc, om_every=None)
-        summary = run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler)
+        summary = without_stories(run_sim(sc, progress_every=SAMPLE_EVERY, sample=sampler))
         summary["series"] = compact_series(sampler.samples())
         return summary
-    return run_sim(sc)
+    return without_stories(run_sim(sc))  # the UAF stories stay with ``run`` (uaf-trace.jsonl)
 
 
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:

@@ -15,7 +15,7 @@ import yaml
 
 from ats_stress.cluster.scenario import Scenario, ScenarioError, apply_sets, scenario_from_dict
 from ats_stress.cluster.results.figures import figures_legend
-from ats_stress.cluster.results.summary import write_json
+from ats_stress.cluster.results.summary import without_stories, write_json
 
 from .compare import aggregate, mark_stop, run_matrix
 from .pool import Pool
@@ -77,7 +77,7 @@ def run_points_live(scenarios: list[Scenario], address: str | None, sources: tup
     try:
         for i, s in enumerate(scenarios):
             try:
-                results[i] = run_ray(s, address=address, quiet=True, plugins=sources)
+                results[i] = without_stories(run_ray(s, address=address, quiet=True, plugins=sources))
             except RuntimeInputError as exc:  # the cluster failed us mid-sweep: keep the points done
                 if i == 0:
                     raise

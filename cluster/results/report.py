@@ -47,16 +47,23 @@ def _irq_sentence(s: dict) -> str | None:
             "and the command queue stayed halted meanwhile (host.gerror_irq_cpu: idle is the best case).")
 
 
-def _verdict(s: dict, samples: dict | None = None) -> list[str]:
-    lines = []
+def _verdict(s: dict, samples: dict | None = None, out_dir=None) -> list[str]:
+    v = s.get("verdict") or {}
+    lines = [f"**{v['line']}**"] if v.get("line") else []
     if s["uaf_exposures"]:
         by = ", ".join(f"stream {sid} ({n})" for sid, n in sorted(s["uaf_by_sid"].items(), key=lambda kv: -kv[1])[:5])
-        lines.append(f"**UNSAFE: {s['uaf_exposures']} UAF exposure(s)**, {s['uaf_reallocated']} of them to a page "
+        trace = s.get("uaf_trace") or {}
+        told = trace.get("recorded") or len(trace.get("stories") or [])
+        lines.append(f"{s['uaf_exposures']} UAF exposure(s), {s['uaf_reallocated']} of them to a page "
                      f"already given to another mapping; the first at {_d(s['first_uaf_s'])}; by {by}. A device "
-                     "wrote through a stale ATC entry after its unmap was reported complete.")
+                     "wrote through a stale ATC entry after its unmap was reported complete."
+                     + (f" The story of {told} of them (the first {trace.get('max_stories', 1000):,}, and the first of "
+                        f"each stream) is in uaf-trace.jsonl: `ats-stress explain {out_dir or 'DIR'} --uaf 1` prints "
+                        "the first as a timeline." if told else ""))
     else:
-        lines.append("**SAFE: no UAF exposure.** No translated request reached memory after its unmap was "
-                     "reported complete.")
+        lines.append("No translated request reached memory after its unmap was reported complete.")
+    if v.get("inaction"):
+        lines.append("Why nothing was fenced: " + " ".join(v["inaction"]))
     if s["fence_count"]:
         lines.append(f"{s['fence_count']} fence(s), {s['fenced_healthy']} of a healthy device; fence latency max "
                      f"{_d(s['fence_latency_s']['max'])}; {s['unfence_count']} unfence(s) after reset, recovery max "
@@ -96,7 +103,7 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
     verdict = ("all held" if s["ok"] else "all held so far (the run did not complete)" if held and status != "complete"
                else "NOT all held")
     md.append(f"Status: **{status}**; {_d(s['sim_time_s'])} of scenario time; expectations {verdict}.")
-    md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples)]
+    md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples, out_dir)]
     top = sc.topology
     md += ["", "## What the scenario did", "",
            f"{top.endpoints} ATS endpoints behind {top.smmus} SMMU(s) with {sc.hardware.command_queues} command "
@@ -191,8 +198,8 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
 #: every file a run writes into its directory, in the order ``run`` lists them. ``run`` removes
 #: them before it starts, so no file of an earlier run stays beside this one's (observe's
 #: prometheus.yml and prometheus-data are observe's, and stay)
-RUN_FILES = ("summary.json", "report.md", "latency.png", "cmdq.png", "endpoints.png", "metrics.om",
-             "prometheus-targets.json")
+RUN_FILES = ("summary.json", "uaf-trace.jsonl", "report.md", "latency.png", "cmdq.png", "endpoints.png",
+             "metrics.om", "prometheus-targets.json")
 
 
 def clear_run_outputs(out_dir) -> list[Path]:

@@ -16,6 +16,9 @@ from ats_stress.iommu_actor.policy import validate_params
 from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
 
 from ats_stress.cluster.scenario import EXPECTABLE, Scenario
+from ats_stress.iommu_actor import uaftrace
+
+from .verdict import verdict
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -74,6 +77,7 @@ def node_stats(node, now: float) -> dict[str, Any]:
         "iovas_pending": node.pending_iovas(),
         "messages_in": node.messages_in,
         **({"replay": node.replay} if node.replay is not None else {}),  # a replayed trace (iommu_actor/replay.py)
+        "uaf_trace": node.uaf_trace.export(),
     }
 
 
@@ -94,6 +98,9 @@ def oracle_stats(oracle) -> dict[str, Any]:
         "fenced_healthy": oracle.fenced_healthy,
         "fenced_now": sorted(oracle.fenced),
         "resets": list(oracle.resets),
+        # faulty devices the driver could have caught (Oracle.catchable), with when it first could
+        "catchable": [{"sid": sid, "at_s": at, "fault_start_s": oracle.fault_start(sid, at)}
+                      for sid, at in sorted(oracle.catchable.items())],
     }
 
 
@@ -156,7 +163,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "smmus": sc.topology.smmus,
         "command_queues": sc.hardware.command_queues,
         "hardware": sc.hardware.model_dump(mode="json"),
-        "host": sc.host.model_dump(mode="json"),
+        "host": {**sc.host.model_dump(mode="json"), "flush": sc.flush_mode()},  # what ran: default resolved
         "sim_time_s": sim_time,
         "wall": {"time_s": wall_time, "events_per_s": events / wall_time if wall_time > 0 else None},
         "events": events,
@@ -243,8 +250,13 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     }
     if sc.workload.trace is not None:  # the replayed trace: the file, the mapping, what was replayed
         summary["trace"] = _trace_section(sc, nodes)
+    fenced_ever = {f["sid"] for f in fences}
+    summary["unfenced_culprits"] = sorted((c for o in oracles for c in o.get("catchable", [])
+                                           if c["sid"] not in fenced_ever), key=lambda c: (c["at_s"], c["sid"]))
+    summary["uaf_trace"] = merge_uaf_traces(nodes)
     if extra:
         summary.update(extra)
+    summary["verdict"] = verdict(sc, summary)
     summary["expectations"] = list(checkpoint_results or []) + check_expectations(sc, summary)
     summary["ok"] = status == "complete" and all(e["ok"] for e in summary["expectations"])
     return summary
@@ -259,6 +271,43 @@ def _trace_section(sc: Scenario, nodes: list[dict]) -> dict[str, Any]:
     except ScenarioError as exc:  # the file changed or went away since
         return {"path": sc.workload.trace, "error": str(exc)}
     return trace_summary(spec, info, nodes)
+
+
+def merge_uaf_traces(nodes: list[dict]) -> dict[str, Any]:
+    """The SMMUs' UAF stories as one trace, in the order the DMA reached memory: the first
+    MAX_STORIES exposures of the run, then the first of each stream (``n`` numbers them)."""
+    stories = sorted((st for n in nodes for st in (n.get("uaf_trace") or {}).get("stories", [])),
+                     key=lambda st: (st["dma_s"], st["smmu"], st["exposure"]))
+    cap = uaftrace.MAX_STORIES
+    kept = [st for i, st in enumerate(stories) if i < cap or st["first_of_stream"]]
+    return {"stories": [{"n": i + 1, **st} for i, st in enumerate(kept)], "recorded": len(kept),
+            "exposures": sum((n.get("uaf_trace") or {}).get("exposures", 0) for n in nodes),
+            "max_stories": cap,
+            "records_dropped": sum((n.get("uaf_trace") or {}).get("records_dropped", 0) for n in nodes)}
+
+
+def without_stories(summary: dict) -> dict:
+    """The summary as summary.json keeps it: the UAF stories go to uaf-trace.jsonl instead."""
+    trace = summary.get("uaf_trace")
+    if not trace or "stories" not in trace:
+        return summary
+    return {**summary, "uaf_trace": {**{k: v for k, v in trace.items() if k != "stories"},
+                                     "file": UAF_TRACE_FILE}}
+
+
+#: where ``run`` writes the UAF stories, one JSON object a line
+UAF_TRACE_FILE = "uaf-trace.jsonl"
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """summary.json (without the stories) and uaf-trace.jsonl (the stories, possibly none)."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "summary.json", without_stories(summary))
+    stories = (summary.get("uaf_trace") or {}).get("stories") or []
+    path = out_dir / UAF_TRACE_FILE
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(st, sort_keys=False) + "\n" for st in stories))
+    tmp.replace(path)
 
 
 def lookup(summary: dict, path: tuple[str, ...]) -> Any:

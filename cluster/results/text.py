@@ -131,6 +131,13 @@ def print_summary(s: dict, console: Console | None = None) -> None:
     note = live_lockup_note(s)
     if note:
         console.print(note, style="dim")
+    v = s.get("verdict") or {}
+    if v.get("line"):
+        word, _, rest = v["line"].partition(": ")
+        style = "bold green" if v.get("safe") else "bold yellow" if word == "INCONCLUSIVE" else "bold red"
+        console.print(Text.assemble("verdict: ", (word, style), ": ", rest))
+        if v.get("inaction"):
+            console.print("why nothing was fenced: " + " ".join(v["inaction"]), style="dim", highlight=False)
     for e in s.get("expectations") or []:
         console.print(_expectation_text(e), soft_wrap=True)
 
@@ -195,6 +202,25 @@ TABLE_FIGURES = ["uaf_exposures", "lazy_window_dma", "healthy_p50", "healthy_p99
 #: (row key, label, format) of each figure column, after the flush mode
 COMPARE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     (k, BY_KEY[k].label, _FORMAT[BY_KEY[k].kind]) for k in TABLE_FIGURES]
+
+
+def print_verdicts(rows: list[dict], console: Console | None = None) -> None:
+    """compare: one verdict line per policy, every failure any of its runs showed."""
+    from ats_stress.cluster.results.verdict import SHORT
+
+    console = console or Console()
+    width = max((len(str(r.get("policy"))) for r in rows), default=0)
+    for r in rows:
+        modes = r.get("verdict")
+        if modes is None:
+            text = Text("-", style="dim")
+        elif not modes:
+            text = Text("SAFE", style="bold green")
+        else:
+            word = "INCONCLUSIVE" if modes == ["saturated"] else "UNSAFE"
+            text = Text.assemble((word, "bold yellow" if word == "INCONCLUSIVE" else "bold red"),
+                                 ": " + ", ".join(SHORT[m] for m in modes))
+        console.print(Text.assemble("verdict ", str(r.get("policy")).ljust(width), "  ", text))
 
 
 def _seeds_of(rows: list[dict]) -> int:

@@ -188,14 +188,15 @@ def _empty_node(index: int) -> dict[str, Any]:
             "cmdq_entries": None, "notes": {}, "log": [], "commands": {}, "events": {},
             "hw_atc_timeouts": 0, "sync_returns": {}, "event_records": [], "flushes": 0, "iovas_flushed": 0,
             "flush_latencies": [], "iovas_pending": 0, "ats_disables_deferred": 0,
-            "cmdq_errors": 0, "stale_completions": 0, "queue_depths": [], "resets_requested": 0, "messages_in": 0}
+            "cmdq_errors": 0, "stale_completions": 0, "queue_depths": [], "resets_requested": 0, "messages_in": 0,
+            "uaf_trace": {"stories": [], "exposures": 0, "records_dropped": 0}}
 
 
 def _empty_oracle() -> dict[str, Any]:
     return {"uaf_exposures": 0, "uaf_reallocated": 0, "uaf_by_sid": {}, "first_uaf_s": None, "lazy_window_dma": 0,
             "translated_allowed": 0, "translated_blocked": 0, "untranslated_allowed": 0,
             "untranslated_faulted": 0, "reset_blocks": 0, "fences": [], "unfences": [],
-            "fenced_healthy": 0, "fenced_now": [], "resets": []}
+            "fenced_healthy": 0, "fenced_now": [], "resets": [], "catchable": []}
 
 
 def _empty_group(index: int) -> dict[str, Any]:

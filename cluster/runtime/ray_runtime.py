@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ats_stress.cluster.results.summary import build_summary, checkpoints, write_json
+from ats_stress.cluster.results.summary import build_summary, checkpoints, write_summary
 from ats_stress.cluster.scenario import Scenario
 from ats_stress.cluster.scenario.plan import Plan, build_plan
 
@@ -346,7 +346,7 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
             summary["ok"] = False
         summary["warnings"] = run.warnings
         if out_dir is not None:
-            write_json(Path(out_dir) / "summary.json", summary)
+            write_summary(Path(out_dir), summary)  # summary.json and uaf-trace.jsonl
         return summary
     finally:
         run.kill_all()

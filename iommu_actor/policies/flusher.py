@@ -35,6 +35,7 @@ from ..policy import (
     SetTimer,
     Submit,
     SyncDone,
+    SyncReturned,
     TimerFired,
     UnmapStart,
     WaitCmdqSpace,
@@ -79,7 +80,7 @@ Flush = Generator[Any, Any, int]
 
 
 class _Running:
-    __slots__ = ("cpu", "unmap", "gen", "queue", "token", "probe", "room")
+    __slots__ = ("cpu", "unmap", "gen", "queue", "token", "probe", "room", "polled_at")
 
     def __init__(self, cpu: int, unmap: int, gen: Flush, queue: int):
         self.cpu = cpu
@@ -89,6 +90,7 @@ class _Running:
         self.token = -1
         self.probe = -1
         self.room = False  # waiting for room in its queue (``token``), not polling a CMD_SYNC
+        self.polled_at = -1.0  # when its latest CMD_SYNC was written
 
 
 class FlushDriver(Policy):
@@ -215,6 +217,7 @@ class FlushDriver(Policy):
                 f.room = False
                 f.queue = item.queue
                 f.token = item.cmds[-1].token
+                f.polled_at = self.now
                 self.polling[f.token] = f
                 actions += [Submit(item.queue, w) for w in self.hooks.writes(list(item.cmds))]
                 if item.timeout is not None:
@@ -235,6 +238,8 @@ class FlushDriver(Policy):
                 f.probe = item.sid
                 actions.append(QueryPresence(item.sid))
                 return actions
+            if type(item) is SyncReturned and item.cpu < 0:  # whose flush, and since when: for the UAF story
+                item = SyncReturned(item.code, f.cpu, f.polled_at)
             actions.append(item)
             value = None
 

@@ -47,6 +47,7 @@ class ArmSmmuV3(FlushDriver):
                "freed), CERROR_ATC_INV_SYNC re-runs the CMD_SYNC; no fencing")
     Params = ArmSmmuV3Params
     hooks = ARM_SMMU_V3
+    can_fence = False  # mainline: no recovery, the timeout is logged and the page freed
 
     def flush(self, ev):
         """arm_smmu_domain_inv_range(): "ATS must be after a sync of the S1/S2 invalidations"."""
@@ -108,6 +109,7 @@ class AmdIommu(FlushDriver):
                "IOTLB_INV_TIMEOUT; ATS stays on")
     Params = AmdIommuParams
     hooks = AMD_IOMMU
+    can_fence = False  # mainline: no recovery, the timeout is logged and the page freed
     default_flush = "lazy"
     inv_timeout_action = AMD_IOMMU.inv_timeout_action
     wants_events = True
@@ -187,6 +189,7 @@ class IntelVtd(FlushDriver):
                "pending wait and all submitters retry, unless the ITE's device is gone")
     Params = IntelVtdParams
     hooks = INTEL_VTD
+    can_fence = False  # mainline: no recovery, the timeout is logged and the page freed
     default_flush = "lazy"
 
     def flush(self, ev):

@@ -72,6 +72,7 @@ class Quarantine(ArmSmmuV3):
                "mainline arm-smmu-v3: acts on the hardware CERROR_ATC_INV_SYNC only; v2+ retry per SID and "
                "clear STE.EATS (v4: pci_disable_ats, invs entries broken); an outside reset lifts it")
     Params = QuarantineParams
+    can_fence = True  # unlike the mainline driver it builds on
 
     def __init__(self, params, hw):
         super().__init__(params, hw)
