@@ -114,7 +114,10 @@ def test_the_series_never_acts_when_the_hardware_timeout_outlasts_the_hang():
     v = s["verdict"]
     assert "uaf" in v["modes"] and "no_culprit_fenced" in v["modes"]
     assert any("raised no CERROR_ATC_INV_SYNC: its ATC_INV timeout (60s) is longer than the fault (6s)" in w
+               and "the series, which acts only on CERROR_ATC_INV_SYNC, had nothing to act on" in w
                for w in v["inaction"])
+    fot = run(policy={"name": "fence-on-timeout"}, chaos=HANG_5)  # acts on the software timeout: not said of it
+    assert not any("acts only on CERROR" in w for w in fot["verdict"]["inaction"])
 
 
 def test_a_lying_device_leaks_but_is_never_a_missed_culprit_nothing_points_at_it():

@@ -136,9 +136,12 @@ def inaction(sc, s: dict) -> list[str]:
         if hw_timeout is None:
             why.append("The hardware raised no CERROR_ATC_INV_SYNC: it never gives an invalidation up.")
         elif longest is not None and longest < hw_timeout:
+            # the posted series acts on CERROR_ATC_INV_SYNC alone (v2 on a software timeout too)
+            only_cerror = sc.policy.name == "quarantine" and getattr(policy, "version", 0) != 2
             why.append(f"The hardware raised no CERROR_ATC_INV_SYNC: its ATC_INV timeout ({_d(hw_timeout)}) is longer "
-                       f"than the fault ({_d(longest)}), so the device answered first, and a policy that acts only "
-                       "on CERROR_ATC_INV_SYNC (the posted series in v1, v3 and v4) had nothing to act on.")
+                       f"than the fault ({_d(longest)}), so the device answered first"
+                       + (", and the series, which acts only on CERROR_ATC_INV_SYNC, had nothing to act on."
+                          if only_cerror else "."))
         else:
             why.append(f"The hardware raised no CERROR_ATC_INV_SYNC within the run (its ATC_INV timeout is "
                        f"{_d(hw_timeout)}).")
