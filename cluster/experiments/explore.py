@@ -95,12 +95,14 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
     flying: dict[int, int] = {}  # violation -> its shrink runs in flight
 
     def settle(i: int, shrink: bool = True) -> None:
-        res, original = verdicts.pop(i), variants.pop(i)
+        res, drawn = verdicts.pop(i), variants.pop(i)
         if res["status"] == "failed":
             s.failed_runs += 1
             s.first_error = s.first_error or res["error"]
         for prop in (c["property"] for c in checks):  # in --check order
             if prop in res["violated"]:
+                # progress's run is as long as judging it took; every other property's is as drawn
+                original = res["extended"] if prop == "progress" and "extended" in res else drawn
                 counts[prop] = counts.get(prop, 0) + 1
                 v = Violation(prop, counts[prop], i, original["seed"], res["violated"][prop], original)
                 # schedules with a lying device have their own quota: every policy fails under one, and
@@ -148,8 +150,7 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
             for key, res in pool.wait():
                 if key[0] == "variant":
                     verdicts[key[1]] = res
-                    if "scenario" in res:  # run again longer to judge progress: that run is the variant
-                        variants[key[1]] = res["scenario"]
+                    if "extended" in res:  # run again longer to judge progress
                         s.extended += 1
                     s.explored += 1
                     while settled in verdicts:  # in variant order, once every earlier one is in

@@ -150,8 +150,8 @@ def report_md(res: dict) -> str:
           + f"; {res['runs']['shrinking']} run(s) spent shrinking; {res['wall_s']:.0f} s."]
     if res["runs"].get("extended"):
         md.append(f"{res['runs']['extended']} variant(s) still had an unmap waiting when the run ended, before "
-                  "progress could be judged: each was run again until the last fault's end plus the bound (plus "
-                  "1 s), and that longer run is the variant.")
+                  "progress could be judged: progress was judged on each run again until the last fault's end plus "
+                  "the bound (plus 1 s); the other properties on the run as drawn.")
     if res.get("clocks") and res.get("boundary"):
         md.append(f"Boundary sampling: {res['boundary']:.0%} of durations, latencies and gaps between steps were "
                   "drawn at the edge of a clock (x (1 +- 1e-3, 1e-2, 1e-1) or +- a few us): "

@@ -9,8 +9,8 @@ Plug-in policy files travel with each task as source (``cluster/plugins.py``).
 
 A job is ``(kind, payload)``: ``"summary"`` returns the run's summary (``payload["series"]``: with
 its compact time series), ``"check"`` the explore verdict of ``cluster/experiments/properties.py`` (with ``payload["extend"]``,
-a run too short to judge ``progress`` is run again as long as it takes, and the verdict carries
-the ``scenario`` that ran).
+a run too short to judge ``progress`` is run again as long as it takes: progress is judged on that
+run, whose scenario the verdict carries as ``extended``).
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ def run_job(job: tuple[str, dict], sources: tuple = ()) -> dict:
         from .properties import decide_progress, verdict
 
         summary = run_sim(sc)
+        found = verdict(summary, payload["checks"])
         longer = decide_progress(summary, payload["checks"]) if payload.get("extend") else None
         if longer is None:
-            return verdict(summary, payload["checks"])
-        # too short to judge progress: the variant is this scenario run that long
+            return found
+        # too short to judge progress: progress is judged on this scenario run that long (the other
+        # properties keep the run as drawn)
         data = normalized({**payload["scenario"], "duration": longer})
-        return {**verdict(run_sim(Scenario.model_validate(data)), payload["checks"]), "scenario": data,
-                "extended_from": sc.duration}
+        again = verdict(run_sim(Scenario.model_validate(data)), [c for c in payload["checks"]
+                                                                 if c["property"] == "progress"])
+        found["violated"].pop("progress", None)
+        if "progress" in again["violated"]:
+            found["violated"]["progress"] = again["violated"]["progress"]
+        return {**found, "extended": data}
     if payload.get("series"):  # compare: also the time series for the per-figure charts
         from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
 
