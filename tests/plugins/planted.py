@@ -17,14 +17,13 @@
   instead of a software timeout, and lifted when another CMD_SYNC behind an ATC_INV to the device
   completes normally within ``grace`` of that CERROR: a device that answers just after the
   hardware gave up on it.
-
 - ``test-lost-wakeup``: waits for every CMD_SYNC, but drops the waiter of one that met
   CERROR_ATC_INV_SYNC: that flush never returns, and its CPU's later unmaps queue behind it for
   ever (a liveness bug: ``progress``).
 
-All use the classic command queue layout with one addition: with two queues or more, the last is
-kept for the fence and unfence commands (as fence-on-timeout's recovery queue), CPU c submits to
-queue c mod (n - 1).
+The two races keep, with two command queues or more, the last one for their fence and unfence
+commands (as fence-on-timeout's recovery queue does): CPU c submits to queue c mod (n - 1). The
+others submit as the classic layout has it (CPU c to queue c mod n).
 """
 
 from typing import Optional
@@ -89,7 +88,7 @@ class SkipLastMaster(Policy):
 
 class GraceParams(PolicyParams):
     sync_timeout: Optional[Duration] = Field(1.0, gt=0, description="software CMD_SYNC timeout (null: none)")
-    grace: Duration = Field(0.005, gt=0, description="a completion this soon after the timeout is a false alarm")
+    grace: Duration = Field(0.002, gt=0, description="a completion this soon after the timeout is a false alarm")
 
 
 class _Quarantine(Policy):
@@ -201,7 +200,7 @@ class GraceRace(_Quarantine):
 
 class CerrorRaceParams(GraceParams):
     sync_timeout: Optional[Duration] = Field(None, gt=0, description="software CMD_SYNC timeout (null: none)")
-    grace: Duration = Field(0.001, gt=0, description="an answer this soon after the hardware gave up is a false alarm")
+    grace: Duration = Field(0.002, gt=0, description="an answer this soon after the hardware gave up is a false alarm")
 
 
 class CerrorRace(_Quarantine):
