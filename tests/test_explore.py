@@ -237,3 +237,30 @@ def test_a_progress_violation_seen_only_on_the_longer_run_is_reported_and_shrunk
     (step,) = rec["minimal"]["chaos"]
     assert rec["observed"] > 2.0 and rec["minimal"]["duration"] >= step["at"] + step["duration"] + 2.0 + 1.0
     reproduces(out, rec, "--policy-file", str(PLANTED))
+
+
+def test_boundary_draws_find_a_race_two_milliseconds_past_a_timeout_that_log_uniform_draws_miss():
+    """bench 8's scenario and its seed 4: the race plug-in fails only when a hang ends within 2 ms
+    after its 1 s software timeout; the 14th variant with boundary draws does, none of the uniform ones."""
+    from ats_stress.cluster import plugins
+    from ats_stress.cluster.experiments.explore import run_explore
+    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.properties import select
+    from ats_stress.cluster.scenario import scenario_from_dict
+
+    sources = plugins.load([PLANTED])
+
+    def first(boundary: float) -> list[int]:
+        sc = scenario_from_dict({
+            "name": "race", "duration": "1.8s", "policy": {"name": "test-grace-race"},
+            "topology": {"endpoints": 2, "domains": 1, "cpus": 1, "endpoints_per_actor": 2, "pages_per_domain": 8,
+                         "spare_pages": 16, "atc_entries": 16},
+            "hardware": {"command_queues": 2}, "workload": {"unmaps_per_s": 1000, "dma_per_endpoint_per_s": 20},
+            "explore": {"faults": ["hang"], "steps": [1, 1], "fault_duration": ["200ms", "1500ms"],
+                        "settle": "300ms", "boundary": boundary}})
+        with Pool(1, None, sources) as pool:
+            s = run_explore(sc, pool, select(sc, ["uaf"]), seed=4, budget=14, shrink_max=0)
+        return [v.variant for v in s.violations]
+
+    assert first(0.3) == [13]
+    assert first(0.0) == []
