@@ -204,7 +204,7 @@ def test_a_lower_bound_in_explore_expect_is_checked_and_carried_by_the_minimal_s
     data = {**SMALL, "explore": {"faults": ["hang"], "fault_duration": ["10ms", "3s"], "settle": "1s",
                                  "expect": {"sync_timeouts": {"min": 1}}}}  # every schedule must be noticed
     r, report, out = explore(tmp_path, data, "--check", "expect", "--budget", "3", "--shrink-max", "1",
-                             "--shrink-runs", "4")
+                             "--shrink-runs", "2")
     assert r.exit_code == 1, r.output
     assert [c["property"] for c in report["checks"]] == ["expect.sync_timeouts"]
     rec = next(v for v in report["violations"] if v["shrunk"])
@@ -241,16 +241,20 @@ def test_a_progress_violation_seen_only_on_the_longer_run_is_reported_and_shrunk
 
 def test_boundary_draws_find_a_race_two_milliseconds_past_a_timeout_that_log_uniform_draws_miss():
     """bench 8's scenario and its seed 4: the race plug-in fails only when a hang ends within 2 ms
-    after its 1 s software timeout; the 14th variant with boundary draws does, none of the uniform ones."""
+    after its 1 s software timeout. Variant 13 with boundary draws is a hang of 1 s x (1 + 1e-3) and
+    violates; the same variant drawn log-uniformly (the same random stream) does not."""
     from ats_stress.cluster import plugins
-    from ats_stress.cluster.experiments.explore import run_explore
-    from ats_stress.cluster.experiments.pool import Pool
+    from ats_stress.cluster.experiments.clocks import clocks
+    from ats_stress.cluster.experiments.explore import base_dict
+    from ats_stress.cluster.experiments.grammar import draw_variant, grammar
+    from ats_stress.cluster.experiments.pool import run_job
     from ats_stress.cluster.experiments.properties import select
     from ats_stress.cluster.scenario import scenario_from_dict
+    from ats_stress.cluster.scenario.writing import normalized
 
     sources = plugins.load([PLANTED])
 
-    def first(boundary: float) -> list[int]:
+    def variant_13(boundary: float) -> tuple[dict, dict]:
         sc = scenario_from_dict({
             "name": "race", "duration": "1.8s", "policy": {"name": "test-grace-race"},
             "topology": {"endpoints": 2, "domains": 1, "cpus": 1, "endpoints_per_actor": 2, "pages_per_domain": 8,
@@ -258,9 +262,11 @@ def test_boundary_draws_find_a_race_two_milliseconds_past_a_timeout_that_log_uni
             "hardware": {"command_queues": 2}, "workload": {"unmaps_per_s": 1000, "dma_per_endpoint_per_s": 20},
             "explore": {"faults": ["hang"], "steps": [1, 1], "fault_duration": ["200ms", "1500ms"],
                         "settle": "300ms", "boundary": boundary}})
-        with Pool(1, None, sources) as pool:
-            s = run_explore(sc, pool, select(sc, ["uaf"]), seed=4, budget=14, shrink_max=0)
-        return [v.variant for v in s.violations]
+        d = normalized(draw_variant(base_dict(sc), grammar(sc), 4, 13, sorted(clocks(sc).values())))
+        return d, run_job(("check", {"scenario": d, "checks": select(sc, ["uaf"])}), sources)
 
-    assert first(0.3) == [13]
-    assert first(0.0) == []
+    edge, found = variant_13(0.3)
+    plain, missed = variant_13(0.0)
+    assert edge["chaos"][0]["duration"] == 1.001 and "uaf" in found["violated"]
+    assert plain["chaos"][0]["duration"] != 1.001 and missed["violated"] == {}
+    assert {k: v for k, v in edge.items() if k != "chaos"} == {k: v for k, v in plain.items() if k != "chaos"}
