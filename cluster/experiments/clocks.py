@@ -14,7 +14,7 @@ plug-in's get the same treatment), plus what the driver itself says it waits
 from __future__ import annotations
 
 from ats_stress.cluster.scenario import Scenario
-from ats_stress.cluster.scenario.writing import _field_is_duration
+from ats_stress.cluster.scenario.writing import is_duration_field
 from ats_stress.iommu_actor.flushq import IOVA_DEFAULT_FQ_TIMEOUT
 from ats_stress.iommu_actor.policy import HwInfo
 
@@ -37,7 +37,7 @@ def clocks(sc: Scenario) -> dict[str, float]:
     poll, inv = _driver_clocks(sc, params)
     found: list[tuple[str, float | None]] = []
     for name, field in type(params).model_fields.items():
-        if _field_is_duration(field):
+        if is_duration_field(field):
             found.append((f"policy.{name}", getattr(params, name)))
     found.append(("the driver's poll timeout", poll))
     found.append(("hardware.atc_inv_completion_timeout" if inv == sc.hardware.atc_inv_completion_timeout

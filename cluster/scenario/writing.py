@@ -73,7 +73,7 @@ def _is_duration(tp: Any) -> bool:
     return False
 
 
-def _field_is_duration(field) -> bool:
+def is_duration_field(field) -> bool:
     return any(getattr(m, "func", None) is parse_duration for m in field.metadata) or _is_duration(field.annotation)
 
 
@@ -102,7 +102,7 @@ def _layout(cls: type[BaseModel], first: tuple[str, ...]) -> tuple[tuple[str, bo
     out = []
     for name in order:
         f = fields[name]
-        dur = _field_is_duration(f)
+        dur = is_duration_field(f)
         default = _NO_DEFAULT
         if not f.is_required() and name not in first:
             d = f.get_default(call_default_factory=True)
