@@ -242,7 +242,7 @@ def _explored_name(label: str) -> str:
 
 def t_explore() -> list[str]:
     """What docs/explore.sh's runs found: per policy and property, the smallest shrunk schedule."""
-    from ats_stress.cluster.experiments.explore_report import smallest, step_text
+    from ats_stress.cluster.experiments.explore_report import schedule_text, smallest
 
     rows = []
     for label in EXPLORED:
@@ -253,7 +253,9 @@ def t_explore() -> list[str]:
             if not n_viol:
                 continue
             best = smallest(res, prop)
-            steps = "; ".join(step_text(s) for s in best["minimal"]["chaos"]) if best else "-"
+            steps = "-"
+            if best:
+                steps = schedule_text(best) + (" (needs a lying device)" if best.get("needs_lie") else "")
             rows.append([f"`{_explored_name(label)}`", prop, f"{n_viol} of {res['explored']}", steps])
     clean = [f"`{_explored_name(lb)}`" for lb in EXPLORED]
     found = {r[0] for r in rows}

@@ -90,3 +90,27 @@ def test_the_example_explore_scenario_is_valid_with_room_for_a_lockup_past_the_t
     sc = load_scenario(Path(__file__).resolve().parent.parent / "examples/explore/small.yaml")
     g = grammar(sc)  # docs/explore.sh runs it under every built-in policy
     assert g.fault_duration[1] > LOCKUP_BOUND_S and sc.duration - g.settle > g.fault_duration[1]
+
+
+def test_the_empty_schedule_is_the_first_thing_tried():
+    from ats_stress.cluster.experiments.shrink import candidates
+
+    assert next(candidates(START, 1.0))["chaos"] == []
+    chain = Shrink(START, "uaf", settle=1.0, budget=500)
+    key, first = chain.next_job()  # round 0: the violation itself, as it will be written
+    chain.feed(key, 1)
+    key, cand = chain.next_job()
+    assert key == (1, 0) and cand["chaos"] == []
+    chain.feed(key, 3)  # a policy that leaks on a healthy machine: nothing of the schedule is needed
+    assert chain.best["chaos"] == [] and chain.spent == 2
+
+
+def test_without_the_lying_device_is_tried_next():
+    from ats_stress.cluster.experiments.shrink import candidates
+
+    lie = {"at": 1.0, "fault": "lie", "endpoints": [3], "duration": 2.0}
+    d = {**START, "chaos": [lie] + START["chaos"]}
+    first, second = list(candidates(d, 1.0))[:2]
+    assert first["chaos"] == [] and second["chaos"] == START["chaos"]
+    alone = list(candidates({**START, "chaos": [lie]}, 1.0))
+    assert sum(c["chaos"] == [] for c in alone) == 1  # a lie alone: only the empty schedule drops it

@@ -194,11 +194,15 @@ def explore(
                                              "(e.g. 10m)"),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="explore seed (default: the scenario's seed)"),
     check: Optional[str] = typer.Option(None, "--check", help="comma-separated properties: uaf, healthy-fenced, "
-                                        "incomplete, lockup, stall, expect, expect.FIGURE (default: all)"),
+                                        "progress, incomplete, lockup, stall, expect, expect.FIGURE (default: all "
+                                        "but incomplete)"),
     lockup_bound: str = typer.Option("10s", "--lockup-bound", help="lockup: the longest allowed window with "
                                      "interrupts off (default 10 s, the hard-lockup detector's watchdog_thresh)"),
     stall_bound: str = typer.Option("20s", "--stall-bound", help="stall: the longest allowed time inside one "
                                     "flush (default 20 s, the soft-lockup detector's 2 x watchdog_thresh)"),
+    progress_bound: Optional[str] = typer.Option(None, "--progress-bound", help="progress: how long an unmap may "
+                                                 "still wait once the last fault is over (default: the longest "
+                                                 "clock of the policy and the hardware, plus explore.settle)"),
     shrink_runs: int = typer.Option(200, "--shrink-runs", min=1, help="runs allowed to shrink one violation"),
     shrink_max: int = typer.Option(3, "--shrink-max", min=0, help="violations shrunk per property (the first ones)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -223,6 +227,7 @@ def explore(
     seconds = None if time_limit is None else _positive_duration("--time", time_limit)
     bound = _positive_duration("--lockup-bound", lockup_bound)
     stall = _positive_duration("--stall-bound", stall_bound)
+    progress_s = None if progress_bound is None else _positive_duration("--progress-bound", progress_bound)
     budget = budget or (None if seconds else 100)
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
@@ -230,7 +235,7 @@ def explore(
     names = None if check is None else [c.strip() for c in check.split(",") if c.strip()]
     _sigterm_as_interrupt()
     with fanout_errors():
-        checks = select(sc, names, bound, stall)
+        checks = select(sc, names, bound, stall, progress_s)
         with Pool(workers, address, sources) as pool, \
                 RunProgress("explore", budget, quiet, fields=("violations", "shrink_steps")) as bar:
             found = run_explore(sc, pool, checks, seed=sc.seed if seed is None else seed, budget=budget,
@@ -267,6 +272,8 @@ def _positive_duration(opt: str, text: str) -> float:
 
 def _explore_progress(bar: RunProgress, quiet: bool):
     """The bar's counts, and one line on stderr when a property is first found violated."""
+    from ats_stress.cluster.experiments.explore_report import shown
+
     seen: set[str] = set()
 
     def show(s) -> None:
@@ -274,23 +281,31 @@ def _explore_progress(bar: RunProgress, quiet: bool):
         for v in s.violations:
             if v.prop not in seen and not quiet:
                 seen.add(v.prop)
+                figure = next(c["figure"] for c in s.checks if c["property"] == v.prop)
                 err_console.print(f"first {v.prop} violation: variant {v.variant} (seed {v.seed}), "
-                                  f"observed {v.observed}", highlight=False)
+                                  f"observed {figure} = {shown(figure, v.observed)}", highlight=False)
     return show
 
 
 def print_explore(res: dict) -> None:
     from rich.table import Table
 
-    from ats_stress.cluster.experiments.explore_report import smallest
+    from ats_stress.cluster.experiments.explore_report import findings, smallest
 
+    extended = res["runs"].get("extended")
     t = Table(title=f"explore {res['scenario']} · policy {res['policy']} · seed {res['seed']} · "
-                    f"{res['explored']} variant(s), {res['runs']['shrinking']} shrink run(s)", title_justify="left")
+                    f"{res['explored']} variant(s)" + (f" ({extended} run longer to judge progress)" if extended else "")
+                    + f", {res['runs']['shrinking']} shrink run(s)", title_justify="left")
     for col in ("property", "violating", "shrunk", "smallest minimal (steps)"):
         t.add_column(col)
     for c in res["checks"]:
         vs = [v for v in res["violations"] if v["property"] == c["property"]]
         best = smallest(res, c["property"])
-        t.add_row(c["property"], str(len(vs)), str(sum(v["shrunk"] for v in vs)),
-                  f"{best['minimal_file']} ({best['minimal_steps']})" if best else "-")
+        what = "-"
+        if best:
+            what = f"{best['minimal_file']} ({best['minimal_steps']}{': no fault' if not best['minimal_steps'] else ''}" \
+                   f"{', lying device' if best.get('needs_lie') else ''})"
+        t.add_row(c["property"], str(len(vs)), str(sum(v["shrunk"] for v in vs)), what)
     out_console.print(t)
+    for line in findings(res):
+        out_console.print(line, highlight=False, soft_wrap=True)

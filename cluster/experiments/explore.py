@@ -2,8 +2,8 @@
 
 Variants (``grammar.py``) and shrink candidates (``shrink.py``) are sim runs in one ``Pool``; shrink
 candidates go first, so what was found is shrunk while the search goes on. A violation's number
-(``minimal-uaf-1.yaml``) and whether it is shrunk (the first ``shrink_max`` per property) follow
-variant order, decided only once every earlier variant has finished: with a run budget, a sharded
+(``minimal-uaf-1.yaml``) and whether it is shrunk (the first ``shrink_max`` per property, and as many
+again of those whose schedule has a lying device) follow variant order, decided only once every earlier variant has finished: with a run budget, a sharded
 search finds, numbers and shrinks exactly what a serial one does.
 """
 
@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ats_stress.cluster.scenario import Scenario
+from ats_stress.cluster.scenario.writing import normalized
 
+from .clocks import clocks
 from .grammar import draw_variant, grammar
 from .pool import Pool, PoolError
-from .properties import expect_of, upper_bounds
+from .properties import PROGRESS_MARGIN_S, expect_of, explored_bounds
 from .shrink import Shrink
 
 #: variants drawn when only a time limit is given
@@ -56,6 +58,8 @@ class Search:
     started: float = field(default_factory=time.monotonic)
     executed: int = 0
     requeued: int = 0
+    extended: int = 0  # variants run again longer, to judge progress
+    clocks: dict[str, float] = field(default_factory=dict)  # where boundary draws land
 
     @property
     def shrink_steps(self) -> int:
@@ -63,11 +67,11 @@ class Search:
 
 
 def base_dict(sc: Scenario) -> dict:
-    """The scenario as variants start from it: no chaos, its upper bounds only, no grammar."""
+    """The scenario as variants start from it: no chaos, the bounds explore keeps, no grammar."""
     d = sc.model_dump(mode="json")
     d.pop("explore", None)
     d["chaos"] = []
-    d["expect"] = upper_bounds(sc)
+    d["expect"] = explored_bounds(sc)
     return d
 
 
@@ -79,26 +83,37 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
     g = grammar(sc)
     base = base_dict(sc)
     by_prop = {c["property"]: c for c in checks}
-    s = Search(sc, checks, seed, budget, time_limit, shrink_runs, shrink_max)
+    s = Search(sc, checks, seed, budget, time_limit, shrink_runs, shrink_max, clocks=clocks(sc))
+    edges = sorted(s.clocks.values())
     total = budget if budget is not None else UNBOUNDED
     deadline = None if time_limit is None else s.started + time_limit
     verdicts: dict[int, dict] = {}
     variants: dict[int, dict] = {}
     nxt = settled = 0  # the next variant to draw; the first not yet settled
     counts: dict[str, int] = {}
+    shrunk: dict[tuple[str, bool], int] = {}  # (property, has a lying device) -> violations given a shrink
     flying: dict[int, int] = {}  # violation -> its shrink runs in flight
 
     def settle(i: int, shrink: bool = True) -> None:
-        res, original = verdicts.pop(i), variants.pop(i)
+        res, drawn = verdicts.pop(i), variants.pop(i)
         if res["status"] == "failed":
             s.failed_runs += 1
             s.first_error = s.first_error or res["error"]
         for prop in (c["property"] for c in checks):  # in --check order
             if prop in res["violated"]:
+                # progress's run is as long as judging it took; every other property's is as drawn
+                original = res["extended"] if prop == "progress" and "extended" in res else drawn
                 counts[prop] = counts.get(prop, 0) + 1
                 v = Violation(prop, counts[prop], i, original["seed"], res["violated"][prop], original)
-                if shrink and v.n <= shrink_max:
-                    v.chain = Shrink({**original, "expect": expect_of(by_prop[prop])}, prop, g.settle, shrink_runs)
+                # schedules with a lying device have their own quota: every policy fails under one, and
+                # they must not use up the shrinking of what this policy does wrong
+                quota = (prop, any(st["fault"] == "lie" for st in original["chaos"]))
+                if shrink and shrunk.get(quota, 0) < shrink_max:
+                    shrunk[quota] = shrunk.get(quota, 0) + 1
+                    # a shorter run must still reach the last fault's end plus progress's bound
+                    settle = g.settle if prop != "progress" else max(
+                        g.settle, by_prop[prop]["bound"]["max"] + PROGRESS_MARGIN_S)
+                    v.chain = Shrink({**original, "expect": expect_of(by_prop[prop])}, prop, settle, shrink_runs)
                 s.violations.append(v)
 
     def next_job() -> tuple[Any, tuple[str, dict]] | None:
@@ -114,9 +129,10 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
                 key, cand = job
                 return ("shrink", k, key), ("check", {"scenario": cand, "checks": [by_prop[v.prop]]})
         if nxt < total:
-            variants[nxt] = draw_variant(base, g, seed, nxt)
+            variants[nxt] = normalized(draw_variant(base, g, seed, nxt, edges))
             nxt += 1
-            return ("variant", nxt - 1), ("check", {"scenario": variants[nxt - 1], "checks": checks})
+            return ("variant", nxt - 1), ("check", {"scenario": variants[nxt - 1], "checks": checks,
+                                                    "extend": True})
         return None
 
     try:
@@ -134,6 +150,8 @@ def run_explore(sc: Scenario, pool: Pool, checks: list[dict], *, seed: int, budg
             for key, res in pool.wait():
                 if key[0] == "variant":
                     verdicts[key[1]] = res
+                    if "extended" in res:  # run again longer to judge progress
+                        s.extended += 1
                     s.explored += 1
                     while settled in verdicts:  # in variant order, once every earlier one is in
                         settle(settled)

@@ -8,7 +8,9 @@ most ``capacity`` are in flight. A task whose worker process or node dies is sub
 Plug-in policy files travel with each task as source (``cluster/plugins.py``).
 
 A job is ``(kind, payload)``: ``"summary"`` returns the run's summary (``payload["series"]``: with
-its compact time series), ``"check"`` the explore verdict of ``cluster/experiments/properties.py``.
+its compact time series), ``"check"`` the explore verdict of ``cluster/experiments/properties.py`` (with ``payload["extend"]``,
+a run too short to judge ``progress`` is run again as long as it takes: progress is judged on that
+run, whose scenario the verdict carries as ``extended``).
 """
 
 from __future__ import annotations
@@ -36,9 +38,24 @@ def run_job(job: tuple[str, dict], sources: tuple = ()) -> dict:
     kind, payload = job
     sc = Scenario.model_validate(payload["scenario"])
     if kind == "check":
-        from .properties import verdict
+        from ats_stress.cluster.scenario.writing import normalized
 
-        return verdict(run_sim(sc), payload["checks"])
+        from .properties import decide_progress, verdict
+
+        summary = run_sim(sc)
+        found = verdict(summary, payload["checks"])
+        longer = decide_progress(summary, payload["checks"]) if payload.get("extend") else None
+        if longer is None:
+            return found
+        # too short to judge progress: progress is judged on this scenario run that long (the other
+        # properties keep the run as drawn)
+        data = normalized({**payload["scenario"], "duration": longer})
+        again = verdict(run_sim(Scenario.model_validate(data)), [c for c in payload["checks"]
+                                                                 if c["property"] == "progress"])
+        found["violated"].pop("progress", None)
+        if "progress" in again["violated"]:
+            found["violated"]["progress"] = again["violated"]["progress"]
+        return {**found, "extended": data}
     if payload.get("series"):  # compare: also the time series for the per-figure charts
         from ats_stress.cluster.results.sampler import SAMPLE_EVERY, RunSampler, compact_series
 

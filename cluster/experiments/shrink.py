@@ -1,6 +1,8 @@
 """Shrinking one violation to a minimal scenario that still violates the same property (delta debugging).
 
-A round lists smaller candidates of the current scenario, most aggressive first: fewer chaos steps,
+A round lists smaller candidates of the current scenario, most aggressive first: no fault at all
+(a policy that leaks on a healthy machine is reported as such, not as its first fault), no lying
+device (every policy fails under one: a violation that needs none is this policy's), fewer chaos steps,
 a plain hang for another fault, a shorter run, fewer endpoints, domains and SMMUs, fewer endpoints
 per step, shorter faults, lower latency, loss and leaked tags, lower rates. Every candidate is a
 real run; the round's first candidate (in list order) that still violates becomes the current
@@ -18,7 +20,8 @@ import json
 import math
 from typing import Any, Callable, Iterator
 
-from ats_stress.cluster.scenario import ScenarioError, scenario_from_dict
+from ats_stress.cluster.scenario import ScenarioError
+from ats_stress.cluster.scenario.writing import normalized
 
 from .grammar import ms, nice
 
@@ -85,6 +88,11 @@ def _topology(d: dict, endpoints: int, domains: int, smmus: int) -> None:
 def candidates(d: dict, settle: float) -> Iterator[dict]:
     """Smaller variants of scenario dict ``d`` (chaos steps as explore draws them), most aggressive first."""
     chaos = d["chaos"]
+    if chaos:
+        yield {**copy.deepcopy(d), "chaos": []}
+    honest = [st for st in chaos if st["fault"] != "lie"]
+    if honest and len(honest) < len(chaos):  # without the lying device, if it still fails: the policy's own
+        yield {**copy.deepcopy(d), "chaos": copy.deepcopy(honest)}
     for rest in _ddmin(chaos):
         yield {**copy.deepcopy(d), "chaos": copy.deepcopy(rest)}
     for i, step in enumerate(chaos):
@@ -151,13 +159,13 @@ class Shrink:
         self.cached: set[int] = set()  # tried in an earlier round: no run needed
         seen = set()
         for c in cands:
+            try:
+                c = normalized(c)  # as its YAML reads back: what runs is what is written
+            except (ScenarioError, ValueError):
+                continue  # not a valid scenario: not a candidate
             k = _key(c)
             if k in seen:
                 continue
-            try:
-                scenario_from_dict(c)
-            except ScenarioError:
-                continue  # not a valid scenario: not a candidate
             seen.add(k)
             if k in self._tried:
                 self.results[len(self.round)] = self._tried[k]

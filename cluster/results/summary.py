@@ -16,6 +16,7 @@ from ats_stress.iommu_actor.policy import validate_params
 from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
 
 from ats_stress.cluster.scenario import EXPECTABLE, Scenario
+from ats_stress.cluster.scenario.plan import last_fault_end
 from ats_stress.iommu_actor import uaftrace
 
 from .verdict import verdict
@@ -35,6 +36,31 @@ def latency_stats(values: Iterable[float]) -> dict[str, Any]:
             "max": v[-1] if v else None}
 
 
+def unmap_frontier(trace: list[tuple[float, float, bool]]) -> list[tuple[float, float]]:
+    """The completions (time, latency) of ``trace`` (in completion order) that no later completion
+    beats on latency: enough to find, for any instant t, the longest an unmap waited after t
+    (``progress_max``: max of min(latency, completion - t)), and short (a few per run)."""
+    out: list[tuple[float, float]] = []
+    best = -1.0
+    for done, latency, _ in reversed(trace):
+        if latency > best:
+            out.append((done, latency))
+            best = latency
+    return out
+
+
+def progress_max(frontiers: Iterable[list], open_ages: Iterable[float], since: float | None,
+                 now: float) -> float | None:
+    """The longest an unmap waited after ``since`` (the last fault's end): from then, or from its
+    arrival if later, to its completion, or to ``now`` for one still open. None when ``since`` is
+    unknown or not before ``now``."""
+    if since is None or since >= now:
+        return None
+    waits = [min(lat, done - since) for f in frontiers for done, lat in f if done > since]
+    waits += [min(age, now - since) for age in open_ages]
+    return max(waits, default=0.0)
+
+
 def node_stats(node, now: float) -> dict[str, Any]:
     """The plain statistics of one SmmuNode at ``now``."""
     smmu = node.smmu
@@ -47,6 +73,7 @@ def node_stats(node, now: float) -> dict[str, Any]:
         "latencies_affected": node.latencies_affected,
         "open_healthy": open_h,
         "open_affected": open_a,
+        "unmap_frontier": unmap_frontier(node.latency_trace),
         "completion_errors": {str(k): v for k, v in sorted(node.completion_errors.items())},
         "sync_returns": {str(k): v for k, v in sorted(node.sync_returns.items())},
         "lockup_s": node.lockup_s + node.open_spin_s(now),
@@ -152,6 +179,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     first_uaf = [o["first_uaf_s"] for o in oracles if o["first_uaf_s"] is not None]
     flushes = _sum(nodes, "flushes")
     flush_lat = [x for n in nodes for x in n.get("flush_latencies", [])]
+    since = last_fault_end(sc)
     summary: dict[str, Any] = {
         "scenario": sc.name,
         "policy": sc.policy.name,
@@ -177,6 +205,11 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
             "incomplete": len(open_h) + len(open_a),
             "latency_s": latency_stats(healthy + affected + open_h + open_a),
         },
+        # liveness: once the last fault is over, how long any unmap still waited (to its completion,
+        # or to the end of the run for one still open: a lower bound)
+        "progress": {"since_s": since,
+                     "max_s": progress_max((n.get("unmap_frontier", []) for n in nodes), open_h + open_a, since,
+                                           sim_time)},
         "healthy_unmap_latency_s": healthy_stats,
         "affected_unmap_latency_s": latency_stats(affected + open_a),
         "worst_stall_s": healthy_stats["max"],

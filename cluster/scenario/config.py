@@ -18,7 +18,7 @@ from ats_stress.iommu_actor.units import Duration, parse_duration
 
 from .chaos import ChaosStep
 from .explore import Explore
-from .fields import MAX_COUNT, Latency, ScenarioError, Strict
+from .fields import MAX_COUNT, Bound, Latency, ScenarioError, Strict
 
 __all__ = ["Scenario", "ScenarioError", "EXPECTABLE", "Bound", "Topology", "Hardware", "Workload", "Host",
            "PolicySpec", "Runtime", "Latency", "MAX_COUNT"]
@@ -147,6 +147,7 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "unmap_latency_max": (("unmaps", "latency_s", "max"), True),
     "unmaps_completed": (("unmaps", "count"), False),
     "unmaps_incomplete": (("unmaps", "incomplete"), False),
+    "progress_max": (("progress", "max_s"), True),
     "sync_timeouts": (("sync_timeouts",), False),
     "hw_atc_timeouts": (("hw_atc_timeouts",), False),
     "fences": (("fence_count",), False),
@@ -170,31 +171,21 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 
 
-def _bound_value(v: Any) -> float:
-    if isinstance(v, str):
-        return parse_duration(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError("a bound is a finite number or a duration such as '50ms'")
-    return float(v)
-
-
-class Bound(Strict):
-    min: Optional[float] = None
-    max: Optional[float] = None
-    at: list[Duration] = Field(default_factory=list, description="also check at these scenario times")
-
-    @field_validator("min", "max", mode="before")
-    @classmethod
-    def _value(cls, v):
-        return None if v is None else _bound_value(v)
-
-    @model_validator(mode="after")
-    def _some(self):
-        if self.min is None and self.max is None:
-            raise ValueError("a bound needs min, max or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
-        return self
+def known_figures(v: Any) -> Any:
+    """An ``expect:`` mapping's figure names checked (also ``explore.expect``)."""
+    if not isinstance(v, dict):
+        return v  # pydantic says what it should be
+    unknown = sorted(set(map(str, v)) - set(EXPECTABLE))
+    if unknown:
+        raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
+                         f"{', '.join(sorted(EXPECTABLE))}")
+    for name, bound in v.items():  # a count bounded by a duration ('5ms') is a slip, not 0.005
+        if not EXPECTABLE[name][1] and isinstance(bound, dict):
+            for side in ("min", "max"):
+                if isinstance(bound.get(side), str):
+                    raise ValueError(f"{name}.{side}: {name} is a count, not a duration: give a number, "
+                                     f"not {bound[side]!r}")
+    return v
 
 
 class Scenario(Strict):
@@ -215,19 +206,7 @@ class Scenario(Strict):
     @field_validator("expect", mode="before")
     @classmethod
     def _known_figures(cls, v: Any) -> Any:
-        if not isinstance(v, dict):
-            return v  # pydantic says what it should be
-        unknown = sorted(set(map(str, v)) - set(EXPECTABLE))
-        if unknown:
-            raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
-                             f"{', '.join(sorted(EXPECTABLE))}")
-        for name, bound in v.items():  # a count bounded by a duration ('5ms') is a slip, not 0.005
-            if not EXPECTABLE[name][1] and isinstance(bound, dict):
-                for side in ("min", "max"):
-                    if isinstance(bound.get(side), str):
-                        raise ValueError(f"{name}.{side}: {name} is a count, not a duration: give a number, "
-                                         f"not {bound[side]!r}")
-        return v
+        return known_figures(v)
 
     def policy_class(self):
         from ats_stress.iommu_actor.policy import get_policy

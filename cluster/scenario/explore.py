@@ -1,24 +1,31 @@
 """The optional ``explore:`` section: the fault grammar ``ats-stress explore`` draws chaos schedules from.
 
 Ranges are ``[min, max]``; durations, latencies and periods are drawn log-uniformly (a hang of 10 ms
-and one of 10 s are equally likely to be tried), counts and fractions uniformly.
+and one of 10 s are equally likely to be tried), counts and fractions uniformly, except for a share
+(``boundary``) of durations and gaps, drawn at the protocol's clocks (``experiments/clocks.py``) times
+(1 +- a small epsilon) or a few microseconds either side of one, and of steps placed a few
+microseconds (or a clock) after the previous one: recovery bugs live at those edges. ``expect``
+holds bounds every variant must keep, lower bounds included (the scenario's own ``min`` bounds say
+what its own chaos must cause, and explore replaces that chaos).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
 from ats_stress.iommu_actor.units import Duration
 
-from .fields import Strict
+from .fields import Bound, Strict
 
 ExploreFault = Literal["hang", "slow", "flap", "drop", "lie", "itag_leak", "removed", "reset"]
-#: every endpoint fault but ``lie``: a device that answers without invalidating defeats every
-#: policy by construction (nothing a driver sees tells it apart), so it would be every policy's
-#: first finding; list it in ``explore.faults`` to include it
-DEFAULT_FAULTS: tuple[str, ...] = ("hang", "slow", "flap", "drop", "itag_leak", "removed", "reset")
+#: every endpoint fault. ``lie`` (a device that answers without invalidating) defeats every policy by
+#: construction: nothing a driver sees tells it apart. Its findings are real, and the report says
+#: plainly when one needs a lying device.
+DEFAULT_FAULTS: tuple[str, ...] = ("hang", "slow", "flap", "drop", "lie", "itag_leak", "removed", "reset")
+#: the share of durations and gaps drawn at a clock's edge
+DEFAULT_BOUNDARY = 0.3
 
 
 class Explore(Strict):
@@ -34,6 +41,20 @@ class Explore(Strict):
     flap_period: tuple[Duration, Duration] = Field((0.01, 2.0), description="flap: period (hang_for 20-80% of it)")
     tags: tuple[int, int] = Field((1, 32), description="itag_leak: ITags that never complete")
     reset_fails: float = Field(0.2, ge=0, le=1, description="reset: the probability that the device does not come back")
+    boundary: float = Field(DEFAULT_BOUNDARY, ge=0, le=1, description=(
+        "the share of durations, latencies and gaps between steps drawn at the edge of a clock of the policy or "
+        "the hardware (c x (1 +- 1e-3, 1e-2, 1e-1) or c +- a few us), and of steps placed a few us after the "
+        "previous one; 0: every draw uniform"))
+    expect: dict[str, Bound] = Field(default_factory=dict, description=(
+        "bounds every variant must keep (min, max or both; checked as expect.FIGURE), beside the scenario's "
+        "own upper bounds"))
+
+    @field_validator("expect", mode="before")
+    @classmethod
+    def _figures(cls, v: Any) -> Any:
+        from .config import known_figures
+
+        return known_figures(v)
 
     @field_validator("steps", "endpoints", "tags", "at", "fault_duration", "latency", "loss", "flap_period")
     @classmethod

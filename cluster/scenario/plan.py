@@ -193,3 +193,32 @@ def build_plan(sc: Scenario) -> Plan:
     return Plan(sc, nodes, groups, actions, sid_node, sid_group, sid_asid, fault_starts, step_targets, trace,
                 trace_info)
 
+
+
+def last_fault_end(sc: Scenario) -> float | None:
+    """When the last chaos fault of ``sc`` ends: from then on nothing the scenario does changes any
+    more (0 with no chaos). A fault with no duration (a device removed or hung for good, an actor
+    killed) changes nothing after it begins, so it counts from its start; a ``reset`` ends with its
+    FLR (``at`` + ``hardware.flr_time``: a failed one leaves the device dead from then on). None when a
+    fault is still going on at the end of the run. Times as written (selectors play no part)."""
+    last = 0.0
+    for step in sc.chaos:
+        if step.fault == "storm" or step.ramp is None:
+            times = step.repeat.times if step.repeat else 1
+            every = step.repeat.every if step.repeat else 0.0
+            starts = [step.at + k * every for k in range(times)]
+            ends = [None if step.duration is None else s + step.duration for s in starts]
+        else:  # every stage of a ramp ends together (build_plan)
+            starts = [step.at + k * step.ramp.every for k in range(step.ramp.stages)]
+            ends = [None if step.duration is None else step.at + step.duration] * len(starts)
+        for start, end in zip(starts, ends):
+            if start >= sc.duration:
+                continue  # never happens
+            if step.fault == "reset":
+                end = start + sc.hardware.flr_time
+            elif end is None:
+                end = start
+            if end >= sc.duration:
+                return None
+            last = max(last, end)
+    return last
