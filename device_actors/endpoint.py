@@ -3,10 +3,9 @@
 Sans-IO: the runtime calls ``start``, ``on_messages``, ``on_timer``, ``apply_fault`` and
 ``end_fault`` with the scenario time, then ``drain()`` for the upstream messages and the timers.
 
-Each endpoint has an Address Translation Cache (LRU, ``atc_entries``; a plain dict in use order, oldest
-first), filled by Translation
-Requests; DMA goes out as translated requests on an ATC hit. An entry is ``(pa, tag, kind)``:
-``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
+Each endpoint has an Address Translation Cache (LRU, ``atc_entries``: a dict in use order, oldest
+first), filled by Translation Requests; DMA goes out as translated requests on an ATC hit. An
+entry is ``(pa, tag, kind)``: ``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
 covers it has been received and not processed yet (held while hung; in progress on a device slowed
 by chaos: a healthy device's few microseconds are not marked) or answered without dropping it
 (lie), MSG_TRANSLATED_PENDING / MSG_TRANSLATED_KEPT: the same TLP, which the story of a UAF reads. Invalidate Requests are processed
