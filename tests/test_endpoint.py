@@ -166,6 +166,18 @@ def test_atc_is_lru_bounded():
     assert list(g.by_sid[1].atc) == [1, 2]
 
 
+def test_atc_refill_makes_the_entry_the_newest():
+    """A second Translation Completion for a cached page replaces its entry and makes it the most
+    recently used: the eviction that follows takes the other page."""
+    g = group(atc=2)
+    fill(g, 1, 1)
+    fill(g, 1, 2)
+    fill(g, 1, 1, pa=101, tag=8)
+    fill(g, 1, 3)
+    assert g.by_sid[1].atc == {1: (101, 8, MSG_TRANSLATED), 3: (100, 7, MSG_TRANSLATED)}
+    assert list(g.by_sid[1].atc) == [1, 3]
+
+
 def one_page_group(dma=1000.0, median=1e-5, p99=1e-5):
     """One endpoint, one page: every DMA goes to address 0."""
     return EndpointGroup(0, [(1, 0)], atc_entries=4, pages_per_domain=1, dma_per_endpoint_per_s=dma,
