@@ -3,9 +3,9 @@
 Sans-IO: the runtime calls ``start``, ``on_messages``, ``on_timer``, ``apply_fault`` and
 ``end_fault`` with the scenario time, then ``drain()`` for the upstream messages and the timers.
 
-Each endpoint has an Address Translation Cache (LRU, ``atc_entries``), filled by Translation
-Requests; DMA goes out as translated requests on an ATC hit. An entry is ``(pa, tag, kind)``:
-``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
+Each endpoint has an Address Translation Cache (LRU, ``atc_entries``: a dict in use order, oldest
+first), filled by Translation Requests; DMA goes out as translated requests on an ATC hit. An
+entry is ``(pa, tag, kind)``: ``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
 covers it has been received and not processed yet (held while hung; in progress on a device slowed
 by chaos: a healthy device's few microseconds are not marked) or answered without dropping it
 (lie), MSG_TRANSLATED_PENDING / MSG_TRANSLATED_KEPT: the same TLP, which the story of a UAF reads. Invalidate Requests are processed
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
 
 from .pcie import (
     FLR_AS_DEVICE,
@@ -67,9 +66,13 @@ FAULT_MODES = {"slow": SLOW, "hang": HANG, "flap": FLAP, "drop": DROP, "lie": LI
 #: rest act on the SMMU side or on Ray)
 ENDPOINT_FAULTS = frozenset(FAULT_MODES)
 _INACTIVE = (REMOVED, RESETTING, DEAD)
+assert _INACTIVE == tuple(range(REMOVED, len(MODE_NAMES)))  # ``mode >= REMOVED`` tests for them
 
 # timer tags
 E_DMA, E_INV, E_FLAP, E_FLR = range(4)
+_DMA_TAG = (E_DMA,)
+
+_log = math.log
 
 #: z-score of the 99th percentile of a standard normal
 _Z99 = 2.3263478740408408
@@ -89,7 +92,8 @@ class Endpoint:
     def __init__(self, sid: int, asid: int):
         self.sid = sid
         self.asid = asid
-        self.atc: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # addr -> (pa, tag, message kind)
+        #: addr -> (pa, tag, message kind), least recently used first (a use re-inserts the key)
+        self.atc: dict[int, tuple[int, int, int]] = {}
         self.mode = HEALTHY
         self.step = -1  # the chaos step whose fault is active
         self.pending: list[tuple[int, int, int]] = []  # held Invalidate Requests: (itag, addr, size)
@@ -130,6 +134,11 @@ class EndpointGroup:
         self.lat_sigma = lognormal_sigma(inv_latency_median, inv_latency_p99)
         self.flr_time = flr_time
         self.rng = random.Random(f"{seed}:group:{index}")
+        # the DMA process's draws, made as random.Random makes them (see _dma): bound once
+        self._random = self.rng.random
+        self._getrandbits = self.rng.getrandbits
+        self._ep_bits = len(self.eps).bit_length()
+        self._page_bits = self.pages.bit_length()
         self.now = 0.0
         self.outbox: list[tuple] = []
         self.timers: list[tuple[float, tuple]] = []
@@ -151,14 +160,20 @@ class EndpointGroup:
     def start(self, now: float) -> None:
         self.now = now
         if self.dma_rate > 0 and self.eps:
-            self.timers.append((now + self.rng.expovariate(self.dma_rate), (E_DMA,)))
+            self.timers.append((now - _log(1.0 - self._random()) / self.dma_rate, _DMA_TAG))
 
     def stop(self) -> None:
         self.stopped = True
 
     def drain(self) -> tuple[list[tuple], list[tuple[float, tuple]]]:
-        out, self.outbox = self.outbox, []
-        timers, self.timers = self.timers, []
+        """The messages and timers since the last call. An empty list returned is the group's own
+        (no new list is made for nothing): read it at once, do not keep it."""
+        out = self.outbox
+        if out:
+            self.outbox = []
+        timers = self.timers
+        if timers:
+            self.timers = []
         return out, timers
 
     def on_timer(self, now: float, tag: tuple) -> None:
@@ -167,7 +182,8 @@ class EndpointGroup:
         if kind == E_DMA:
             if not self.stopped:
                 self._dma()
-                self.timers.append((now + self.rng.expovariate(self.dma_rate), (E_DMA,)))
+                # rng.expovariate(dma_rate), drawn as random.Random draws it
+                self.timers.append((now - _log(1.0 - self._random()) / self.dma_rate, _DMA_TAG))
         elif kind == E_INV:
             ep = self.by_sid[tag[1]]
             if ep.epoch == tag[5]:
@@ -276,10 +292,11 @@ class EndpointGroup:
 
     def _inv_request(self, ep: Endpoint, itag: int, addr: int, size: int) -> None:
         self.inv_received += 1
-        if ep.mode in _INACTIVE:
+        mode = ep.mode
+        if mode >= REMOVED:  # _INACTIVE
             self.inv_ignored += 1
             return
-        if ep.hung:
+        if mode == HANG or (mode == FLAP and ep.flap_hung):  # ep.hung
             ep.pending.append((itag, addr, size))
             _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return
@@ -294,10 +311,10 @@ class EndpointGroup:
 
     def _process_inv(self, ep: Endpoint, itag: int, addr: int, size: int) -> None:
         mode = ep.mode
-        if mode in _INACTIVE:
+        if mode >= REMOVED:  # _INACTIVE
             self.inv_ignored += 1
             return
-        if ep.hung:
+        if mode == HANG or (mode == FLAP and ep.flap_hung):  # ep.hung
             ep.pending.append((itag, addr, size))
             _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return
@@ -326,11 +343,25 @@ class EndpointGroup:
     # --- DMA -------------------------------------------------------------------------------------
 
     def _dma(self) -> None:
-        rng = self.rng
-        ep = self.eps[rng.randrange(len(self.eps))]
-        if ep.mode in _INACTIVE:
+        """One DMA access of one endpoint, both drawn uniformly.
+
+        The draws are rng.randrange(len(eps)) and rng.randrange(pages), made as random.Random makes
+        them (``_randbelow_with_getrandbits``: getrandbits(n.bit_length()) until below n), without
+        randrange's argument checks: the random stream and so every run stay what they were
+        (tests/test_endpoint.py checks the two against each other)."""
+        getrandbits = self._getrandbits
+        eps = self.eps
+        n = len(eps)
+        i = getrandbits(self._ep_bits)
+        while i >= n:
+            i = getrandbits(self._ep_bits)
+        ep = eps[i]
+        if ep.mode >= REMOVED:  # _INACTIVE: removed, in reset, dead
             return
-        addr = rng.randrange(self.pages)
+        n = self.pages
+        addr = getrandbits(self._page_bits)
+        while addr >= n:
+            addr = getrandbits(self._page_bits)
         if not ep.bus_master:
             self.dma_no_bus_master += 1
             return
@@ -339,9 +370,10 @@ class EndpointGroup:
             self.untranslated_sent += 1
             self.outbox.append((MSG_UNTRANSLATED, ep.sid, addr, 0, 0))
             return
-        entry = ep.atc.get(addr)
+        atc = ep.atc
+        entry = atc.pop(addr, None)
         if entry is not None:
-            ep.atc.move_to_end(addr)
+            atc[addr] = entry  # the most recently used now
             self.translated_sent += 1
             self.outbox.append((entry[2], ep.sid, addr, entry[0], entry[1]))
         else:
@@ -349,16 +381,16 @@ class EndpointGroup:
             self.outbox.append((MSG_TRANS_REQ, ep.sid, addr, 0, 0))
 
     def _translation_completion(self, ep: Endpoint, addr: int, pa: int, tag: int) -> None:
-        if ep.mode in _INACTIVE or not ep.ats or not ep.bus_master:
+        if ep.mode >= REMOVED or not ep.ats or not ep.bus_master:
             return  # ATS or bus mastering was switched off while the request was out
         if pa < 0:
             self.translation_failed += 1
             return
         atc = ep.atc
+        atc.pop(addr, None)  # a second request for the same page: its entry is replaced, now the newest
         atc[addr] = (pa, tag, MSG_TRANSLATED)
-        atc.move_to_end(addr)
         if len(atc) > self.atc_entries:
-            atc.popitem(last=False)
+            del atc[next(iter(atc))]  # the least recently used
         self.translated_sent += 1
         self.outbox.append((MSG_TRANSLATED, ep.sid, addr, pa, tag))
 
@@ -395,7 +427,7 @@ class EndpointGroup:
         return counts
 
 
-def _mark(atc: OrderedDict, addr: int, size: int, kind: int) -> None:
+def _mark(atc: dict, addr: int, size: int, kind: int) -> None:
     """Say in the entries an Invalidate Request covers that the device has received it without
     dropping them (``kind``): their DMA goes out as that message. Only faulty devices get here."""
     if size >= ATC_INV_SIZE_ALL:

@@ -358,26 +358,23 @@ class Smmu:
     # --- the device side ---------------------------------------------------------------------
 
     def translation_request(self, sid: int, addr: int) -> None:
-        ports = self.ports
         ste = self.ste_cache.get(sid)
-        if ste is None or not ste.allows_ats():
-            if ste is not None and ste.config != STRTAB_STE_0_CFG_ABORT:
-                self._event(EVT_ID_BAD_ATS_TREQ, sid, addr)
-            ports.send((MSG_TRANS_CPL, sid, addr, -1, 0))
-            return
-        pt = self.page_tables[ste.asid]
-        pte = pt[addr] if 0 <= addr < len(pt) else None
-        if pte is None:
+        if ste is not None and ste.config == STRTAB_STE_0_CFG_S1_TRANS and ste.eats == STRTAB_STE_1_EATS_TRANS:
+            pt = self.page_tables[ste.asid]  # Ste.allows_ats(), written out: every DMA miss comes here
+            pte = pt[addr] if 0 <= addr < len(pt) else None
+            if pte is not None:
+                self.ports.send((MSG_TRANS_CPL, sid, addr, pte[0], pte[1]))
+                return
             self._event(EVT_ID_TRANSLATION_FAULT, sid, addr)
-            ports.send((MSG_TRANS_CPL, sid, addr, -1, 0))
-            return
-        ports.send((MSG_TRANS_CPL, sid, addr, pte[0], pte[1]))
+        elif ste is not None and ste.config != STRTAB_STE_0_CFG_ABORT:
+            self._event(EVT_ID_BAD_ATS_TREQ, sid, addr)
+        self.ports.send((MSG_TRANS_CPL, sid, addr, -1, 0))
 
     def translated_request(self, sid: int, addr: int, pa: int, tag: int) -> None:
         """A translated request: STE.EATS lets it skip translation and go straight to memory."""
         ste = self.ste_cache.get(sid)
-        if ste is not None and ste.allows_ats():
-            self.translated_allowed += 1
+        if ste is not None and ste.config == STRTAB_STE_0_CFG_S1_TRANS and ste.eats == STRTAB_STE_1_EATS_TRANS:
+            self.translated_allowed += 1  # Ste.allows_ats(), written out: every DMA hit comes here
             self.ports.memory_access(sid, addr, pa, tag)
             return
         self.translated_blocked += 1

@@ -1,6 +1,8 @@
 """ATS endpoint behaviours, driven directly."""
 
-from ats_stress.device_actors.endpoint import DEAD, HEALTHY, EndpointGroup
+import random
+
+from ats_stress.device_actors.endpoint import DEAD, E_DMA, HEALTHY, EndpointGroup
 from ats_stress.device_actors.pcie import (
     MSG_FLR, MSG_FLR_DONE, MSG_INV_CPL, MSG_INV_REQ, MSG_PRESENCE, MSG_PRESENCE_QUERY, MSG_TRANS_CPL,
     MSG_TRANS_REQ, MSG_TRANSLATED, MSG_TRANSLATED_KEPT, MSG_TRANSLATED_PENDING,
@@ -136,11 +138,44 @@ def test_dma_uses_atc_hits_and_asks_for_translations_on_misses():
     assert out == [(MSG_TRANSLATED, req[1], req[2], 42, 9)]
 
 
+def test_dma_draws_are_randrange_and_expovariate_drawn_the_same_way():
+    """The group draws its DMA with getrandbits as random.Random's randrange and expovariate do:
+    the same stream, so every scenario's run stays what it was (a new Python drawing otherwise
+    fails here, not in a figure)."""
+    eps = [(s, 0) for s in range(1, 6)]  # 5 endpoints, 10 pages: neither a power of two
+    g = EndpointGroup(0, eps, atc_entries=64, pages_per_domain=10, dma_per_endpoint_per_s=200.0,
+                      inv_latency_median=1e-5, inv_latency_p99=1e-4, flr_time=0.1, seed="d")
+    ref = random.Random("d:group:0")
+    g.start(0.0)
+    _, timers = g.drain()
+    t = ref.expovariate(1000.0)
+    assert timers == [(t, (E_DMA,))]
+    for _ in range(300):
+        g.on_timer(t, (E_DMA,))
+        out, timers = g.drain()
+        sid = eps[ref.randrange(5)][0]
+        assert out == [(MSG_TRANS_REQ, sid, ref.randrange(10), 0, 0)]
+        t = t + ref.expovariate(1000.0)
+        assert timers == [(t, (E_DMA,))]
+
+
 def test_atc_is_lru_bounded():
     g = group(atc=2)
     for addr in range(3):
         fill(g, 1, addr)
     assert list(g.by_sid[1].atc) == [1, 2]
+
+
+def test_atc_refill_makes_the_entry_the_newest():
+    """A second Translation Completion for a cached page replaces its entry and makes it the most
+    recently used: the eviction that follows takes the other page."""
+    g = group(atc=2)
+    fill(g, 1, 1)
+    fill(g, 1, 2)
+    fill(g, 1, 1, pa=101, tag=8)
+    fill(g, 1, 3)
+    assert g.by_sid[1].atc == {1: (101, 8, MSG_TRANSLATED), 3: (100, 7, MSG_TRANSLATED)}
+    assert list(g.by_sid[1].atc) == [1, 3]
 
 
 def one_page_group(dma=1000.0, median=1e-5, p99=1e-5):
