@@ -213,11 +213,12 @@ class SmmuNode(CpuJobs, ReplayJobs):
     def on_messages(self, now: float, batch) -> None:
         self.now = now
         smmu = self.smmu
+        translated = smmu.translated_request
         self.messages_in += len(batch)
         for m in batch:
             kind = m[0]
             if kind == MSG_TRANSLATED:
-                smmu.translated_request(m[1], m[2], m[3], m[4])
+                translated(m[1], m[2], m[3], m[4])
             elif kind == MSG_INV_CPL:
                 smmu.inv_completion(m[1], m[2], now)
             elif kind == MSG_TRANS_REQ:
@@ -234,7 +235,9 @@ class SmmuNode(CpuJobs, ReplayJobs):
                 trace.inv_seen = kind
                 smmu.translated_request(m[1], m[2], m[3], m[4])
                 trace.inv_seen = 0
-        self._pump()
+        core = self.core
+        if self._events or core.due or core.ats_waiting or self.space_due:  # else the pump has nothing to do
+            self._pump()
 
     def chaos_reset(self, now: float, sid: int, ok: bool) -> None:
         """A chaos ``reset`` step: AER, sysfs or VFIO resetting the device (pci_reset_function)."""
