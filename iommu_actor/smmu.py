@@ -164,15 +164,21 @@ class Smmu:
         pos = q.prod
         pending = self.inv_pending
         for c in cmds:
-            counts[c.op] = counts.get(c.op, 0) + 1
-            if c.op == CMDQ_OP_CMD_SYNC:
+            op = c.op
+            counts[op] = counts.get(op, 0) + 1
+            if op == CMDQ_OP_CMD_SYNC:
                 q.sync_submitted.append((pos, now))
-            elif c.op == CMDQ_OP_ATC_INV:
+            elif op == CMDQ_OP_ATC_INV:
                 pending[c.sid] = pending.get(c.sid, 0) + 1
             pos += 1
+        # A queue that still holds entries has its head waiting (a CMD_SYNC on its ATC_INVs, an
+        # ATC_INV on an ITag, a halt): every change that can move it advances the queue itself, so
+        # entries written behind it have nothing to do yet.
+        waiting = bool(q.cmds)
         q.cmds.extend(cmds)
         q.prod += len(cmds)
-        self._advance(q, now)
+        if not waiting:
+            self._advance(q, now)
 
     def ack_cmdq_error(self, queue: int, now: float) -> None:
         """GERRORN written: clear CMDQ_CONS.ERR and restart at CONS (the CMD_SYNC re-runs)."""
@@ -418,10 +424,14 @@ class Smmu:
         that software rewrote into the queue while it was halted has no submission record)."""
         pos = q.cons if pos < 0 else pos
         subs = q.sync_submitted
-        while subs and subs[0][0] < pos:
+        while subs:
+            head = subs[0][0]
+            if head == pos:
+                self.sync_duration.observe(now - subs.popleft()[1])
+                return
+            if head > pos:
+                return
             subs.popleft()
-        if subs and subs[0][0] == pos:
-            self.sync_duration.observe(now - subs.popleft()[1])
 
     def oldest_sync_age(self, now: float) -> float:
         """How long the oldest CMD_SYNC not yet retired has been queued (0 when there is none)."""

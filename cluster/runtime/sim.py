@@ -160,6 +160,11 @@ class SimWorld:
                 if single:
                     fifo.append((at, next(seq), group_msgs[0], msgs))
                     return
+                if len(msgs) == 1:  # one message (an Invalidate Request, a translation)
+                    g = sid_group.get(msgs[0][1])
+                    if g is not None:
+                        fifo.append((at, next(seq), group_msgs[g], msgs))
+                    return
                 batches: dict[int, list] = {}
                 for m in msgs:
                     g = sid_group.get(m[1])
