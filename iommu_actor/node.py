@@ -67,7 +67,7 @@ from .policy import (
     WriteSte,
 )
 from .replay import ReplayJobs
-from .reset import T_CORE, ResetPath
+from .reset import CORE_TOKEN_BASE, T_CORE, ResetPath
 from .smmu import Smmu
 from .spec import (
     CMDQ_OP_CMD_SYNC,
@@ -258,7 +258,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
         self.timers.append((at, (T_HW, queue)))
 
     def sync_done(self, queue: int, token: int) -> None:
-        if self.core.owns(token):
+        if token >= CORE_TOKEN_BASE:  # self.core.owns(token), inlined: once per CMD_SYNC
             self.core.sync_done(token)
         else:
             self._events.append(SyncDone(queue, token))
@@ -344,16 +344,19 @@ class SmmuNode(CpuJobs, ReplayJobs):
         try:
             events = self._events
             handle = self.policy.handle
+            apply = self._apply
+            core = self.core
             while True:
                 while events:
                     for action in handle(self.now, events.popleft()):
-                        self._apply(action)
-                self.core.poll()  # ATS disables whose invalidations' readers are out
-                if self.core.due:
-                    self.core.run_due()
+                        apply(action)
+                if core.ats_waiting:
+                    core.poll()  # ATS disables whose invalidations' readers are out
+                if core.due:
+                    core.run_due()
                 if self.space_due:
                     self._serve_space()
-                if not events and not self.core.due:
+                if not events and not core.due:
                     break
         finally:
             self._pumping = False
