@@ -486,7 +486,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
         in the host until CONS has moved on far enough."""
         q = self.smmu.queues[queue]
         parked = self.parked.get(queue)
-        if not parked and len(cmds) <= q.capacity - q.depth:
+        if not parked and len(cmds) <= q.capacity - q.prod + q.cons:  # capacity - depth
             self.smmu.submit(queue, cmds, self.now)
             return
         if len(cmds) > q.capacity:

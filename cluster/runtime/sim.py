@@ -148,14 +148,18 @@ class SimWorld:
         node_timer = node.on_timer
         node_messages = node.on_messages
 
-        def flush():
-            msgs, timers = node.drain()
+        def flush():  # node.drain(), without fresh lists when a side is empty
             now = loop.now
-            for t, tag in timers:
-                if t < now:
-                    raise ValueError(f"cannot schedule in the past ({t} < {now})")
-                heappush(heap, (t, next(seq), on_timer, tag))
+            timers = node.timers
+            if timers:
+                node.timers = []
+                for t, tag in timers:
+                    if t < now:
+                        raise ValueError(f"cannot schedule in the past ({t} < {now})")
+                    heappush(heap, (t, next(seq), on_timer, tag))
+            msgs = node.outbox
             if msgs:
+                node.outbox = []
                 at = now + link
                 if single:
                     fifo.append((at, next(seq), group_msgs[0], msgs))

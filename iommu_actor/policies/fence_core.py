@@ -330,7 +330,7 @@ class FenceCore(Fencing, Policy):
             if job is None:
                 return []
             job.probes.discard(token)
-            job.unconfirmed.difference_update(self._answered(p.sids))
+            job.unconfirmed.difference_update(self._answered(p.sids) if self.wants_events else p.sids)
             if p.tlbi:
                 job.tlbi_pending = False
             return self._maybe_complete(job)
