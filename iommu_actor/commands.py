@@ -7,6 +7,8 @@ opcode the model does not implement instead of letting the queue meet an illegal
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .spec import (
     ATC_INV_SIZE_ALL,
     CMDQ_OP_ATC_INV,
@@ -117,6 +119,7 @@ def cmd_tlbi_nh_asid(asid: int) -> Cmd:
     return build_cmd(CMDQ_OP_TLBI_NH_ASID, asid=asid)
 
 
+@lru_cache(maxsize=4096)  # every probe of one unmap asks for the same span
 def atc_inv_span(addr: int, npages: int) -> tuple[int, int]:
     """The naturally aligned power-of-two span covering [addr, addr+npages): (base, log2 size).
 

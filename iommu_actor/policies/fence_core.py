@@ -248,7 +248,8 @@ class FenceCore(Fencing, Policy):
         return self._pick_queue(cpu)
 
     def _submit(self, now: float, p: _Probe, queue: int) -> list:
-        token = p.token = self._new_token()
+        self._next_token += 1  # _new_token()
+        token = p.token = self._next_token
         p.queue = queue
         self._seq += 1
         p.seq = self._seq
