@@ -7,6 +7,8 @@ opcode the model does not implement instead of letting the queue meet an illegal
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .spec import (
     ATC_INV_SIZE_ALL,
     CMDQ_OP_ATC_INV,
@@ -88,13 +90,20 @@ def build_cmd(op: int, **fields: int) -> Cmd:
     raise CommandError(f"opcode {op:#04x} ({OPCODE_NAMES.get(op, 'unknown')}) is not implemented by the model")
 
 
+# The two commands of every flush are built with positional arguments and the same checks as
+# build_cmd's: the hot path of a run (tens of thousands of each per scenario second).
+
 def cmd_atc_inv(sid: int, addr: int, size: int, ssid: int = 0, ssv: bool = False) -> Cmd:
     """CMD_ATC_INV for one stream (arm_smmu_atc_inv_to_cmd()). Linux never sets Global."""
-    return build_cmd(CMDQ_OP_ATC_INV, sid=sid, addr=addr, size=size, ssid=ssid, ssv=int(ssv))
+    if not 0 <= size <= ATC_INV_SIZE_ALL:
+        raise CommandError(f"ATC_INV size {size} outside 0..{ATC_INV_SIZE_ALL}")
+    if size != ATC_INV_SIZE_ALL and addr & ((1 << size) - 1):
+        raise CommandError(f"ATC_INV span at page {addr:#x} is not aligned to 2^{size} pages")
+    return Cmd(CMDQ_OP_ATC_INV, sid, ssid, bool(ssv), addr, size)
 
 
 def cmd_sync(token: int) -> Cmd:
-    return build_cmd(CMDQ_OP_CMD_SYNC, token=token)
+    return Cmd(CMDQ_OP_CMD_SYNC, 0, 0, False, 0, 0, 0, token, CMDQ_SYNC_0_CS_IRQ)
 
 
 def cmd_cfgi_ste(sid: int) -> Cmd:
@@ -110,6 +119,7 @@ def cmd_tlbi_nh_asid(asid: int) -> Cmd:
     return build_cmd(CMDQ_OP_TLBI_NH_ASID, asid=asid)
 
 
+@lru_cache(maxsize=4096)  # every probe of one unmap asks for the same span
 def atc_inv_span(addr: int, npages: int) -> tuple[int, int]:
     """The naturally aligned power-of-two span covering [addr, addr+npages): (base, log2 size).
 

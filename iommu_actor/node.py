@@ -67,7 +67,7 @@ from .policy import (
     WriteSte,
 )
 from .replay import ReplayJobs
-from .reset import T_CORE, ResetPath
+from .reset import CORE_TOKEN_BASE, T_CORE, ResetPath
 from .smmu import Smmu
 from .spec import (
     CMDQ_OP_CMD_SYNC,
@@ -213,11 +213,12 @@ class SmmuNode(CpuJobs, ReplayJobs):
     def on_messages(self, now: float, batch) -> None:
         self.now = now
         smmu = self.smmu
+        translated = smmu.translated_request
         self.messages_in += len(batch)
         for m in batch:
             kind = m[0]
             if kind == MSG_TRANSLATED:
-                smmu.translated_request(m[1], m[2], m[3], m[4])
+                translated(m[1], m[2], m[3], m[4])
             elif kind == MSG_INV_CPL:
                 smmu.inv_completion(m[1], m[2], now)
             elif kind == MSG_TRANS_REQ:
@@ -234,7 +235,9 @@ class SmmuNode(CpuJobs, ReplayJobs):
                 trace.inv_seen = kind
                 smmu.translated_request(m[1], m[2], m[3], m[4])
                 trace.inv_seen = 0
-        self._pump()
+        core = self.core
+        if self._events or core.due or core.ats_waiting or self.space_due:  # else the pump has nothing to do
+            self._pump()
 
     def chaos_reset(self, now: float, sid: int, ok: bool) -> None:
         """A chaos ``reset`` step: AER, sysfs or VFIO resetting the device (pci_reset_function)."""
@@ -255,7 +258,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
         self.timers.append((at, (T_HW, queue)))
 
     def sync_done(self, queue: int, token: int) -> None:
-        if self.core.owns(token):
+        if token >= CORE_TOKEN_BASE:  # self.core.owns(token), inlined: once per CMD_SYNC
             self.core.sync_done(token)
         else:
             self._events.append(SyncDone(queue, token))
@@ -341,16 +344,19 @@ class SmmuNode(CpuJobs, ReplayJobs):
         try:
             events = self._events
             handle = self.policy.handle
+            apply = self._apply
+            core = self.core
             while True:
                 while events:
                     for action in handle(self.now, events.popleft()):
-                        self._apply(action)
-                self.core.poll()  # ATS disables whose invalidations' readers are out
-                if self.core.due:
-                    self.core.run_due()
+                        apply(action)
+                if core.ats_waiting:
+                    core.poll()  # ATS disables whose invalidations' readers are out
+                if core.due:
+                    core.run_due()
                 if self.space_due:
                     self._serve_space()
-                if not events and not self.core.due:
+                if not events and not core.due:
                     break
         finally:
             self._pumping = False
@@ -480,7 +486,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
         in the host until CONS has moved on far enough."""
         q = self.smmu.queues[queue]
         parked = self.parked.get(queue)
-        if not parked and len(cmds) <= q.capacity - q.depth:
+        if not parked and len(cmds) <= q.capacity - q.prod + q.cons:  # capacity - depth
             self.smmu.submit(queue, cmds, self.now)
             return
         if len(cmds) > q.capacity:

@@ -164,15 +164,21 @@ class Smmu:
         pos = q.prod
         pending = self.inv_pending
         for c in cmds:
-            counts[c.op] = counts.get(c.op, 0) + 1
-            if c.op == CMDQ_OP_CMD_SYNC:
+            op = c.op
+            counts[op] = counts.get(op, 0) + 1
+            if op == CMDQ_OP_CMD_SYNC:
                 q.sync_submitted.append((pos, now))
-            elif c.op == CMDQ_OP_ATC_INV:
+            elif op == CMDQ_OP_ATC_INV:
                 pending[c.sid] = pending.get(c.sid, 0) + 1
             pos += 1
+        # A queue that still holds entries has its head waiting (a CMD_SYNC on its ATC_INVs, an
+        # ATC_INV on an ITag, a halt): every change that can move it advances the queue itself, so
+        # entries written behind it have nothing to do yet.
+        waiting = bool(q.cmds)
         q.cmds.extend(cmds)
         q.prod += len(cmds)
-        self._advance(q, now)
+        if not waiting:
+            self._advance(q, now)
 
     def ack_cmdq_error(self, queue: int, now: float) -> None:
         """GERRORN written: clear CMDQ_CONS.ERR and restart at CONS (the CMD_SYNC re-runs)."""
@@ -212,7 +218,9 @@ class Smmu:
     def _advance(self, q: CommandQueue, now: float) -> None:
         cmds = q.cmds
         ports = self.ports
-        while cmds and q.err == CMDQ_ERR_CERROR_NONE_IDX:
+        none = CMDQ_ERR_CERROR_NONE_IDX
+        popleft = cmds.popleft
+        while cmds and q.err == none:
             c = cmds[0]
             op = c.op
             if op == CMDQ_OP_ATC_INV:
@@ -223,36 +231,38 @@ class Smmu:
                 if not tags:
                     self.tag_waiters[sid].add(q.index)  # back-pressure: CONS waits for an ITag
                     break
-                rec = InvRecord(sid, tags.pop(), q.index, now, q.inv_issued)
+                itag = tags.pop()
+                rec = InvRecord(sid, itag, q.index, now, q.inv_issued)
                 q.inv_issued += 1
-                self.itag_holder[sid][rec.itag] = rec
+                self.itag_holder[sid][itag] = rec
                 q.outstanding += 1
                 q.inflight.append(rec)
                 if q.hw_timer_at < 0 and self.hw_timeout is not None:
                     q.hw_timer_at = now + self.hw_timeout
                     ports.hw_timer(q.hw_timer_at, q.index)
-                ports.send((MSG_INV_REQ, sid, rec.itag, c.addr, c.size))
-            elif op == CMDQ_OP_CMD_SYNC and not self.fence_waits:
-                q.waits.append((q.inv_issued, c.token, q.cons))  # fetched; the fetch goes on
-                self._complete_waits(q, now)
+                ports.send((MSG_INV_REQ, sid, itag, c.addr, c.size))
             elif op == CMDQ_OP_CMD_SYNC:
-                if q.outstanding:
-                    break  # CONS stays at the CMD_SYNC
-                if q.failed_sid >= 0:
-                    q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
-                    self.cmdq_errors += 1
-                    ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
-                    break
-                if c.token >= 0:  # a scrubbed entry (token -1, CS=NONE) signals nobody and was never submitted
-                    ports.sync_done(q.index, c.token)
-                self._sync_retired(q, now)
+                if not self.fence_waits:
+                    q.waits.append((q.inv_issued, c.token, q.cons))  # fetched; the fetch goes on
+                    self._complete_waits(q, now)
+                else:
+                    if q.outstanding:
+                        break  # CONS stays at the CMD_SYNC
+                    if q.failed_sid >= 0:
+                        q.err = CMDQ_ERR_CERROR_ATC_INV_IDX
+                        self.cmdq_errors += 1
+                        ports.cmdq_error(q.index, q.err, c.token, q.failed_sid)
+                        break
+                    if c.token >= 0:  # a scrubbed entry (token -1, CS=NONE) signals nobody and was never submitted
+                        ports.sync_done(q.index, c.token)
+                    self._sync_retired(q, now)
             elif op == CMDQ_OP_CFGI_STE:
                 self._cfgi_ste(c.sid)
             elif op == CMDQ_OP_CFGI_ALL:
                 for sid in self.ste_mem:
                     self._cfgi_ste(sid)
             # TLBI_*: retired at once (the SMMU TLB is not modelled)
-            q.before_cons = cmds.popleft()
+            q.before_cons = popleft()
             q.cons += 1
         if q.space_watch and q.capacity - q.prod + q.cons >= q.space_watch:
             q.space_watch = 0
@@ -411,10 +421,14 @@ class Smmu:
         that software rewrote into the queue while it was halted has no submission record)."""
         pos = q.cons if pos < 0 else pos
         subs = q.sync_submitted
-        while subs and subs[0][0] < pos:
+        while subs:
+            head = subs[0][0]
+            if head == pos:
+                self.sync_duration.observe(now - subs.popleft()[1])
+                return
+            if head > pos:
+                return
             subs.popleft()
-        if subs and subs[0][0] == pos:
-            self.sync_duration.observe(now - subs.popleft()[1])
 
     def oldest_sync_age(self, now: float) -> float:
         """How long the oldest CMD_SYNC not yet retired has been queued (0 when there is none)."""

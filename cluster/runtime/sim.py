@@ -9,6 +9,8 @@ travel in batches (everything one side emits in one step, per destination) after
 from __future__ import annotations
 
 import time
+from collections import deque
+from itertools import count
 from heapq import heappop, heappush
 from typing import Any, Callable
 
@@ -23,31 +25,67 @@ from ats_stress.cluster.results.summary import build_summary, check_expectations
 
 
 class EventLoop:
-    """Virtual time. ``at`` schedules, ``run`` pops in (time, sequence) order."""
+    """Virtual time. ``at`` schedules, ``run`` pops in (time, sequence) order.
 
-    __slots__ = ("heap", "seq", "now", "events")
+    Two queues make one order: a heap for timers, and a FIFO for PCIe batches (``link``), which all
+    travel the same latency, so they arrive in the order they were sent and need no heap. ``run``
+    takes whichever head is earlier by (time, sequence): the same order one heap would give.
+    """
+
+    __slots__ = ("heap", "fifo", "seq", "now", "events")
+
+    # ``seq`` is an itertools.count: ``next(loop.seq)`` numbers an event (one C call, where an
+    # attribute += 1 is two bytecodes and a store per event)
 
     def __init__(self):
         self.heap: list = []
-        self.seq = 0
+        self.fifo: deque = deque()
+        self.seq = count(1)
         self.now = 0.0
         self.events = 0
 
     def at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
         if t < self.now:
             raise ValueError(f"cannot schedule in the past ({t} < {self.now})")
-        self.seq += 1
-        heappush(self.heap, (t, self.seq, fn, arg))
+        heappush(self.heap, (t, next(self.seq), fn, arg))
+
+    def link(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
+        """Schedule at ``t``, which must not be earlier than anything ``link`` scheduled before
+        (``now`` plus a fixed latency)."""
+        fifo = self.fifo
+        if t < self.now or (fifo and t < fifo[-1][0]):
+            raise ValueError(f"link: {t} is earlier than now or than the last batch in flight")
+        fifo.append((t, next(self.seq), fn, arg))
 
     def run(self, until: float) -> None:
         heap = self.heap
+        fifo = self.fifo
         pop = heappop
+        popleft = fifo.popleft
         n = 0
         try:
-            while heap and heap[0][0] <= until:
-                t, _, fn, arg = pop(heap)
+            while True:
+                if fifo:
+                    e = fifo[0]
+                    if heap and heap[0] < e:  # (time, sequence): sequences are unique
+                        e = heap[0]
+                        if e[0] > until:
+                            break
+                        pop(heap)
+                    else:
+                        if e[0] > until:
+                            break
+                        popleft()
+                elif heap:
+                    e = heap[0]
+                    if e[0] > until:
+                        break
+                    pop(heap)
+                else:
+                    break
+                t = e[0]
                 self.now = t
-                fn(t, arg)
+                e[2](t, e[3])
                 n += 1
         finally:
             self.events += n
@@ -82,81 +120,135 @@ class SimWorld:
         self.link = sc.hardware.link_latency
         self.sid_node = plan.sid_node
         self.sid_group = plan.sid_group
-        # bound callbacks, made once
-        self._node_timer = [self._make_node_timer(i) for i in range(len(self.nodes))]
-        self._node_msgs = [self._make_node_msgs(i) for i in range(len(self.nodes))]
-        self._group_timer = [self._make_group_timer(i) for i in range(len(self.groups))]
-        self._group_msgs = [self._make_group_msgs(i) for i in range(len(self.groups))]
+        # callbacks, made once per node and group: each step runs the model, then delivers what it
+        # emitted (its timers on the heap, its messages after the link latency, one batch per peer)
+        self._node_timer: list = []
+        self._node_msgs: list = []
+        self._group_timer: list = []
+        self._group_msgs: list = []
+        self._flush_node_fns: list = []
+        self._flush_group_fns: list = []
+        for i in range(len(self.nodes)):
+            self._wire_node(i)
+        for i in range(len(self.groups)):
+            self._wire_group(i)
 
     # callbacks ---------------------------------------------------------------------------------
 
-    def _make_node_timer(self, i: int):
+    def _wire_node(self, i: int) -> None:
         node = self.nodes[i]
+        loop = self.loop
+        heap = loop.heap
+        fifo = loop.fifo
+        seq = loop.seq
+        link = self.link
+        sid_group = self.sid_group
+        group_msgs = self._group_msgs  # filled by _wire_group
+        single = len(self.groups) == 1
+        node_timer = node.on_timer
+        node_messages = node.on_messages
 
-        def fire(t, tag):
-            node.on_timer(t, tag)
-            self._flush_node(i)
-        return fire
+        def flush():  # node.drain(), without fresh lists when a side is empty
+            now = loop.now
+            timers = node.timers
+            if timers:
+                node.timers = []
+                for t, tag in timers:
+                    if t < now:
+                        raise ValueError(f"cannot schedule in the past ({t} < {now})")
+                    heappush(heap, (t, next(seq), on_timer, tag))
+            msgs = node.outbox
+            if msgs:
+                node.outbox = []
+                at = now + link
+                if single:
+                    fifo.append((at, next(seq), group_msgs[0], msgs))
+                    return
+                if len(msgs) == 1:  # one message (an Invalidate Request, a translation)
+                    g = sid_group.get(msgs[0][1])
+                    if g is not None:
+                        fifo.append((at, next(seq), group_msgs[g], msgs))
+                    return
+                batches: dict[int, list] = {}
+                for m in msgs:
+                    g = sid_group.get(m[1])
+                    if g is not None:  # a StreamID with no endpoint behind it: nobody answers
+                        b = batches.get(g)
+                        if b is None:
+                            batches[g] = [m]
+                        else:
+                            b.append(m)
+                for g, batch in batches.items():
+                    fifo.append((at, next(seq), group_msgs[g], batch))
 
-    def _make_node_msgs(self, i: int):
-        node = self.nodes[i]
+        def on_timer(t, tag):
+            node_timer(t, tag)
+            if node.outbox or node.timers:
+                flush()
 
-        def deliver(t, batch):
-            node.on_messages(t, batch)
-            self._flush_node(i)
-        return deliver
+        def on_messages(t, batch):
+            node_messages(t, batch)
+            if node.outbox or node.timers:  # most deliveries (DMA, a completion) emit nothing
+                flush()
 
-    def _make_group_timer(self, i: int):
+        self._node_timer.append(on_timer)
+        self._node_msgs.append(on_messages)
+        self._flush_node_fns.append(flush)
+
+    def _wire_group(self, i: int) -> None:
         group = self.groups[i]
+        loop = self.loop
+        heap = loop.heap
+        fifo = loop.fifo
+        seq = loop.seq
+        link = self.link
+        sid_node = self.sid_node
+        node_msgs = self._node_msgs
+        single = len(self.nodes) == 1
+        group_timer = group.on_timer
+        group_messages = group.on_messages
+        drain = group.drain
 
-        def fire(t, tag):
-            group.on_timer(t, tag)
-            self._flush_group(i)
-        return fire
+        def flush():
+            msgs, timers = drain()
+            now = loop.now
+            for t, tag in timers:
+                if t < now:
+                    raise ValueError(f"cannot schedule in the past ({t} < {now})")
+                heappush(heap, (t, next(seq), on_timer, tag))
+            if msgs:
+                at = now + link
+                if single or len(msgs) == 1:  # one node, or one message (a DMA, a completion)
+                    fifo.append((at, next(seq), node_msgs[0 if single else sid_node[msgs[0][1]]], msgs))
+                    return
+                batches: dict[int, list] = {}
+                for m in msgs:
+                    n = sid_node[m[1]]
+                    b = batches.get(n)
+                    if b is None:
+                        batches[n] = [m]
+                    else:
+                        b.append(m)
+                for n, batch in batches.items():
+                    fifo.append((at, next(seq), node_msgs[n], batch))
 
-    def _make_group_msgs(self, i: int):
-        group = self.groups[i]
+        def on_timer(t, tag):
+            group_timer(t, tag)
+            flush()
 
-        def deliver(t, batch):
-            group.on_messages(t, batch)
-            self._flush_group(i)
-        return deliver
+        def on_messages(t, batch):
+            group_messages(t, batch)
+            flush()
+
+        self._group_timer.append(on_timer)
+        self._group_msgs.append(on_messages)
+        self._flush_group_fns.append(flush)
 
     def _flush_node(self, i: int) -> None:
-        msgs, timers = self.nodes[i].drain()
-        loop = self.loop
-        cb = self._node_timer[i]
-        for t, tag in timers:
-            loop.at(t, cb, tag)
-        if msgs:
-            sid_group = self.sid_group
-            if len(self.groups) == 1:
-                loop.at(loop.now + self.link, self._group_msgs[0], msgs)
-                return
-            batches: dict[int, list] = {}
-            for m in msgs:
-                g = sid_group.get(m[1])
-                if g is not None:  # a StreamID with no endpoint behind it: nobody answers
-                    batches.setdefault(g, []).append(m)
-            for g, batch in batches.items():
-                loop.at(loop.now + self.link, self._group_msgs[g], batch)
+        self._flush_node_fns[i]()
 
     def _flush_group(self, i: int) -> None:
-        msgs, timers = self.groups[i].drain()
-        loop = self.loop
-        cb = self._group_timer[i]
-        for t, tag in timers:
-            loop.at(t, cb, tag)
-        if msgs:
-            if len(self.nodes) == 1:
-                loop.at(loop.now + self.link, self._node_msgs[0], msgs)
-                return
-            batches: dict[int, list] = {}
-            sid_node = self.sid_node
-            for m in msgs:
-                batches.setdefault(sid_node[m[1]], []).append(m)
-            for n, batch in batches.items():
-                loop.at(loop.now + self.link, self._node_msgs[n], batch)
+        self._flush_group_fns[i]()
 
     def _chaos(self, t: float, action: ChaosAction) -> None:
         if action.fault == "storm":

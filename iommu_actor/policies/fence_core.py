@@ -248,22 +248,24 @@ class FenceCore(Fencing, Policy):
         return self._pick_queue(cpu)
 
     def _submit(self, now: float, p: _Probe, queue: int) -> list:
-        p.token = self._new_token()
+        self._next_token += 1  # _new_token()
+        token = p.token = self._next_token
         p.queue = queue
         self._seq += 1
         p.seq = self._seq
-        if p.kind == "inv":
+        kind = p.kind
+        if kind == "inv":
             job = self.jobs[p.job]
             cmds = [self.hooks.tlbi(job.asid, job.addr, job.full)] if p.tlbi else []
             cmds += self.hooks.atc_invs(p.sids, job.addr, job.size)
-        elif p.kind == "search":
+        elif kind == "search":
             cmds = [cmd_atc_inv(sid, 0, ATC_INV_SIZE_ALL) for sid in p.sids]
         else:
             cmds = [cmd_cfgi_ste(p.sids[0])]
-        cmds.append(cmd_sync(p.token))
-        p.cmds = tuple(cmds)
-        self.probes[p.token] = p
-        return [Submit(queue, p.cmds)] + self._arm(now, p)
+        cmds.append(cmd_sync(token))
+        p.cmds = cmds = tuple(cmds)
+        self.probes[token] = p
+        return [Submit(queue, cmds), *self._arm(now, p)]
 
     def _arm(self, now: float, p: _Probe) -> list:
         """Start (or restart) the software timeout of ``p`` at ``now``. An unmap's own probes share
@@ -314,21 +316,22 @@ class FenceCore(Fencing, Policy):
         return tuple(s for s in sids if state.get(s, NORMAL) == NORMAL)
 
     def _sync_done(self, now: float, ev: SyncDone) -> list:
-        self.stuck[ev.queue].discard(ev.token)
+        token = ev.token
+        self.stuck[ev.queue].discard(token)
         self.cons_moved[ev.queue] = now
-        if ev.token in self.failed_tokens:
-            self.failed_tokens.discard(ev.token)  # the re-run after CERROR_ATC_INV_SYNC: not a success
-            self.probes.pop(ev.token, None)
+        if token in self.failed_tokens:
+            self.failed_tokens.discard(token)  # the re-run after CERROR_ATC_INV_SYNC: not a success
+            self.probes.pop(token, None)
             return []
-        p = self.probes.pop(ev.token, None)
+        p = self.probes.pop(token, None)
         if p is None:
             return []
         if p.kind == "inv":
             job = self.jobs.get(p.job)
             if job is None:
                 return []
-            job.probes.discard(ev.token)
-            job.unconfirmed.difference_update(self._answered(p.sids))
+            job.probes.discard(token)
+            job.unconfirmed.difference_update(self._answered(p.sids) if self.wants_events else p.sids)
             if p.tlbi:
                 job.tlbi_pending = False
             return self._maybe_complete(job)
