@@ -137,8 +137,10 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    """Deliver ``TimerFired(token)`` at scenario time ``at`` (absolute seconds, not a delay: write
-    ``now + delay``); a time already past fires at once."""
+    """Deliver ``TimerFired(token)`` at scenario time ``at``: absolute seconds, the same clock as
+    ``handle(now, ...)``'s ``now``, not a delay: write ``SetTimer(now + delay, token)``. ``at`` may
+    be ``now`` (the timer fires once the current actions are applied) but not earlier: a time in
+    the past fails the run naming the action (it is nearly always a delay written as a time)."""
 
     at: float
     token: Any

@@ -110,3 +110,63 @@ def test_entry_point_policies_are_registered_with_their_distribution(tmp_path, m
     assert r.exit_code == 0, r.output
     assert "acme-ep (entry point acme = acme_policies:Acme (acme-policies 1.2))" in r.output
     assert get_policy("acme-ep").summary == "from an installed package"
+
+
+# --- a plug-in's bad action: one paragraph naming the policy, the action, the field, what is allowed ---
+
+BAD_ACTIONS = ROOT / "tests" / "plugins" / "bad_actions.py"
+
+
+@pytest.mark.parametrize("mistake, says", [
+    ("queue", ["Submit(queue=99", "queue=99 is not a command queue", "0..0", "hardware.command_queues"]),
+    ("cmds", ["Submit(queue=0", "cmds[0] is 'not a command' (str)", "iommu_actor/commands.py"]),
+    ("unknown-unmap", ["CompleteUnmap(unmap=12345", "no flush the host started", "UnmapStart"]),
+    ("twice", ["CompleteUnmap(unmap=0", "unmap=0 was already completed"]),
+    ("ste", ["WriteSte(sid=999", "sid=999 is not a stream behind this SMMU", "0..31"]),
+    ("reset", ["ResetDevice(sid=999", "sid=999 is not a stream"]),
+    ("disable-ats", ["DisableAts(sid=999", "sid=999 is not a stream"]),
+    ("presence", ["QueryPresence(sid=999", "sid=999 is not a stream"]),
+    ("timer-past", ["SetTimer(at=-0.99", "is in the past", "now + delay"]),
+    ("timer-nan", ["SetTimer(at=nan", "is not a time in seconds"]),
+    ("timer-str", ["SetTimer(at='soon'", "is not a time in seconds"]),
+    ("irq-save", ["LocalIrqSave(cpu=64", "cpu=64 is not a CPU", "0..3", "topology.cpus"]),
+    ("irq-restore", ["LocalIrqRestore(cpu=-7", "cpu=-7 is not a CPU"]),
+    ("space-queue", ["WaitCmdqSpace(queue=5", "queue=5 is not a command queue"]),
+    ("space-entries", ["WaitCmdqSpace(queue=0, entries=100000", "1..65536 entries"]),
+])
+def test_a_bad_action_fails_the_run_naming_the_policy_the_action_and_the_field(mistake, says):
+    from helpers import run
+
+    plugins.load([BAD_ACTIONS])
+    s = run(duration=0.05, policy={"name": "test-bad-actions", "mistake": mistake})
+    assert s["status"] == "failed", s.get("error")
+    err = s["error"]
+    assert err.startswith("PolicyActionError: policy 'test-bad-actions' returned "), err
+    assert f"{BAD_ACTIONS}:" in err  # where its handle() is
+    for text in says:
+        assert text in err, err
+
+
+def test_a_bad_action_on_the_command_line_is_one_paragraph_exit_3_after_writing(tmp_path):
+    sc = write(tmp_path, {**BASE, "duration": 0.05, "policy": {"name": "test-bad-actions"}})
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["run", str(sc), "--policy-file", str(BAD_ACTIONS), "--out", str(out), "-q"])
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output and "IndexError" not in r.output
+    assert "the run failed: PolicyActionError: policy 'test-bad-actions' returned Submit(queue=99" in r.output
+    s = json.loads((out / "summary.json").read_text())  # what was gathered is written first
+    assert s["status"] == "failed" and s["unmaps"]["arrived"] >= 1
+    assert "queue=99 is not a command queue" in (out / "report.md").read_text()
+
+
+def test_report_md_of_a_plug_in_that_raises_names_its_file_and_line(tmp_path):
+    raises = ROOT / "tests" / "plugins" / "raises.py"
+    sc = write(tmp_path, {**BASE, "duration": 0.05, "policy": {"name": "test-raises"}})
+    r = runner.invoke(app, ["run", str(sc), "--policy-file", str(raises), "--out", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 3, r.output
+    line = next(n for n, text in enumerate(raises.read_text().splitlines(), 1) if "raise RuntimeError" in text)
+    where = f"(raised at {raises}:{line}, in handle())"
+    assert where in r.output
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "**The run failed**" in report and "RuntimeError: test-raises: a bug in the policy" in report
+    assert where in report

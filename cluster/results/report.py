@@ -103,6 +103,9 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
     verdict = ("all held" if s["ok"] else "all held so far (the run did not complete)" if held and status != "complete"
                else "NOT all held")
     md.append(f"Status: **{status}**; {_d(s['sim_time_s'])} of scenario time; expectations {verdict}.")
+    if status == "failed" and s.get("error"):
+        md += ["", f"**The run failed** at {_d(s['sim_time_s'])}: {s['error']}. The figures below cover the run "
+                   "up to the failure."]
     md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples, out_dir)]
     top = sc.topology
     md += ["", "## What the scenario did", "",
