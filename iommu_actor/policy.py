@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .commands import Cmd
 from .spec import ARM_SMMU_CMDQ_ENTRIES
+from .suggest import did_you_mean
 
 
 class PolicyError(Exception):
@@ -444,7 +445,8 @@ def get_policy(name: str) -> type[Policy]:
     try:
         return POLICIES[name]
     except KeyError:
-        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))} (others "
+        raise PolicyError(f"unknown policy {name!r}; {did_you_mean(name, POLICIES)}known policies: "
+                          f"{', '.join(sorted(POLICIES))} (others "
                           "load with --policy-file FILE.py or an ats_stress.policies entry point)") from None
 
 
@@ -457,7 +459,10 @@ def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:
         allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
         problems = "; ".join(
             f"policy.{'.'.join(str(p) for p in e['loc'])}: "
-            + (f"unknown field, policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden"
+            + (f"unknown field, policy {name!r} has no parameter {e['loc'][-1]!r}"
+               + (f"; {did_you_mean(e['loc'][-1], cls.Params.model_fields).strip()}"
+                  if did_you_mean(e['loc'][-1], cls.Params.model_fields) else "")
+               if e["type"] == "extra_forbidden"
                else e["msg"])
             for e in exc.errors())
         raise PolicyError(f"{problems} (parameters of policy {name!r}: {allowed})") from None
