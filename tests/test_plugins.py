@@ -170,3 +170,40 @@ def test_report_md_of_a_plug_in_that_raises_names_its_file_and_line(tmp_path):
     report = (tmp_path / "o" / "report.md").read_text()
     assert "**The run failed**" in report and "RuntimeError: test-raises: a bug in the policy" in report
     assert where in report
+
+
+def test_software_timeouts_are_counted_from_what_a_policy_returns():
+    """A plug-in that says its timeouts only by CompleteUnmap(err=-ETIMEDOUT): the host counts them
+    as software timeouts, and the hung device is one it could have caught (the verdict says so)."""
+    from helpers import run
+
+    plugins.load([ROOT / "tests" / "plugins" / "returns_only.py"])
+    s = run(duration=4, chaos=HANG_5, policy={"name": "test-returns-only"})
+    assert s["status"] == "complete" and s["notes"].get("sync_timeout") is None
+    timed_out = s["completion_errors"]["-110"]
+    assert timed_out > 0 and s["sync_timeouts"] == timed_out
+    assert [m["sid"] for m in s["unfenced_culprits"]] == [5]
+    assert f"of {s['endpoints']} streams leaked" in s["verdict"]["line"]
+
+
+def test_examples_lists_and_copies_the_examples_keeping_an_edited_file(tmp_path):
+    r = runner.invoke(app, ["examples"])
+    assert r.exit_code == 0 and "policies/patient.py" in r.output and "explore/small.yaml" in r.output, r.output
+    edited = tmp_path / "policies" / "patient.py"
+    edited.parent.mkdir()
+    edited.write_text("# mine\n")
+    r = runner.invoke(app, ["examples", "--copy", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "policies" / "impatient.py").read_text() == (ROOT / "examples/policies/impatient.py").read_text()
+    assert edited.read_text() == "# mine\n" and "kept" in r.output
+
+
+def test_the_impatient_example_leaks_past_its_timeout_and_counts_each_timeout():
+    """examples/policies/impatient.py (docs/writing-a-policy.md): a 100 ms timeout on a 6 s hang."""
+    from helpers import run
+
+    plugins.load([ROOT / "examples" / "policies" / "impatient.py"])
+    s = run(duration=4, chaos=HANG_5, policy={"name": "impatient-smmu", "sync_timeout": "100ms"})
+    assert s["status"] == "complete" and s["uaf_exposures"] > 0
+    assert s["sync_timeouts"] == s["completion_errors"]["-110"] > 0
+    assert s["irqs_off_max_s"] == pytest.approx(0.1)

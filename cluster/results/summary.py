@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ats_stress.iommu_actor.policy import validate_params
-from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
+from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, ETIMEDOUT, EVT_NAMES, OPCODE_NAMES
 
 from ats_stress.cluster.scenario import EXPECTABLE, Scenario
 from ats_stress.cluster.scenario.plan import last_fault_end
@@ -213,7 +213,10 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "healthy_unmap_latency_s": healthy_stats,
         "affected_unmap_latency_s": latency_stats(affected + open_a),
         "worst_stall_s": healthy_stats["max"],
-        "sync_timeouts": notes.get("sync_timeout", 0),
+        # software timeouts as the policy says them (Note("sync_timeout"), one per timed-out wait), or,
+        # for a policy that says none, from what its flushes returned (CompleteUnmap(err=-ETIMEDOUT))
+        "sync_timeouts": (notes["sync_timeout"] if "sync_timeout" in notes
+                          else sum(n["completion_errors"].get(str(-ETIMEDOUT), 0) for n in nodes)),
         "hw_atc_timeouts": _sum(nodes, "hw_atc_timeouts"),
         "cmdq_errors": _sum(nodes, "cmdq_errors"),
         "fences": fences,
