@@ -121,3 +121,49 @@ def test_over_several_seeds_every_figure_says_sum_mean_or_max_and_shows_its_lowe
         assert f"({BY_KEY[key].over_seeds})" in flat
         assert all(fmt(r[key]) in text and _range(BY_KEY[key], r["min_max"][key]) in text for r in many), key
     assert "lowest and the highest seed" in flat and "lazy" in text
+
+
+# --- --format text: plain-ASCII tables, for mail ------------------------------------------------------
+
+
+def _tiny(tmp_path):
+    import yaml
+
+    from helpers import overridden
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(overridden(duration=0.2)))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "{tiny}", "-q", "--out", "{tmp}/r"],
+    ["compare", "{tiny}", "--policies", "arm-smmu-v3,quarantine", "--workers", "1", "-q", "--out", "{tmp}/c"],
+    ["sweep", "{tiny}", "--param", "policy.sync_timeout=100ms,1s", "--workers", "1", "-q", "--out", "{tmp}/s"],
+    ["policies"],
+    ["scenarios"],
+    ["examples"],
+])
+def test_format_text_prints_plain_ascii_tables_without_colour(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    args = [a.format(tiny=_tiny(tmp_path), tmp=tmp_path) for a in command]
+    text = CliRunner().invoke(app, args + ["--format", "text"])
+    rich = CliRunner().invoke(app, args)  # after a text one: the default is back
+    assert text.exit_code == rich.exit_code == 0, text.output
+    assert text.output.isascii() and "\x1b" not in text.output, text.output
+    if command[0] in ("run", "compare", "sweep"):
+        assert "+----" in text.output and "| " in text.output, text.output
+        assert not rich.output.isascii()  # boxes
+    assert all(line == line.rstrip() for line in text.output.splitlines())
+
+
+def test_an_unknown_format_is_bad_input():
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    r = CliRunner().invoke(app, ["policies", "--format", "html"])
+    assert r.exit_code == 2 and "--format 'html'" in r.output and "text" in r.output

@@ -13,6 +13,8 @@ from ats_stress.cluster.results.summary import write_summary
 from ats_stress.cluster.scenario import ScenarioError, library
 
 from .app import (
+    FORMAT_HELP,
+    use_format,
     SCENARIO_HELP,
     EXIT_EXPECT,
     EXIT_FAILED,
@@ -45,8 +47,10 @@ def run(
                                      "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
                                      "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
+    use_format(format_)
     if runtime not in ("sim", "ray"):
         _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
     sources = _plugins(policy_file)
@@ -157,8 +161,11 @@ def validate(
 
 
 @app.command()
-def scenarios() -> None:
+def scenarios(
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
+) -> None:
     """List the built-in scenario library: each name (for run, validate, compare, sweep) and what it shows."""
+    use_format(format_)
     from rich.table import Table
 
     t = Table(box=None, show_header=True, pad_edge=False)
@@ -175,8 +182,10 @@ def scenarios() -> None:
 def examples(
     copy: Optional[Path] = typer.Option(None, "--copy", help="copy every example into this directory (made if "
                                         "needed; a file already there with other contents is kept)"),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """List the examples that ship with the package (plug-in policies, explore scenarios); --copy DIR copies them."""
+    use_format(format_)
     from ats_stress.cluster.examples import EXAMPLES, copy_examples, example_files, first_line
 
     files = example_files()
