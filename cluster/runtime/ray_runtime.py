@@ -338,7 +338,8 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         if transport["saturated"]:
             line = ("transport saturated: " + "; ".join(transport["saturation"]) +
                     ". This run's timeouts, fences and latencies measure the live runtime, not the devices; "
-                    f"{_knobs()}.")
+                    f"{_knobs()} (from what this run measured, --set runtime.time_scale="
+                    f"{transport['time_scale_hint']:g} should do).")
             run.warnings.append(line)
             _say(f"warning: {line}")
             summary["expectations"].append({"name": "transport_not_saturated", "ok": False,
