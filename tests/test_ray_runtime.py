@@ -154,6 +154,19 @@ def test_a_policy_that_raises_fails_the_live_run_which_names_the_error(local_ray
     assert "the run failed" in r.stderr and "test-raises: a bug in the policy" in r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "failed" and "test-raises: a bug in the policy" in s["error"]
+    assert f"(raised at {PLUGINS / 'raises.py'}:" in s["error"]  # the plug-in's own line, from the SMMU actor
+    assert "**The run failed**" in (out / "report.md").read_text()
+
+
+@pytest.mark.ray
+def test_a_bad_action_fails_the_live_run_naming_the_action(local_ray, tmp_path):
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+
+    sources = plugins.load([PLUGINS / "bad_actions.py"])
+    sc = hang_scenario("test-bad-actions", duration=1, chaos=[])
+    s = run_ray(sc, quiet=True, out_dir=tmp_path, plugins=sources)
+    assert s["status"] == "failed", s.get("error")
+    assert "PolicyActionError: policy 'test-bad-actions' returned Submit(queue=99" in s["error"], s["error"]
 
 
 @pytest.mark.ray

@@ -138,9 +138,10 @@ class LiveRun(Startup, ChaosKills, Gathering):
             time.sleep(max(0.0, min(0.25, wake - time.time())))
         # let every actor reach the end of scenario time
         self._wait_done(timeout=max(10.0, 2.0 * self.scale))
+        self._poll()  # an error since the last poll (a plug-in's bad action near the end) fails the run too
         if not self.quiet:
             self._show(prev)
-        return "complete"
+        return "failed" if self.failure else "complete"
 
     def _poll(self) -> bool:
         import ray
