@@ -139,7 +139,7 @@ def test_a_live_cli_run_names_its_start_up_stages_and_lists_every_file(local_ray
     assert stages[4].startswith("measuring the SMMU <-> device actor round trip")
     assert stages[5].startswith("running 3 scenario s at time_scale 0.4")
     listed = r.stdout[r.stdout.index("written:"):].split()[1:]
-    assert listed == [str(out / n) for n in ("summary.json", "report.md", "latency.png", "cmdq.png",
+    assert listed == [str(out / n) for n in ("summary.json", "uaf-trace.jsonl", "report.md", "latency.png", "cmdq.png",
                                              "endpoints.png", "prometheus-targets.json")]
 
 
