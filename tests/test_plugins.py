@@ -207,3 +207,21 @@ def test_the_impatient_example_leaks_past_its_timeout_and_counts_each_timeout():
     assert s["status"] == "complete" and s["uaf_exposures"] > 0
     assert s["sync_timeouts"] == s["completion_errors"]["-110"] > 0
     assert s["irqs_off_max_s"] == pytest.approx(0.1)
+
+
+def test_help_documents_the_policy_attributes_duration_and_the_absolute_timer():
+    """What a plug-in's author needs is in help(), not only in comments of the source."""
+    import pydoc
+
+    from ats_stress.iommu_actor import policy, units
+
+    text = pydoc.render_doc(policy.Policy)
+    for attr in ("irqs_off_wait", "irqs_off_windows", "reset_done_on_failure", "hw_reports_ite_sid", "wants_events",
+                 "default_flush", "inv_timeout_action", "fence_waits", "can_fence", "poll_timeout",
+                 "docs/writing-a-policy.md"):
+        assert attr in text, attr
+    assert "100ms" in pydoc.render_doc(units.Duration) and "seconds" in pydoc.render_doc(units.Duration)
+    timer = pydoc.render_doc(policy.SetTimer)
+    assert "absolute" in timer and "now + delay" in timer
+    assert "ats-stress examples" in (ROOT / "docs" / "writing-a-policy.md").read_text()
+    assert "docs/writing-a-policy.md" in (ROOT / "README.md").read_text()
