@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.scenario import ScenarioError, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -73,7 +74,7 @@ class _AsciiOut:
 def use_format(fmt: str) -> None:
     """``--format``: rich (stdout as it is) or text (plain ASCII tables, no colour)."""
     if fmt not in ("rich", "text"):
-        _fail_input(f"--format {fmt!r}: the formats are rich (tables with boxes and colour) and text (plain "
+        _fail_input(f"--format {fmt!r}: {did_you_mean(fmt, ('rich', 'text'))}the formats are rich (tables with boxes and colour) and text (plain "
                     "ASCII, for mail).")
     out_console.file = _AsciiOut() if fmt == "text" else None  # None: sys.stdout, whatever it is now
 #: what every command's SCENARIO argument takes (``library.resolve``, through ``load_scenario``)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.scenario import ScenarioError
 from ats_stress.iommu_actor.policy import PolicyError, get_policy, policy_names
 
@@ -168,7 +169,7 @@ def sweep(
     """Run a grid over scenario parameters and seeds; print a table, write JSON and a chart."""
     use_format(format_)
     if runtime not in ("sim", "ray"):
-        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+        _fail_input(f"--runtime {runtime!r}: {did_you_mean(runtime, ('sim', 'ray'))}the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
     from ats_stress.cluster.experiments.sweep import grid, policies_of, run_sweep, sweep_title

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.results.summary import write_summary
 from ats_stress.cluster.scenario import ScenarioError, library
 
@@ -52,7 +53,7 @@ def run(
     """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
     use_format(format_)
     if runtime not in ("sim", "ray"):
-        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+        _fail_input(f"--runtime {runtime!r}: {did_you_mean(runtime, ('sim', 'ray'))}the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
     bind = _metrics_bind(metrics_bind, address) if runtime == "ray" else None
