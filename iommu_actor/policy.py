@@ -370,7 +370,8 @@ class Policy:
     ``kconfig_flush(params)``, ``reset_queue()``, ``queue_of(cpu)``.
 
     What the host counts from what it returns: software timeouts from ``Note("sync_timeout")``,
-    or, for a policy that gives none, from ``CompleteUnmap(err=-ETIMEDOUT)``; flush return codes
+    or, for a policy that says nothing of its syncs (no such Note, no ``SyncReturned``), from
+    ``CompleteUnmap(err=-ETIMEDOUT)``; flush return codes
     from ``CompleteUnmap.err``; each sync's code from ``SyncReturned``. A bad action (a queue,
     stream or CPU that does not exist, a flush completed twice, a timer in the past) fails the run
     with one paragraph naming the action and the field. A policy never sees ground truth.

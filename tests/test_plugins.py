@@ -225,3 +225,15 @@ def test_help_documents_the_policy_attributes_duration_and_the_absolute_timer():
     assert "absolute" in timer and "now + delay" in timer
     assert "ats-stress examples" in (ROOT / "docs" / "writing-a-policy.md").read_text()
     assert "docs/writing-a-policy.md" in (ROOT / "README.md").read_text()
+
+
+def test_a_driver_that_reports_its_syncs_keeps_its_own_timeout_count():
+    """intel-vtd returns -ETIMEDOUT for a surprise-removed device without a software timeout (it
+    reports its syncs with SyncReturned): that return is no software timeout."""
+    from helpers import run
+
+    s = run(duration=4, policy={"name": "intel-vtd"}, hardware={"atc_inv_completion_timeout": 1, "command_queues": 1},
+            chaos=[{"at": 1, "fault": "removed", "endpoints": [5]}])  # ITE after 1 s: the device is gone
+    assert s["sync_returns"] and "sync_timeout" not in s["notes"]
+    assert s["completion_errors"].get("-110", 0) > 0, s["completion_errors"]
+    assert s["sync_timeouts"] == 0

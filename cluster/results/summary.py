@@ -170,6 +170,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     total_cmds = sum(commands.values())
     syncs = commands.get(OPCODE_NAMES[CMDQ_OP_CMD_SYNC], 0)
     notes = _merge_counts(n["notes"] for n in nodes)
+    sync_returns = any(n.get("sync_returns") for n in nodes)
     fences = sorted((f for o in oracles for f in o["fences"]), key=lambda f: (f["at_s"], f["sid"]))
     unfences = sorted((f for o in oracles for f in o["unfences"]), key=lambda f: (f["at_s"], f["sid"]))
     fence_lat = [f["latency_s"] for f in fences if f["latency_s"] is not None]
@@ -214,8 +215,9 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "affected_unmap_latency_s": latency_stats(affected + open_a),
         "worst_stall_s": healthy_stats["max"],
         # software timeouts as the policy says them (Note("sync_timeout"), one per timed-out wait), or,
-        # for a policy that says none, from what its flushes returned (CompleteUnmap(err=-ETIMEDOUT))
-        "sync_timeouts": (notes["sync_timeout"] if "sync_timeout" in notes
+        # for a policy that says nothing of its syncs (no such Note, no SyncReturned), from what its
+        # flushes returned (CompleteUnmap(err=-ETIMEDOUT))
+        "sync_timeouts": (notes.get("sync_timeout", 0) if "sync_timeout" in notes or sync_returns
                           else sum(n["completion_errors"].get(str(-ETIMEDOUT), 0) for n in nodes)),
         "hw_atc_timeouts": _sum(nodes, "hw_atc_timeouts"),
         "cmdq_errors": _sum(nodes, "cmdq_errors"),
