@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ MAX_SOURCE_BYTES = 1024 * 1024
 #: policy name -> where it came from (absent: built in)
 ORIGINS: dict[str, str] = {}
 _loaded: dict[str, list[str]] = {}  # source digest -> the names its file registered
+PLUGIN_FILES: set[str] = set()  # the source files of the registered plug-in policies (for error_text)
 _entry_points_done = False
 
 
@@ -93,7 +95,22 @@ def _register_all(classes: list[type[Policy]], where: str) -> list[str]:
     for cls in classes:
         register(cls)
         ORIGINS[cls.name] = where
+        source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        if source:
+            PLUGIN_FILES.add(source)
     return [cls.name for cls in classes]
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` of an error that ended a run, and, when it was raised inside a plug-in's
+    own code, the file, line and function there (the innermost such frame): what report.md and the
+    terminal say, so that the plug-in's author need not ask for a traceback."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in PLUGIN_FILES]
+    if frames:
+        f = frames[-1]
+        text += f" (raised at {f.filename}:{f.lineno}, in {f.name}())"
+    return text
 
 
 def register_source(src: PluginSource) -> list[str]:

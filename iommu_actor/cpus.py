@@ -14,7 +14,7 @@ from __future__ import annotations
 from .flushq import IOVA_DEFAULT_FQ_TIMEOUT
 from .host import FLUSH, UNMAP, Domain, Job
 from .policy import UnmapStart
-from .spec import ATC_INV_SIZE_ALL
+from .spec import ATC_INV_SIZE_ALL, ETIMEDOUT
 
 #: the node's timer tag of a domain's flush-queue timer
 T_FQ = 4
@@ -112,6 +112,12 @@ class CpuJobs:
             raise RuntimeError(f"policy {self.policy.name!r} completed flush {jid} twice or never started it")
         if err:
             self.completion_errors[err] = self.completion_errors.get(err, 0) + 1
+            if err == -ETIMEDOUT and "sync_timeout" not in self.notes and not self.sync_returns:
+                # a policy that says its timeouts only by what its flush returns (no Note, no
+                # SyncReturned: a driver that reports its syncs may return -ETIMEDOUT for another
+                # reason, VT-d for a removed device): the devices unanswered for its whole timeout
+                # are as catchable as after a Note
+                self._timeout_symptoms()
         d = self.domains[job.dom]
         if job.kind == UNMAP and not self.lazy:
             if job.pages is None:

@@ -34,6 +34,7 @@ from ats_stress.device_actors.pcie import (
     MSG_UNTRANSLATED,
 )
 
+from .bad_action import bad_action
 from .cmdq import INV_OUTSTANDING
 from .cpus import T_FQ, CpuJobs
 from .flushq import FlushQueue
@@ -349,7 +350,10 @@ class SmmuNode(CpuJobs, ReplayJobs):
             while True:
                 while events:
                     for action in handle(self.now, events.popleft()):
-                        apply(action)
+                        try:
+                            apply(action)
+                        except Exception as exc:  # a plug-in's bad action: say which field, not IndexError
+                            raise (bad_action(self, action, exc) or exc) from exc
                 if core.ats_waiting:
                     core.poll()  # ATS disables whose invalidations' readers are out
                 if core.due:
@@ -366,7 +370,9 @@ class SmmuNode(CpuJobs, ReplayJobs):
         if t is Submit:
             self.write_cmds(a.queue, a.cmds)
         elif t is SetTimer:
-            self.timers.append((max(a.at, self.now), (T_POLICY, a.token)))
+            if not a.at >= self.now:  # in the past, or not a time: a relative delay is the usual slip
+                raise bad_action(self, a)
+            self.timers.append((a.at, (T_POLICY, a.token)))
         elif t is CompleteUnmap:
             self._complete(a.unmap, a.err)
         elif t is Note:
@@ -394,15 +400,23 @@ class SmmuNode(CpuJobs, ReplayJobs):
         elif t is ResetDevice:
             self.core.reset(a.sid)
         elif t is DisableAts:
+            if a.sid not in self.smmu.ste_mem:
+                raise bad_action(self, a)
             if a.deferred:
                 self.core.disable_ats(a.sid)
             else:
                 self.core.ats_off_now(a.sid)
         elif t is SetBusMaster:
+            if a.sid not in self.smmu.ste_mem:
+                raise bad_action(self, a)
             self.core.set_bus_master(a.sid, a.enable)
         elif t is ReportBroken:
+            if a.sid not in self.smmu.ste_mem:
+                raise bad_action(self, a)
             self.core.report_broken(a.sid)
         elif t is QueryPresence:
+            if a.sid not in self.smmu.ste_mem:
+                raise bad_action(self, a)
             self.outbox.append((MSG_PRESENCE_QUERY, a.sid, 0, 0, 0))
         elif t is LocalIrqSave:
             self.irq_save(a.cpu)
@@ -498,6 +512,8 @@ class SmmuNode(CpuJobs, ReplayJobs):
 
     def _wait_space(self, a: WaitCmdqSpace) -> None:
         q = self.smmu.queues[a.queue]
+        if not 0 < a.entries <= q.capacity:  # room that can never be free
+            raise bad_action(self, a)
         if q.capacity - q.depth >= a.entries and not self.parked.get(a.queue):
             self._events.append(CmdqSpace(a.queue, a.token))  # room already: the driver reads CONS again
             return

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .commands import Cmd
 from .spec import ARM_SMMU_CMDQ_ENTRIES
+from .suggest import did_you_mean
 
 
 class PolicyError(Exception):
@@ -73,6 +74,9 @@ class CmdqError:
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
+    """A timer the policy set (``SetTimer(at, token)``) is due: ``token`` is the one it gave. Timers
+    cannot be cancelled: a policy ignores one it no longer needs (check its own state)."""
+
     token: Any
 
 
@@ -102,6 +106,9 @@ class ResetDone:
 
 @dataclass(frozen=True, slots=True)
 class PresenceReply:
+    """The answer to ``QueryPresence(sid)``: whether config space still answers (a removed device
+    does not; a hung one does)."""
+
     sid: int
     present: bool
 
@@ -137,8 +144,10 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    """Deliver ``TimerFired(token)`` at scenario time ``at`` (absolute seconds, not a delay: write
-    ``now + delay``); a time already past fires at once."""
+    """Deliver ``TimerFired(token)`` at scenario time ``at``: absolute seconds, the same clock as
+    ``handle(now, ...)``'s ``now``, not a delay: write ``SetTimer(now + delay, token)``. ``at`` may
+    be ``now`` (the timer fires once the current actions are applied) but not earlier: a time in
+    the past fails the run naming the action (it is nearly always a delay written as a time)."""
 
     at: float
     token: Any
@@ -260,6 +269,8 @@ class SyncReturned:
 
 @dataclass(frozen=True, slots=True)
 class QueryPresence:
+    """Read the device's config space (pci_device_is_present()): ``PresenceReply`` comes back."""
+
     sid: int
 
 
@@ -310,7 +321,61 @@ class HwInfo:
 
 
 class Policy:
-    """Base class: subclasses set ``name``, ``summary``, ``Params`` and implement ``handle``."""
+    """Base class of a recovery policy: the invalidation path and error handling of one driver.
+
+    A subclass sets ``name`` (what ``--policy`` and ``policy.name`` take), ``summary`` (one line for
+    ``ats-stress policies``) and ``Params`` (a ``PolicyParams`` model: the keys it accepts under
+    ``policy:``; a ``Duration`` field takes ``100ms``), and implements ``handle(now, event)``:
+    given the scenario time in seconds and one event (``UnmapStart``, ``SyncDone``, ``TimerFired``,
+    ``CmdqError``, ``EventRecord``, ``ResetDone``, ``PresenceReply``, ``CmdqSpace``), it returns a
+    list of actions (``Submit``, ``SetTimer``, ``CompleteUnmap``, ...; each documented on its class).
+    ``self.params`` holds its parameters, ``self.hw`` what probe found (``HwInfo``),
+    ``self.queue_of(cpu)`` the queue a CPU submits to, ``self.regs`` CMDQ_CONS and the command at
+    it. docs/writing-a-policy.md walks through a complete one.
+
+    Class attributes a subclass may override to say how its driver waits and what its hardware
+    does (the defaults are arm-smmu-v3's on an SMMUv3, except ``irqs_off_wait``):
+
+    irqs_off_wait (bool, False)
+        The CPU spins with interrupts off while it waits for its sync (arm-smmu-v3, VT-d, AMD all
+        do): that time counts as CPU lockup, and the GERROR interrupt routed to that CPU
+        (``host.gerror_irq_cpu``) waits until its interrupts are on again.
+    irqs_off_windows ("flush" or "explicit", "flush")
+        With ``irqs_off_wait``: "flush", the host turns interrupts off for the whole flush (from
+        UnmapStart to CompleteUnmap or SpinEnd); "explicit", the policy says when, with
+        LocalIrqSave / LocalIrqRestore.
+    reset_done_on_failure (bool, True)
+        pci_dev_reset_iommu_done() also runs after a failed reset, re-attaching the device's
+        domain (mainline); False leaves it in the blocking domain (the posted series from v3).
+    hw_reports_ite_sid (bool, False)
+        The IOMMU names the device of an invalidation time-out (VT-d's ITESID): ``CmdqError.ite_sid``.
+    wants_events (bool, False)
+        Deliver event-queue records (``EventRecord``) to ``handle``; they are counted either way.
+    default_flush ("strict" or "lazy", "strict")
+        ``host.flush: default`` for this driver (Kconfig: lazy on x86, strict on arm64).
+    inv_timeout_action ("cerror" or "event", "cerror")
+        What the IOMMU does when an Invalidate Request times out: "cerror" (SMMUv3
+        CERROR_ATC_INV_SYNC, VT-d ITE: the queue halts at the next sync; the policy gets
+        ``CmdqError`` and must ``AckCmdqError``) or "event" (AMD: an EventRecord, the queue goes on).
+    fence_waits (bool, True)
+        The driver's sync holds its queue until it completes (CMD_SYNC, COMPLETION_WAIT); False
+        for VT-d's wait descriptor without the Fence flag.
+    can_fence (bool, True)
+        The policy has a recovery path that can fence a device; False makes report.md say "no
+        recovery" when nothing was fenced.
+
+    Methods a subclass may override: ``poll_timeout()`` (its software timeout for one sync, 1 s;
+    the host uses it to judge which devices it could have caught), ``cmdq_entries(params)`` (the
+    queue size it ends up with), ``hw_inv_timeout(t)`` (the Invalidate Request timeout it programs),
+    ``kconfig_flush(params)``, ``reset_queue()``, ``queue_of(cpu)``.
+
+    What the host counts from what it returns: software timeouts from ``Note("sync_timeout")``,
+    or, for a policy that says nothing of its syncs (no such Note, no ``SyncReturned``), from
+    ``CompleteUnmap(err=-ETIMEDOUT)``; flush return codes
+    from ``CompleteUnmap.err``; each sync's code from ``SyncReturned``. A bad action (a queue,
+    stream or CPU that does not exist, a flush completed twice, a timer in the past) fails the run
+    with one paragraph naming the action and the field. A policy never sees ground truth.
+    """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -442,7 +507,8 @@ def get_policy(name: str) -> type[Policy]:
     try:
         return POLICIES[name]
     except KeyError:
-        raise PolicyError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))} (others "
+        raise PolicyError(f"unknown policy {name!r}; {did_you_mean(name, POLICIES)}known policies: "
+                          f"{', '.join(sorted(POLICIES))} (others "
                           "load with --policy-file FILE.py or an ats_stress.policies entry point)") from None
 
 
@@ -455,7 +521,10 @@ def validate_params(name: str, params: dict[str, Any]) -> PolicyParams:
         allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
         problems = "; ".join(
             f"policy.{'.'.join(str(p) for p in e['loc'])}: "
-            + (f"unknown field, policy {name!r} has no parameter {e['loc'][-1]!r}" if e["type"] == "extra_forbidden"
+            + (f"unknown field, policy {name!r} has no parameter {e['loc'][-1]!r}"
+               + (f"; {did_you_mean(e['loc'][-1], cls.Params.model_fields).strip()}"
+                  if did_you_mean(e['loc'][-1], cls.Params.model_fields) else "")
+               if e["type"] == "extra_forbidden"
                else e["msg"])
             for e in exc.errors())
         raise PolicyError(f"{problems} (parameters of policy {name!r}: {allowed})") from None

@@ -52,3 +52,13 @@ def format_duration(seconds: float) -> str:
 
 #: A duration field (>= 0) in a pydantic model.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration.__doc__ = """A duration in a policy's ``Params`` (or any pydantic model): a float of seconds.
+
+    class Params(PolicyParams):
+        sync_timeout: Duration = 1.0
+
+The scenario may write it as a number of seconds (``0.1``) or with a unit (``100ms``, ``5us``,
+``1s``, ``2m``; ns, us, ms, s, m, h); the policy always gets seconds (``self.params.sync_timeout
+== 0.1``). Negative, infinite and longer than a day are errors (exit 2 naming the field). A
+``Duration`` field is also what ``ats-stress explore`` reads as one of the policy's clocks, and
+what ``sweep --param policy.sync_timeout=50ms,1s`` draws on a log axis."""

@@ -24,7 +24,7 @@ CORPUS = [
     ("unknown-step-field", with_(chaos=[{**HANG, "colour": 1}]), ["unknown field chaos.0.colour (allowed: at,",
                                                                   "recover_on_reset"]),
     ("unknown-bound-field", with_(expect={"fences": {"max": 1, "mox": 2}}),
-     ["unknown field expect.fences.mox (allowed: min, max, at)"]),
+     ["unknown field expect.fences.mox (did you mean 'max'? allowed: min, max, at)"]),
     ("wrong-type", with_(topology__endpoints="many"), ["topology.endpoints"]),
     ("negative-duration", with_(duration="-5s"), ["duration", "cannot be negative"]),
     ("zero-duration", with_(duration=0), ["duration", "greater than 0"]),
@@ -84,7 +84,7 @@ CORPUS = [
     ("zero-cpus", with_(topology__cpus=0), ["topology.cpus"]),
     ("zero-queues", with_(hardware__command_queues=0), ["hardware.command_queues"]),
     ("extends-not-a-path", with_(extends=["a"]), ["extends"]),
-    ("extends-missing-file", with_(extends="nowhere.yaml"), ["extends", "nowhere.yaml", "not a scenario file"]),
+    ("extends-missing-file", with_(extends="nowhere.yaml"), ["extends", "nowhere.yaml", "is neither a scenario file", "nor a scenario of the built-in library"]),
     ("ramp-without-fraction", with_(chaos=[{**HANG, "ramp": {"to": 0.5, "stages": 2, "every": 1}}]), ["chaos.0", "ramp"]),
     # a stage starting after the step's end would be hung for the rest of the run
     ("ramp-ends-before-its-last-stage", with_(chaos=[{"at": 1, "fault": "hang", "fraction": 0.1, "duration": 1,
@@ -202,3 +202,67 @@ def test_bad_runtime_and_sweep_params_are_bad_input(tmp_path):
     assert r.exit_code == 2 and "--param" in r.output
     r = runner.invoke(app, ["sweep", str(path), "--param", "topology.cpus=0,2"])
     assert r.exit_code == 2 and "topology.cpus" in r.output
+
+
+# --- every problem in one pass; "did you mean" beside the lists -------------------------------------
+
+
+def test_validation_reports_every_problem_of_a_file_in_one_pass(tmp_path):
+    """Field errors (a chaos step's, an expect figure's) and the checks across fields (an endpoint
+    out of range, a step after the end, a misspelled policy) in one paragraph, each with its path."""
+    data = overridden(policy={"name": "quarantin"}, expect={"uaf_exposure": {"max": 0}},
+                      chaos=[{"at": 2, "fault": "hang", "endpoints": [50], "duration": 3},
+                             {"at": 3, "fault": "slow", "endpoints": [1]},  # no latency: a field error
+                             {"at": 20, "fault": "hang", "endpoints": [1], "duration": 1}])
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "\n\n" not in r.output.strip(), r.output
+    flat = " ".join(r.output.split())
+    for needle in ["chaos.1.latency: required field is missing", "unknown figure uaf_exposure",
+                   "chaos.0.endpoints: no endpoint 50 (ids are 0..31)",
+                   "chaos.2.at: 20 s is not before the end of the run",  # numbered as in the file
+                   "policy.name: unknown policy 'quarantin'"]:
+        assert needle in flat, (needle, flat)
+
+
+def test_a_failing_topology_keeps_the_checks_that_read_it_quiet(tmp_path):
+    """The checks across fields are not run against a default put in for a failing section."""
+    data = overridden(topology__endpoints="many", chaos=[{"at": 2, "fault": "hang", "endpoints": [20]}])
+    path = tmp_path / "topo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "topology.endpoints" in r.output and "no endpoint" not in r.output, r.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["validate", "sinlge-hang"], "did you mean 'single-hang'"),
+    (["run", "single-hang", "--policy", "quarantin", "-q"], "did you mean 'quarantine'? known policies: "),
+    (["validate", "single-hang", "--set", "policy.sync_timout=1s"], "did you mean 'sync_timeout'?"),
+    (["validate", "single-hang", "--set", "topology.endpoint=3"], "did you mean 'endpoints'? allowed: "),
+    (["validate", "single-hang", "--set", "chaos.0.fault=hnag"], "did you mean 'hang'? faults are "),
+    (["validate", "single-hang", "--set", "expect.uaf_exposure.max=1"], "did you mean 'uaf_exposures'? figures"),
+    (["compare", "single-hang", "--policies", "arm-smmu-v3,quarantin"], "did you mean 'quarantine'?"),
+    (["explore", "single-hang", "--check", "uaff"], "did you mean 'uaf'? the properties are"),
+])
+def test_an_unknown_name_says_did_you_mean_beside_the_list(args, needle):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert needle in " ".join(r.output.split()), r.output
+
+
+def test_nothing_close_means_no_suggestion():
+    r = runner.invoke(app, ["run", "single-hang", "--policy", "zzzzzz", "-q"])
+    assert r.exit_code == 2 and "did you mean" not in r.output and "known policies" in r.output
+
+
+def test_extends_takes_a_library_name(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: single-hang\nname: mine\nseed: 3\n")
+    from ats_stress.cluster.scenario import load_scenario
+
+    sc = load_scenario(path)
+    assert (sc.name, sc.seed, sc.policy.name) == ("mine", 3, "arm-smmu-v3") and sc.chaos  # single-hang's own
+    path.write_text("extends: single-hnag\nname: mine\n")
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "did you mean 'single-hang'" in r.output, r.output

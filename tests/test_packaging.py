@@ -84,6 +84,33 @@ def test_the_installed_command_runs_from_another_directory(installed, tmp_path):
     assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
 
 
+def test_the_examples_ship_and_copy_out_and_the_copied_policy_runs(installed, tmp_path):
+    """`ats-stress examples` lists what ships; `--copy DIR` writes it out, and a copied plug-in
+    policy loads from there (as a user who never cloned the repository would use it)."""
+    wheel, bindir, site = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(str(p.relative_to(ROOT / "examples")) for p in (ROOT / "examples").rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts)
+    assert shipped and all(f"ats_stress/examples/{rel}" in names for rel in shipped), (shipped, sorted(names))
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    cli = str(bindir / "ats-stress")
+    r = subprocess.run([cli, "examples"], cwd=where, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for rel in shipped:
+        assert rel in r.stdout, (rel, r.stdout)
+    assert str(site / "ats_stress" / "examples") in r.stdout.replace("\n", "")
+    r = subprocess.run([cli, "examples", "--copy", "mine"], cwd=where, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for rel in shipped:
+        assert (where / "mine" / rel).read_bytes() == (ROOT / "examples" / rel).read_bytes(), rel
+    patient = where / "mine" / "policies" / "patient.py"
+    r = subprocess.run([cli, "run", "single-hang", "--policy-file", str(patient), "--policy", "patient-smmu",
+                        "--set", "duration=0.2", "--set", "chaos=[]", "--set", "expect={}", "-q", "--out", "r"],
+                       cwd=where, capture_output=True, text=True)
+    assert r.returncode == 0 and "patient-smmu" in r.stdout, r.stdout + r.stderr
+
+
 def test_from_another_directory_the_library_runs_and_observe_serves_it_with_the_shipped_rules(installed, tmp_path):
     """The issue's "done when": in a fresh venv elsewhere, `ats-stress scenarios`, `ats-stress run
     single-hang --runtime sim` and `ats-stress observe <that run's dir>` work with the shipped

@@ -154,6 +154,19 @@ def test_a_policy_that_raises_fails_the_live_run_which_names_the_error(local_ray
     assert "the run failed" in r.stderr and "test-raises: a bug in the policy" in r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "failed" and "test-raises: a bug in the policy" in s["error"]
+    assert f"(raised at {PLUGINS / 'raises.py'}:" in s["error"]  # the plug-in's own line, from the SMMU actor
+    assert "**The run failed**" in (out / "report.md").read_text()
+
+
+@pytest.mark.ray
+def test_a_bad_action_fails_the_live_run_naming_the_action(local_ray, tmp_path):
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+
+    sources = plugins.load([PLUGINS / "bad_actions.py"])
+    sc = hang_scenario("test-bad-actions", duration=1, chaos=[])
+    s = run_ray(sc, quiet=True, out_dir=tmp_path, plugins=sources)
+    assert s["status"] == "failed", s.get("error")
+    assert "PolicyActionError: policy 'test-bad-actions' returned Submit(queue=99" in s["error"], s["error"]
 
 
 @pytest.mark.ray
@@ -459,3 +472,40 @@ def test_a_trace_replays_live_each_smmu_actor_streaming_its_own_domains_unmaps(l
     assert live["unmaps"]["count"] == sim["unmaps"]["count"] == 200
     assert live["trace"]["mapping"] == sim["trace"]["mapping"] and live["trace"]["format"] == "perf script"
     assert sum(live["trace"]["offered_per_s"]["rate"]) * live["trace"]["offered_per_s"]["bin_s"] == pytest.approx(200)
+
+
+@pytest.mark.ray
+def test_the_time_scale_a_saturated_run_suggests_carries_that_run(local_ray, tmp_path):
+    """The hint comes from what the run measured (the round trip grows under load, so the idle
+    start-up figure alone undershoots); the same scenario at the suggested time_scale is not
+    saturated. Short runs: 0.3 scenario s, the second at the hint."""
+    from ats_stress.cluster.runtime.ray_runtime import run_ray
+
+    over = {"duration": 0.3, "topology": {"smmus": 1, "endpoints": 8, "domains": 2, "cpus": 2,
+                                          "endpoints_per_actor": 8, "pages_per_domain": 32, "spare_pages": 64},
+            "chaos": [], "workload": {"unmaps_per_s": 20000, "dma_per_endpoint_per_s": 10}}
+    first = run_ray(scenario(**over, runtime={"time_scale": 1}), quiet=True, out_dir=tmp_path / "a")
+    hint = first["transport"]["time_scale_hint"]
+    assert first["transport"]["saturated"] and hint and hint > 1, first["transport"]["saturation"]
+    assert f"--set runtime.time_scale={hint:g} should do" in " ".join(first["warnings"])
+    again = run_ray(scenario(**over, runtime={"time_scale": hint}), quiet=True, out_dir=tmp_path / "b")
+    assert not again["transport"]["saturated"], (hint, again["transport"]["saturation"])
+    assert again["transport"]["time_scale_hint"] is None
+
+
+@pytest.mark.ray
+def test_an_embedded_local_ray_does_not_print_the_token_authentication_warning(tmp_path):
+    """Ray warns "Token authentication is enabled for this Ray cluster" whenever it starts a local
+    cluster; on our own embedded one (no --address) it is noise on every run."""
+    import subprocess
+    import sys
+
+    sc = tmp_path / "s.yaml"
+    sc.write_text(yaml.safe_dump({"name": "quiet-ray", "duration": 0.1, "workload": {"unmaps_per_s": 10},
+                                  "topology": {"endpoints": 4, "domains": 1, "endpoints_per_actor": 4}}))
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    r = subprocess.run([sys.executable, "-m", "ats_stress.cluster.cli", "run", str(sc), "--runtime", "ray", "-q",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Token authentication" not in r.stderr + r.stdout
+    assert (tmp_path / "o" / "summary.json").is_file()

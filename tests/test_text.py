@@ -121,3 +121,84 @@ def test_over_several_seeds_every_figure_says_sum_mean_or_max_and_shows_its_lowe
         assert f"({BY_KEY[key].over_seeds})" in flat
         assert all(fmt(r[key]) in text and _range(BY_KEY[key], r["min_max"][key]) in text for r in many), key
     assert "lowest and the highest seed" in flat and "lazy" in text
+
+
+# --- --format text: plain-ASCII tables, for mail ------------------------------------------------------
+
+
+def _tiny(tmp_path):
+    import yaml
+
+    from helpers import overridden
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(overridden(duration=0.2)))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "{tiny}", "-q", "--out", "{tmp}/r"],
+    ["compare", "{tiny}", "--policies", "arm-smmu-v3,quarantine", "--workers", "1", "-q", "--out", "{tmp}/c"],
+    ["sweep", "{tiny}", "--param", "policy.sync_timeout=100ms,1s", "--workers", "1", "-q", "--out", "{tmp}/s"],
+    ["policies"],
+    ["scenarios"],
+    ["examples"],
+])
+def test_format_text_prints_plain_ascii_tables_without_colour(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    args = [a.format(tiny=_tiny(tmp_path), tmp=tmp_path) for a in command]
+    text = CliRunner().invoke(app, args + ["--format", "text"])
+    rich = CliRunner().invoke(app, args)  # after a text one: the default is back
+    assert text.exit_code == rich.exit_code == 0, text.output
+    assert text.output.isascii() and "\x1b" not in text.output, text.output
+    if command[0] in ("run", "compare", "sweep"):
+        assert "+----" in text.output and "| " in text.output, text.output
+        assert not rich.output.isascii()  # boxes
+    assert all(line == line.rstrip() for line in text.output.splitlines())
+
+
+def test_an_unknown_format_is_bad_input():
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    r = CliRunner().invoke(app, ["policies", "--format", "html"])
+    assert r.exit_code == 2 and "--format 'html'" in r.output and "text" in r.output
+
+
+def test_skipped_arrivals_are_explained_in_the_terminal_and_in_report_md(tmp_path):
+    """unmaps.skipped_no_mapping: arrivals that found no page mapped in their domain."""
+    from ats_stress.cluster.results.report import write_report
+
+    sc = scenario(duration=0.3, topology__pages_per_domain=2, workload__unmaps_per_s=5000)
+    s = run_sim(sc)
+    skipped = s["unmaps"]["skipped_no_mapping"]
+    assert skipped > 0
+    buf = io.StringIO()
+    print_summary(s, Console(file=buf, width=100))
+    (row,) = [ln for ln in buf.getvalue().splitlines() if "arrivals skipped: no page mapped" in ln]
+    assert row.split("│")[2].strip() == str(skipped), row
+    md = write_report(sc, s, None, tmp_path)[0].read_text()
+    assert f"{skipped:,} arrivals skipped: each found no page mapped in its domain" in md
+    quiet = run_sim(scenario(duration=0.3))  # none skipped: no line about it
+    buf = io.StringIO()
+    print_summary(quiet, Console(file=buf, width=100))
+    assert quiet["unmaps"]["skipped_no_mapping"] == 0 and "skipped" not in buf.getvalue()
+
+
+def test_every_command_of_the_help_is_described_in_one_line_each():
+    """`ats-stress --help` lists each command's first sentence; a docstring broken mid-sentence
+    (explain's "each CMD_SYNC it / waited on") showed as two lines."""
+    from typer.testing import CliRunner
+
+    from ats_stress.cluster.cli import app
+
+    r = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    rows = [ln for ln in r.output.splitlines() if ln.startswith("│ ") and "─" not in ln]
+    names = [ln[2:].split()[0] for ln in rows if ln[2:3].strip()]
+    assert "explain" in names and "examples" in names
+    assert len(rows) == len(names), r.output  # no continuation lines at 200 columns

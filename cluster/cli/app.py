@@ -8,13 +8,17 @@ marked ``failed``).
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.scenario import ScenarioError, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,6 +28,55 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_EXPECT, EXIT_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+FORMAT_HELP = "rich: tables with boxes and colour (the default); text: plain ASCII, no colour (for mail)"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+_TRAILING = re.compile(r"[ \t]+\n")
+_ASCII = {"·": "-", "…": "...", "µ": "u", "×": "x", "≤": "<=", "≥": ">=", "→": "->", "←": "<-", "—": "--",
+          "–": "-", "•": "*", "±": "+/-", "≈": "~", "“": '"', "”": '"', "‘": "'", "’": "'", "\u00a0": " "}
+
+
+def ascii_text(text: str) -> str:
+    """``text`` in plain ASCII: no colour codes, box-drawing lines as - | +, other symbols spelled."""
+    text = _ANSI.sub("", text)
+    if text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+        elif "\u2500" <= ch <= "\u257f":  # box drawing: lines and junctions
+            name = unicodedata.name(ch, "")
+            out.append("-" if "HORIZONTAL" in name and "VERTICAL" not in name and "DOWN" not in name
+                       and "UP" not in name else "|" if "VERTICAL" in name and "HORIZONTAL" not in name
+                       and "LEFT" not in name and "RIGHT" not in name else "+")
+        elif ch in _ASCII:
+            out.append(_ASCII[ch])
+        else:
+            plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            out.append(plain or "?")
+    return "".join(out)
+
+
+class _AsciiOut:
+    """stdout, as plain ASCII: what ``--format text`` prints through."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(_TRAILING.sub("\n", ascii_text(text)))  # no padding at the end of a line
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def use_format(fmt: str) -> None:
+    """``--format``: rich (stdout as it is) or text (plain ASCII tables, no colour)."""
+    if fmt not in ("rich", "text"):
+        _fail_input(f"--format {fmt!r}: {did_you_mean(fmt, ('rich', 'text'))}the formats are rich (tables with boxes and colour) and text (plain "
+                    "ASCII, for mail).")
+    out_console.file = _AsciiOut() if fmt == "text" else None  # None: sys.stdout, whatever it is now
 #: what every command's SCENARIO argument takes (``library.resolve``, through ``load_scenario``)
 SCENARIO_HELP = "scenario YAML file, or the name of one in the built-in library (`ats-stress scenarios`)"
 

@@ -8,10 +8,13 @@ from typing import Optional
 
 import typer
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.scenario import ScenarioError
 from ats_stress.iommu_actor.policy import PolicyError, get_policy, policy_names
 
 from .app import (
+    FORMAT_HELP,
+    use_format,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     SCENARIO_HELP,
@@ -106,8 +109,10 @@ def compare(
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """Run the same scenario and seeds under each policy (or variant of one) and print one table."""
+    use_format(format_)
     from ats_stress.cluster.experiments.compare import (PolicyVariant, check_variant, compare_title, parse_policies,
                                                         run_compare, with_flush)
     from ats_stress.cluster.results.text import print_compare, print_verdicts
@@ -159,10 +164,12 @@ def sweep(
                                          "new policy has are kept); sweep policies with --param policy.name=a,b"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """Run a grid over scenario parameters and seeds; print a table, write JSON and a chart."""
+    use_format(format_)
     if runtime not in ("sim", "ray"):
-        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+        _fail_input(f"--runtime {runtime!r}: {did_you_mean(runtime, ('sim', 'ray'))}the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy)
     from ats_stress.cluster.experiments.sweep import grid, policies_of, run_sweep, sweep_title
@@ -212,12 +219,14 @@ def explore(
                                        "report.md (default runs/explore-NAME-POLICY)"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """Search chaos schedules for violated properties; shrink each to a minimal scenario that `run` reproduces.
 
     Exit 0 when nothing was violated, 1 when something was, 2 on bad input, 3 when runs failed
     with an error or could not be carried out, 130 when interrupted (what was found so far is
     written first)."""
+    use_format(format_)
     from ats_stress.cluster.experiments.explore import run_explore
     from ats_stress.cluster.experiments.explore_report import write_outputs
     from ats_stress.cluster.experiments.pool import Pool

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ats_stress.iommu_actor.policy import get_policy, policy_names
 
-from .app import _fail_input, app, out_console
+from .app import FORMAT_HELP, _fail_input, app, out_console, use_format
 
 POLICY_FILE_HELP = "a Python file defining Policy subclasses to load (repeatable; see README, \"Plug-in policies\")"
 
@@ -28,8 +28,10 @@ def _plugins(files: list[Path]) -> tuple:
 @app.command()
 def policies(
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """List the recovery policies, their parameters and where each came from."""
+    use_format(format_)
     from ats_stress.cluster.plugins import origin
 
     _plugins(policy_file)

@@ -9,10 +9,13 @@ from typing import Optional
 
 import typer
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.results.summary import write_summary
 from ats_stress.cluster.scenario import ScenarioError, library
 
 from .app import (
+    FORMAT_HELP,
+    use_format,
     SCENARIO_HELP,
     EXIT_EXPECT,
     EXIT_FAILED,
@@ -45,10 +48,12 @@ def run(
                                      "(targets in DIR/prometheus-targets.json, see `ats-stress observe`): auto "
                                      "(127.0.0.1 on a local Ray, 0.0.0.0 when joining a cluster), an address, or off"),
     policy_file: list[Path] = typer.Option([], "--policy-file", help=POLICY_FILE_HELP),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
 ) -> None:
     """Run one scenario; write DIR/summary.json, report.md, its plots and the metrics, and list them."""
+    use_format(format_)
     if runtime not in ("sim", "ray"):
-        _fail_input(f"--runtime {runtime!r}: the runtimes are sim and ray.")
+        _fail_input(f"--runtime {runtime!r}: {did_you_mean(runtime, ('sim', 'ray'))}the runtimes are sim and ray.")
     sources = _plugins(policy_file)
     sc = _load(scenario, set_, policy, seed)
     bind = _metrics_bind(metrics_bind, address) if runtime == "ray" else None
@@ -157,8 +162,11 @@ def validate(
 
 
 @app.command()
-def scenarios() -> None:
+def scenarios(
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
+) -> None:
     """List the built-in scenario library: each name (for run, validate, compare, sweep) and what it shows."""
+    use_format(format_)
     from rich.table import Table
 
     t = Table(box=None, show_header=True, pad_edge=False)
@@ -172,14 +180,55 @@ def scenarios() -> None:
 
 
 @app.command()
+def examples(
+    copy: Optional[Path] = typer.Option(None, "--copy", help="copy every example into this directory (made if "
+                                        "needed; a file already there with other contents is kept)"),
+    format_: str = typer.Option("rich", "--format", help=FORMAT_HELP),
+) -> None:
+    """List the examples that ship with the package (plug-in policies, explore scenarios); --copy DIR copies them."""
+    use_format(format_)
+    from ats_stress.cluster.examples import EXAMPLES, copy_examples, example_files, first_line
+
+    files = example_files()
+    if not files:
+        _fail_input(f"no examples found in {EXAMPLES}: the package was installed without them; reinstall it.")
+    if copy is None:
+        from rich.table import Table
+
+        t = Table(box=None, show_header=True, pad_edge=False)
+        t.add_column("example", no_wrap=True)
+        t.add_column("what it is")
+        for rel in files:
+            t.add_row(str(rel), first_line(EXAMPLES / rel))
+        out_console.print(t)
+        out_console.print(f"files: {EXAMPLES}  (ats-stress examples --copy DIR copies them; docs/writing-a-policy.md "
+                          "walks through the policies)", highlight=False, soft_wrap=True)
+        return
+    try:
+        written, kept = copy_examples(copy)
+    except OSError as exc:
+        _fail_input(f"--copy {copy}: {exc.strerror or exc} (give a directory you can write to).")
+    for path in written:
+        out_console.print(f"  {path}", highlight=False, soft_wrap=True)
+    for path in kept:
+        err_console.print(f"  {path}: kept (a file with other contents is there already)", highlight=False,
+                          soft_wrap=True)
+    out_console.print(f"copied {len(written)} example(s) to {copy}" + (f", kept {len(kept)}" if kept else "")
+                      + f"; try: ats-stress run single-hang --policy-file {copy / 'policies' / 'patient.py'} "
+                        "--policy patient-smmu", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def explain(
     run_dir: Path = typer.Argument(..., help="a run's --out directory (its uaf-trace.jsonl)"),
     uaf: Optional[int] = typer.Option(None, "--uaf", help="the Nth story of the trace (1-based; default 1): the "
                                       "run's Nth exposure among the first 1,000"),
     sid: Optional[int] = typer.Option(None, "--sid", help="the first UAF of stream S"),
 ) -> None:
-    """Print the story of one UAF exposure as an ftrace-like timeline: the unmap, each CMD_SYNC it
-    waited on and what it returned, the page freed and reallocated, the device's DMA."""
+    """Print the story of one UAF exposure as an ftrace-like timeline.
+
+    The unmap, each CMD_SYNC it waited on and what it returned, the page freed and reallocated,
+    the device's DMA."""
     from ats_stress.cluster.results.explain import ExplainError, explain_lines
 
     if uaf is not None and sid is not None:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.cluster.scenario import Scenario, ScenarioError
 from ats_stress.cluster.results.figures import figures_legend, row_figures
 from ats_stress.cluster.results.summary import write_json
@@ -94,7 +95,7 @@ def with_flush(sc: Scenario, flush: str | None) -> Scenario:
     if flush is None:
         return sc
     if flush not in FLUSH_MODES:
-        raise ScenarioError(f"--flush {flush!r}: the modes are strict, lazy and default (each policy's Kconfig "
+        raise ScenarioError(f"--flush {flush!r}: {did_you_mean(flush, ('strict', 'lazy', 'default'))}the modes are strict, lazy and default (each policy's Kconfig "
                             "default).")
     data = sc.model_dump(mode="python")
     data["host"]["flush"] = flush

@@ -19,6 +19,7 @@ from typing import Any
 
 from ats_stress.cluster.scenario import EXPECTABLE, Scenario, ScenarioError
 from ats_stress.iommu_actor.units import format_duration
+from ats_stress.iommu_actor.suggest import did_you_mean
 
 from .clocks import longest
 
@@ -98,13 +99,15 @@ def select(sc: Scenario, names: list[str] | None, lockup_bound: float = LOCKUP_B
             for fig in figures:
                 if fig not in bounds:
                     allowed = ", ".join(f"expect.{f}" for f in sorted(bounds)) or "none"
-                    raise ScenarioError(f"--check {name}: the scenario has no bound on {fig!r} that explore keeps "
+                    raise ScenarioError(f"--check {name}: {did_you_mean(fig, bounds)}the scenario has no bound on "
+                                        f"{fig!r} that explore keeps "
                                         f"(a max in expect:, or any bound in explore.expect:; its bounds: {allowed}).")
                 origin = "explore.expect" if sc.explore and fig in sc.explore.expect else "the scenario's bound"
                 checks.append({"property": f"expect.{fig}", "figure": fig, "bound": bounds[fig],
                                "means": f"{origin} {_bound_text(fig, bounds[fig])}"})
         else:
-            raise ScenarioError(f"--check {name}: the properties are {', '.join(INVARIANTS)}, expect (every bound "
+            raise ScenarioError(f"--check {name}: {did_you_mean(name, list(INVARIANTS) + ['expect'])}the properties "
+                                f"are {', '.join(INVARIANTS)}, expect (every bound "
                                 "of the scenario's expect: with a max, and of its explore.expect:) and expect.FIGURE.")
     # an invariant checked already makes the scenario's same or looser upper bound on its figure redundant
     inv = {c["figure"]: c["bound"]["max"] for c in checks if c["property"] in INVARIANTS}

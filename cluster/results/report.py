@@ -18,6 +18,11 @@ from .text import _d, _n, bound_text, live_lockup_note, observed_text
 # --- the report ----------------------------------------------------------------------------------
 
 
+#: what ``unmaps.skipped_no_mapping`` counts, for the reader of report.md and the terminal
+SKIPPED_MEANS = ("each found no page mapped in its domain (every page of it already unmapped and "
+                 "not yet mapped again: topology.pages_per_domain), so there was nothing to unmap")
+
+
 def _queue_story(samples: dict | None) -> str | None:
     """Which command queues an unanswered CMD_SYNC wedged for a second or more, and until when."""
     if not samples or not samples.get("t"):
@@ -103,6 +108,9 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
     verdict = ("all held" if s["ok"] else "all held so far (the run did not complete)" if held and status != "complete"
                else "NOT all held")
     md.append(f"Status: **{status}**; {_d(s['sim_time_s'])} of scenario time; expectations {verdict}.")
+    if status == "failed" and s.get("error"):
+        md += ["", f"**The run failed** at {_d(s['sim_time_s'])}: {s['error']}. The figures below cover the run "
+                   "up to the failure."]
     md += ["", "## Verdict", ""] + [f"- {line}" for line in _verdict(s, samples, out_dir)]
     top = sc.topology
     md += ["", "## What the scenario did", "",
@@ -144,7 +152,8 @@ def write_report(sc, summary: dict, samples: dict | None, out_dir) -> list[Path]
     un = s["unmaps"]
     a = s["affected_unmap_latency_s"]
     md += ["", "## Stall and cost", "",
-           f"- unmaps completed {un['count']} of {un['arrived']} arrived ({un['incomplete']} still open at the end)",
+           f"- unmaps completed {un['count']} of {un['arrived']} arrived ({un['incomplete']} still open at the end"
+           + (f"; {un['skipped_no_mapping']:,} arrivals skipped: {SKIPPED_MEANS}" if un.get("skipped_no_mapping") else "") + ")",
            f"- healthy domains: p50 {_d(s['healthy_unmap_latency_s']['p50'])}, p99 "
            f"{_d(s['healthy_unmap_latency_s']['p99'])}, max {_d(s['healthy_unmap_latency_s']['max'])}",
            f"- affected domains: p50 {_d(a['p50'])}, p99 {_d(a['p99'])}, max {_d(a['max'])}",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ats_stress.iommu_actor.policy import validate_params
-from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, EVT_NAMES, OPCODE_NAMES
+from ats_stress.iommu_actor.spec import CMDQ_OP_CMD_SYNC, ETIMEDOUT, EVT_NAMES, OPCODE_NAMES
 
 from ats_stress.cluster.scenario import EXPECTABLE, Scenario
 from ats_stress.cluster.scenario.plan import last_fault_end
@@ -170,6 +170,7 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
     total_cmds = sum(commands.values())
     syncs = commands.get(OPCODE_NAMES[CMDQ_OP_CMD_SYNC], 0)
     notes = _merge_counts(n["notes"] for n in nodes)
+    sync_returns = any(n.get("sync_returns") for n in nodes)
     fences = sorted((f for o in oracles for f in o["fences"]), key=lambda f: (f["at_s"], f["sid"]))
     unfences = sorted((f for o in oracles for f in o["unfences"]), key=lambda f: (f["at_s"], f["sid"]))
     fence_lat = [f["latency_s"] for f in fences if f["latency_s"] is not None]
@@ -213,7 +214,11 @@ def build_summary(sc: Scenario, runtime: str, nodes: list[dict], oracles: list[d
         "healthy_unmap_latency_s": healthy_stats,
         "affected_unmap_latency_s": latency_stats(affected + open_a),
         "worst_stall_s": healthy_stats["max"],
-        "sync_timeouts": notes.get("sync_timeout", 0),
+        # software timeouts as the policy says them (Note("sync_timeout"), one per timed-out wait), or,
+        # for a policy that says nothing of its syncs (no such Note, no SyncReturned), from what its
+        # flushes returned (CompleteUnmap(err=-ETIMEDOUT))
+        "sync_timeouts": (notes.get("sync_timeout", 0) if "sync_timeout" in notes or sync_returns
+                          else sum(n["completion_errors"].get(str(-ETIMEDOUT), 0) for n in nodes)),
         "hw_atc_timeouts": _sum(nodes, "hw_atc_timeouts"),
         "cmdq_errors": _sum(nodes, "cmdq_errors"),
         "fences": fences,

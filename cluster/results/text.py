@@ -109,6 +109,7 @@ def print_summary(s: dict, console: Console | None = None) -> None:
         ("scenario time", _d(s.get("sim_time_s"))),
         ("wall time / events per s", f"{_d(_get(s, 'wall', 'time_s'))} / {_n(_get(s, 'wall', 'events_per_s'))}"),
         ("unmaps completed (incomplete)", f"{un.get('count')} ({un.get('incomplete')})"),
+        *([("arrivals skipped: no page mapped", un["skipped_no_mapping"])] if un.get("skipped_no_mapping") else []),
         ("healthy unmap latency p50 / p99 / max", f"{_d(hl.get('p50'))} / {_d(hl.get('p99'))} / {_d(hl.get('max'))}"),
         ("software sync timeouts", s.get("sync_timeouts")),
         ("hardware ATC timeouts (CERROR_ATC_INV_SYNC)", f"{s.get('hw_atc_timeouts')} ({s.get('cmdq_errors')})"),

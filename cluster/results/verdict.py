@@ -52,8 +52,10 @@ def failures(s: dict) -> list[dict[str, Any]]:
     n = s.get("uaf_exposures") or 0
     if n:
         leaked = len(s.get("uaf_by_sid") or {})
+        of = f" of {s['endpoints']:,}" if s.get("endpoints") else ""
         out.append({"mode": "uaf", "text": f"{n:,} UAF exposure{'s' if n != 1 else ''} (first at "
-                                           f"{_d(s.get('first_uaf_s'))}, {leaked} stream{'s' if leaked != 1 else ''})"})
+                                           f"{_d(s.get('first_uaf_s'))}; {leaked:,}{of} stream"
+                                           f"{'s' if (s.get('endpoints') or leaked) != 1 else ''} leaked)"})
     off = s.get("irqs_off_max_s") or 0.0
     if off > LOCKUP_BOUND_S:
         out.append({"mode": "hard_lockup", "text": f"hard lockup: a CPU kept interrupts off for {_d(off)} "

@@ -80,6 +80,10 @@ def _split_host_port(hostport: str, address: str, default_port: int | None) -> t
     return host.strip("[]"), int(port)
 
 
+#: where Ray warns "Token authentication is enabled for this Ray cluster" when it starts a local one
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
     """Join or start Ray. Returns True when this call started the connection (the caller shuts it
     down), False when Ray was already initialised (tests, embedding)."""
@@ -114,6 +118,9 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         old = None
     try:
         if a is None and not os.environ.get("RAY_ADDRESS"):
+            # an embedded cluster of our own, on this machine only: Ray turns token authentication
+            # on (its default for a new local cluster) and says so on every run; not to be printed
+            logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=num_cpus or max(2, os.cpu_count() or 2),
                      include_dashboard=False, object_store_memory=256 * 1024 * 1024, **kwargs)
         else:  # an address, or RAY_ADDRESS set (inside a Ray Job, ray.init() joins the job's cluster)

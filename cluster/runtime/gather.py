@@ -7,6 +7,8 @@ measured devices or the runtime (``saturated``).
 
 from __future__ import annotations
 
+import math
+
 import time
 from typing import Any
 
@@ -175,6 +177,9 @@ class Gathering:
             "stall_budget_s": self.stall_budget,
             "saturated": bool(reasons),
             "saturation": reasons,
+            # the time_scale this run's own measurements say would have carried it (None: it was not
+            # saturated): the warning's hint, from the worst of what it measured, not the idle start-up
+            "time_scale_hint": scale_hint(self.scale, c, worst, self.stall_budget) if reasons else None,
         }
 
 
@@ -201,3 +206,23 @@ def _empty_oracle() -> dict[str, Any]:
 
 def _empty_group(index: int) -> dict[str, Any]:
     return {**{k: 0 for k in GROUP_COUNTERS}, "modes": {}, "index": index}
+
+
+#: the headroom a hint leaves: at the suggested time_scale the load measured would be 1 / HEADROOM
+HEADROOM = 1.5
+
+
+def scale_hint(scale: float, ceiling: dict, worst_lag_wall: float, stall_budget: float) -> float:
+    """The time_scale at which every load this run measured would fit with ``HEADROOM``: the
+    start-up ceiling, the device round trip measured during the run (which grows under load, so the
+    start-up figure alone undershoots), its worst window, and the actors' lag against the stall
+    budget (scenario lag = wall lag / time_scale). Rounded up to two significant digits."""
+    loads = [ceiling.get("load") or 0.0]
+    live = ceiling.get("live") or {}
+    loads += [live.get("load") or 0.0, live.get("peak_load") or 0.0]
+    need = scale * max(loads) * HEADROOM
+    if stall_budget > 0:
+        need = max(need, worst_lag_wall / stall_budget * HEADROOM)
+    need = max(need, scale)
+    digits = 10 ** max(0, math.floor(math.log10(need)) - 1)
+    return math.ceil(need / digits) * digits

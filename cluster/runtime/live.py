@@ -30,6 +30,8 @@ from typing import Any
 
 import ray
 
+from ats_stress.cluster.plugins import error_text
+
 from .transport import ECHO, ECHO_REPLY, Transport
 from .wire import _Samples, bucket_by_sid
 
@@ -215,7 +217,7 @@ class LiveShell(Transport):
                 elif n == 0:
                     await asyncio.sleep(0)
         except Exception as exc:  # a model bug: say so, stop this actor's clock
-            self._error(f"{self.kind} actor {self.index}: {type(exc).__name__}: {exc}")
+            self._error(f"{self.kind} actor {self.index}: {error_text(exc)}")
         finally:
             self.done = True
             if self._finished is not None:
@@ -261,7 +263,7 @@ class LiveShell(Transport):
             self.model.on_messages(now, batch)
             self._drain()
         except Exception as exc:
-            self._error(f"{self.kind} actor {self.index}: {type(exc).__name__}: {exc}")
+            self._error(f"{self.kind} actor {self.index}: {error_text(exc)}")
             self.done = True
 
     def _drain(self) -> None:

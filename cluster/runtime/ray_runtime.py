@@ -138,9 +138,10 @@ class LiveRun(Startup, ChaosKills, Gathering):
             time.sleep(max(0.0, min(0.25, wake - time.time())))
         # let every actor reach the end of scenario time
         self._wait_done(timeout=max(10.0, 2.0 * self.scale))
+        self._poll()  # an error since the last poll (a plug-in's bad action near the end) fails the run too
         if not self.quiet:
             self._show(prev)
-        return "complete"
+        return "failed" if self.failure else "complete"
 
     def _poll(self) -> bool:
         import ray
@@ -338,7 +339,8 @@ def run_ray(sc: Scenario, *, address: str | None = None, out_dir: Path | str | N
         if transport["saturated"]:
             line = ("transport saturated: " + "; ".join(transport["saturation"]) +
                     ". This run's timeouts, fences and latencies measure the live runtime, not the devices; "
-                    f"{_knobs()}.")
+                    f"{_knobs()} (from what this run measured, --set runtime.time_scale="
+                    f"{transport['time_scale_hint']:g} should do).")
             run.warnings.append(line)
             _say(f"warning: {line}")
             summary["expectations"].append({"name": "transport_not_saturated", "ok": False,

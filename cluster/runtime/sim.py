@@ -18,6 +18,7 @@ from ats_stress.device_actors.endpoint import EndpointGroup
 from ats_stress.iommu_actor.node import SmmuNode
 from ats_stress.iommu_actor.policy import HwInfo, make_policy
 
+from ats_stress.cluster.plugins import error_text
 from ats_stress.cluster.scenario import Scenario, ScenarioError
 from ats_stress.iommu_actor.oracle import Oracle
 from ats_stress.cluster.scenario.plan import ChaosAction, Plan, build_plan
@@ -345,7 +346,7 @@ def run_sim(sc: Scenario, *, progress: Callable[[float, SimWorld], None] | None 
         status = "interrupted"
     except Exception as exc:  # a defect: keep what was gathered, say what broke
         status = "failed"
-        error = f"{type(exc).__name__}: {exc}"
+        error = error_text(exc)  # with the plug-in's file and line when the error is its own
     else:
         error = None
     wall = time.perf_counter() - started

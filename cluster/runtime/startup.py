@@ -248,7 +248,8 @@ class Startup:
                 f"{c['demand_syncs_per_s']:.0f} syncs/s over {c['queues_in_use_per_smmu']} queue(s) x "
                 f"{self.sc.topology.smmus} SMMU(s) ({c['syncs_per_unmap']:.3g} syncs per unmap), "
                 f"{c['load']:.1f}x what the live runtime can carry. Unmaps will queue up behind the "
-                f"transport, not behind devices; {_knobs()} (time_scale >= {need:.3g} should do).")
+                f"transport, not behind devices; {_knobs()} (time_scale {need:.3g} at the very least: the round "
+                f"trip grows under load, and the end of the run says what it measured).")
         p99 = percentile(self.rtt, 0.99) or 0.0
         if p99 / self.scale > self.stall_budget:
             self._warn(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ats_stress.iommu_actor.policy import PolicyError, validate_params
 from ats_stress.iommu_actor.spec import ARM_SMMU_CMDQ_MIN_ENTRIES
+from ats_stress.iommu_actor.suggest import did_you_mean
 from ats_stress.iommu_actor.units import Duration, parse_duration
 
 from .chaos import ChaosStep
@@ -171,13 +172,18 @@ EXPECTABLE: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 
 
+#: between the problems of one check across fields (``Scenario._steps_fit``): loading.py says each
+PROBLEMS_SEP = "\n"
+
+
 def known_figures(v: Any) -> Any:
     """An ``expect:`` mapping's figure names checked (also ``explore.expect``)."""
     if not isinstance(v, dict):
         return v  # pydantic says what it should be
     unknown = sorted(set(map(str, v)) - set(EXPECTABLE))
     if unknown:
-        raise ValueError(f"unknown figure {', '.join(unknown)}; figures that can be bounded: "
+        raise ValueError(f"unknown figure {', '.join(unknown)}; {did_you_mean(unknown[0], EXPECTABLE)}"
+                         "figures that can be bounded: "
                          f"{', '.join(sorted(EXPECTABLE))}")
     for name, bound in v.items():  # a count bounded by a duration ('5ms') is a slip, not 0.005
         if not EXPECTABLE[name][1] and isinstance(bound, dict):
@@ -224,39 +230,43 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _steps_fit(self):
+        """The checks across fields; every problem is said, one a line (split again by loading.py)."""
+        problems: list[str] = []
         top = self.topology
         irq_cpu = self.host.gerror_irq_cpu
         if irq_cpu != "idle" and irq_cpu >= top.cpus:
-            raise ValueError(f"host.gerror_irq_cpu: no CPU {irq_cpu} (topology.cpus is {top.cpus}: CPUs 0..{top.cpus - 1}, "
-                             "or 'idle')")
+            problems.append(f"host.gerror_irq_cpu: no CPU {irq_cpu} (topology.cpus is {top.cpus}: CPUs 0..{top.cpus - 1}, "
+                            "or 'idle')")
         for name, bound in self.expect.items():
             late = [t for t in bound.at if t <= 0 or t >= self.duration]
             if late:
-                raise ValueError(f"expect.{name}.at: {late[0]:g} s is not inside the run (0 to {self.duration:g} s, exclusive)")
+                problems.append(f"expect.{name}.at: {late[0]:g} s is not inside the run (0 to {self.duration:g} s, exclusive)")
         layout = None  # the placement, worked out once if a step needs it
         for i, step in enumerate(self.chaos):
             where = f"chaos.{i}"
             if step.at >= self.duration:
-                raise ValueError(f"{where}.at: {step.at:g} s is not before the end of the run "
-                                 f"(duration {self.duration:g} s)")
+                problems.append(f"{where}.at: {step.at:g} s is not before the end of the run "
+                                f"(duration {self.duration:g} s)")
             if step.fault == "storm":
                 if self.workload.trace is not None:
-                    raise ValueError(f"{where}: storm multiplies the synthetic unmap rate, and workload.trace replaces "
-                                     "it; to replay the trace faster use workload.trace_speed")
+                    problems.append(f"{where}: storm multiplies the synthetic unmap rate, and workload.trace replaces "
+                                    "it; to replay the trace faster use workload.trace_speed")
                 if step.smmu is not None and step.smmu >= top.smmus:
-                    raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
+                    problems.append(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
                 continue
             if step.endpoints:
                 bad = [e for e in step.endpoints if e >= top.endpoints]
                 if bad:
-                    raise ValueError(f"{where}.endpoints: no endpoint {bad[0]} (ids are 0..{top.endpoints - 1})")
+                    problems.append(f"{where}.endpoints: no endpoint {bad[0]} (ids are 0..{top.endpoints - 1})")
             if step.domain is not None and step.domain >= top.domains:
-                raise ValueError(f"{where}.domain: no domain {step.domain} (ids are 0..{top.domains - 1})")
+                problems.append(f"{where}.domain: no domain {step.domain} (ids are 0..{top.domains - 1})")
             if step.smmu is not None and step.smmu >= top.smmus:
-                raise ValueError(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
+                problems.append(f"{where}.smmu: no SMMU {step.smmu} (ids are 0..{top.smmus - 1})")
             if step.count is not None and step.count > top.endpoints:
-                raise ValueError(f"{where}.count: {step.count} is more than the {top.endpoints} endpoints")
-            if step.smmu is not None or step.domain is not None:  # selectors that narrow each other
+                problems.append(f"{where}.count: {step.count} is more than the {top.endpoints} endpoints")
+            in_range = ((step.smmu is None or step.smmu < top.smmus)
+                        and (step.domain is None or step.domain < top.domains))
+            if in_range and (step.smmu is not None or step.domain is not None):  # selectors that narrow each other
                 from .plan import placement, step_pool
 
                 layout = layout or placement(top)
@@ -264,17 +274,19 @@ class Scenario(Strict):
                 said = ", ".join(f"{k} {v}" for k, v in (("smmu", step.smmu), ("domain", step.domain))
                                  if v is not None)
                 if not pool:
-                    raise ValueError(f"{where}: selects no endpoint: none of its endpoints is on {said} (domains "
-                                     "and endpoints are split evenly over the SMMUs)")
+                    problems.append(f"{where}: selects no endpoint: none of its endpoints is on {said} (domains "
+                                    "and endpoints are split evenly over the SMMUs)")
                 if step.count is not None and step.count > len(pool):
-                    raise ValueError(f"{where}.count: {step.count} is more than the {len(pool)} endpoint(s) on {said}")
+                    problems.append(f"{where}.count: {step.count} is more than the {len(pool)} endpoint(s) on {said}")
         for pattern, dom in self.workload.trace_domains.items():
             if dom >= top.domains:
-                raise ValueError(f"workload.trace_domains: {pattern!r} maps to domain {dom}, but there are "
-                                 f"{top.domains} domains (0..{top.domains - 1})")
+                problems.append(f"workload.trace_domains: {pattern!r} maps to domain {dom}, but there are "
+                                f"{top.domains} domains (0..{top.domains - 1})")
         try:
             validate_params(self.policy.name, self.policy.params())
         except PolicyError as exc:
             msg = str(exc)
-            raise ValueError(f"policy.name: {msg}" if msg.startswith("unknown policy") else msg) from None
+            problems.append(f"policy.name: {msg}" if msg.startswith("unknown policy") else msg)
+        if problems:
+            raise ValueError(PROBLEMS_SEP.join(problems))
         return self

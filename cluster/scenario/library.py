@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ats_stress.iommu_actor.suggest import did_you_mean
+
 from .fields import ScenarioError
 
 #: the library: configs/scenarios/ of the ats_stress package (the repository root, or site-packages)
@@ -36,8 +38,9 @@ def resolve(scenario: str | Path) -> Path:
         if stem and candidate.is_file():
             return candidate
     known = ", ".join(names()) or "none: the library is not installed"
+    stem = text[:-5] if text.endswith(".yaml") else text
     raise ScenarioError(f"{text}: no such file, and no scenario of that name in the built-in library "
-                        f"({known}). Give the path of a scenario YAML file or a library name "
+                        f"({did_you_mean(Path(stem).name, names())}{known}). Give the path of a scenario YAML file or a library name "
                         "(`ats-stress scenarios` lists them with what each shows).")
 
 

@@ -8,6 +8,7 @@ allowed.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -15,9 +16,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ats_stress.iommu_actor.policy import PolicyError, get_policy
+from ats_stress.iommu_actor.suggest import did_you_mean
 
 from .chaos import FAULTS
-from .config import Scenario
+from .config import PROBLEMS_SEP, Scenario
 from .fields import ScenarioError
 from . import library
 
@@ -150,11 +152,17 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     if parent is None:
         return data
     if not isinstance(parent, str) or not parent:
-        raise ScenarioError(f"{path}: extends: must be the path of another scenario file (relative to this one).")
+        raise ScenarioError(f"{path}: extends: must be the path of another scenario file (relative to this one) "
+                            "or the name of a scenario of the built-in library.")
     parent_path = path.parent / parent
     if not parent_path.is_file():
-        raise ScenarioError(f"{path}: extends: {parent!r} is not a scenario file (looked for {parent_path}); "
-                            "the path is relative to the file that extends it.")
+        stem = parent[:-5] if parent.endswith(".yaml") else parent
+        in_library = library.LIBRARY / f"{stem}.yaml"
+        if "/" in parent or not stem or not in_library.is_file():
+            raise ScenarioError(f"{path}: extends: {parent!r} is neither a scenario file (looked for {parent_path}; "
+                                "the path is relative to the file that extends it) nor a scenario of the built-in "
+                                f"library ({did_you_mean(stem, library.names())}{', '.join(library.names())}).")
+        parent_path = in_library  # a library name: `extends: single-hang`
     base = _load_tree(parent_path, chain + (resolved,))
     return _merge(base, data)
 
@@ -235,9 +243,11 @@ def _problem(e: dict) -> tuple[list[str], str]:
     msg = msg.replace("Extra inputs are not permitted", "unknown field")  # e.g. a policy's parameters
     if e["type"] == "extra_forbidden":
         field = ".".join(parts) or "?"
-        return [], f"unknown field {field} (allowed: {', '.join(allowed_fields(e['loc']))})"
+        allowed = allowed_fields(e["loc"])
+        return [], f"unknown field {field} ({did_you_mean(parts[-1] if parts else field, allowed)}allowed: {', '.join(allowed)})"
     if e["type"] == "union_tag_invalid":
-        msg = f"unknown fault {(e.get('ctx') or {}).get('tag')!r}; faults are {', '.join(FAULTS)}"
+        tag = (e.get("ctx") or {}).get("tag")
+        msg = f"unknown fault {tag!r}; {did_you_mean(tag, FAULTS)}faults are {', '.join(FAULTS)}"
     elif e["type"] == "union_tag_not_found":
         msg = f"a chaos step needs fault: one of {', '.join(FAULTS)}"
     elif e["type"] == "missing":
@@ -264,13 +274,70 @@ def _from_set(path: list[str], sets: list[tuple[list[str], str]]) -> tuple[str |
     return inside, False
 
 
-def format_validation_error(source: str, exc: ValidationError, sets: list[tuple[list[str], str]] = (),
+def _errors(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors, a check across fields that found several problems split into one each."""
+    out = []
+    for e in errors:
+        msg = e["msg"]
+        if e["type"] == "value_error" and PROBLEMS_SEP in msg:
+            head = "Value error, " if msg.startswith("Value error, ") else ""
+            out += [{**e, "msg": head + part} for part in msg[len(head):].split(PROBLEMS_SEP)]
+        else:
+            out.append(e)
+    return out
+
+
+#: sections the checks across fields do not read: one that fails on its own is left at its default
+#: for a second look at the rest (a bad chaos step is left out alone)
+_INDEPENDENT = ("name", "description", "seed", "hardware", "runtime", "explore", "expect", "chaos", "policy")
+
+
+def all_errors(data: Any) -> list[dict]:
+    """Every problem of ``data`` in one pass. Pydantic checks the fields first and runs the checks
+    across them (``Scenario._steps_fit``: endpoints in range, the policy and its parameters, ...)
+    only when every field passed; so when fields fail, the failing sections that those checks do
+    not read are left out and the checks are run on the rest, so that a misspelled policy is said
+    beside a bad chaos step, not on the next run."""
+    try:
+        Scenario.model_validate(data)
+        return []
+    except ValidationError as exc:
+        errors = _errors(exc.errors())
+    if not isinstance(data, dict) or not all(e["loc"] for e in errors):
+        return errors
+    failing = {str(e["loc"][0]) for e in errors}
+    if not failing <= set(_INDEPENDENT):
+        return errors  # the checks read a section that failed: they would judge against its default
+    pruned = {k: v for k, v in data.items() if k not in failing - {"chaos"}}
+    kept = list(range(len(data.get("chaos") or []))) if isinstance(data.get("chaos"), list) else []
+    if "chaos" in failing and kept:
+        bad = {e["loc"][1] for e in errors if e["loc"][0] == "chaos" and len(e["loc"]) > 1}
+        kept = [i for i in kept if i not in bad]
+        pruned["chaos"] = [data["chaos"][i] for i in kept]
+    elif "chaos" in failing:
+        pruned.pop("chaos", None)
+    try:
+        Scenario.model_validate(pruned)
+    except ValidationError as again:
+        for e in _errors(again.errors()):
+            if e["loc"]:
+                continue  # a field of a section left at its default: said already, or not a problem
+            msg = e["msg"]
+            m = re.match(r"(Value error, )?chaos\.(\d+)", msg)
+            if m and int(m.group(2)) < len(kept):  # the step's number in the file
+                start = m.start(2)
+                msg = msg[:start] + str(kept[int(m.group(2))]) + msg[m.end(2):]
+            errors.append({**e, "msg": msg})
+    return errors
+
+
+def format_validation_error(source: str, exc: ValidationError | list[dict], sets: list[tuple[list[str], str]] = (),
                             file_problems: set[tuple[str, ...]] | None = None) -> str:
     """One paragraph: each problem with its field path, blamed on the --set option that wrote the
     field, else on the file. A check of a whole section with a --set inside it is the option's
     when the file alone passes it (``file_problems``: the paths the file alone fails), else both's."""
     in_file, by_set = [], []
-    for e in exc.errors():
+    for e in (exc if isinstance(exc, list) else _errors(exc.errors())):
         path, text = _problem(e)
         item, alone = _from_set(path, list(sets))
         if item is not None and not alone and file_problems is not None and tuple(path) not in file_problems:
@@ -291,16 +358,13 @@ def scenario_from_dict(data: dict, source: str = "<scenario>", sets: list[str] =
     ``before_sets``: the data as the file gave it, to tell whose a problem is)."""
     try:
         return Scenario.model_validate(data)
-    except ValidationError as exc:
+    except ValidationError:
+        errors = all_errors(data)
         parsed = [(_parse_set(item)[0], item) for item in sets]
         file_problems = None
         if before_sets is not None:
-            try:
-                Scenario.model_validate(before_sets)
-                file_problems = set()
-            except ValidationError as alone:
-                file_problems = {tuple(_problem(e)[0]) for e in alone.errors()}
-        raise ScenarioError(format_validation_error(source, exc, parsed, file_problems)) from None
+            file_problems = {tuple(_problem(e)[0]) for e in all_errors(before_sets)}
+        raise ScenarioError(format_validation_error(source, errors, parsed, file_problems)) from None
 
 
 def load_scenario(path: str | Path, sets: list[str] | None = None, *, policy: str | None = None,
