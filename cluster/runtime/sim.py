@@ -1,17 +1,18 @@
 """The ``sim`` runtime: the whole model in one process on virtual time.
 
-A SimPy-sized event loop: a heap of ``(time, sequence, callback, argument)``; the sequence number
-makes ties deterministic, so a scenario and a seed give the same run, bit for bit. PCIe messages
-travel in batches (everything one side emits in one step, per destination) after
-``hardware.link_latency``, in order, the way the ray runtime ships msgpack batches.
+A SimPy-sized event loop of ``(time, sequence, callback, argument)`` entries: a heap for timers, a
+FIFO for PCIe batches; the sequence number makes ties deterministic, so a scenario and a seed give
+the same run, bit for bit. PCIe messages travel in batches (everything one side emits in one step,
+per destination) after ``hardware.link_latency``, in order, the way the ray runtime ships msgpack
+batches.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from itertools import count
 from heapq import heappop, heappush
+from itertools import count
 from typing import Any, Callable
 
 from ats_stress.device_actors.endpoint import EndpointGroup
