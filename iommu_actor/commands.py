@@ -119,7 +119,7 @@ def cmd_tlbi_nh_asid(asid: int) -> Cmd:
     return build_cmd(CMDQ_OP_TLBI_NH_ASID, asid=asid)
 
 
-@lru_cache(maxsize=4096)  # every probe of one unmap asks for the same span
+@lru_cache(maxsize=8)  # every probe of one unmap asks for the same span (small: a trace replay asks many)
 def atc_inv_span(addr: int, npages: int) -> tuple[int, int]:
     """The naturally aligned power-of-two span covering [addr, addr+npages): (base, log2 size).
 

@@ -1,17 +1,18 @@
 """The ``sim`` runtime: the whole model in one process on virtual time.
 
-A SimPy-sized event loop: a heap of ``(time, sequence, callback, argument)``; the sequence number
-makes ties deterministic, so a scenario and a seed give the same run, bit for bit. PCIe messages
-travel in batches (everything one side emits in one step, per destination) after
-``hardware.link_latency``, in order, the way the ray runtime ships msgpack batches.
+A SimPy-sized event loop of ``(time, sequence, callback, argument)`` entries: a heap for timers, a
+FIFO for PCIe batches; the sequence number makes ties deterministic, so a scenario and a seed give
+the same run, bit for bit. PCIe messages travel in batches (everything one side emits in one step,
+per destination) after ``hardware.link_latency``, in order, the way the ray runtime ships msgpack
+batches.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from itertools import count
 from heapq import heappop, heappush
+from itertools import count
 from typing import Any, Callable
 
 from ats_stress.device_actors.endpoint import EndpointGroup
@@ -31,6 +32,8 @@ class EventLoop:
     Two queues make one order: a heap for timers, and a FIFO for PCIe batches (``link``), which all
     travel the same latency, so they arrive in the order they were sent and need no heap. ``run``
     takes whichever head is earlier by (time, sequence): the same order one heap would give.
+    An entry is ``(time, sequence, fn, arg, after)``: ``run`` calls ``fn(time, arg)``, then
+    ``after()`` if there is one (a model's step, then the delivery of what it emitted).
     """
 
     __slots__ = ("heap", "fifo", "seq", "now", "events")
@@ -45,18 +48,20 @@ class EventLoop:
         self.now = 0.0
         self.events = 0
 
-    def at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
+    def at(self, t: float, fn: Callable[[float, Any], None], arg: Any = None,
+           after: Callable[[], None] | None = None) -> None:
         if t < self.now:
             raise ValueError(f"cannot schedule in the past ({t} < {self.now})")
-        heappush(self.heap, (t, next(self.seq), fn, arg))
+        heappush(self.heap, (t, next(self.seq), fn, arg, after))
 
-    def link(self, t: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
+    def link(self, t: float, fn: Callable[[float, Any], None], arg: Any = None,
+             after: Callable[[], None] | None = None) -> None:
         """Schedule at ``t``, which must not be earlier than anything ``link`` scheduled before
         (``now`` plus a fixed latency)."""
         fifo = self.fifo
         if t < self.now or (fifo and t < fifo[-1][0]):
             raise ValueError(f"link: {t} is earlier than now or than the last batch in flight")
-        fifo.append((t, next(self.seq), fn, arg))
+        fifo.append((t, next(self.seq), fn, arg, after))
 
     def run(self, until: float) -> None:
         heap = self.heap
@@ -87,6 +92,8 @@ class EventLoop:
                 t = e[0]
                 self.now = t
                 e[2](t, e[3])
+                if e[4] is not None:
+                    e[4]()
                 n += 1
         finally:
             self.events += n
@@ -121,22 +128,19 @@ class SimWorld:
         self.link = sc.hardware.link_latency
         self.sid_node = plan.sid_node
         self.sid_group = plan.sid_group
-        # callbacks, made once per node and group: each step runs the model, then delivers what it
-        # emitted (its timers on the heap, its messages after the link latency, one batch per peer)
-        self._node_timer: list = []
-        self._node_msgs: list = []
-        self._group_timer: list = []
-        self._group_msgs: list = []
+        # an event runs a node's or a group's step (its on_timer or on_messages), then its flush:
+        # the delivery of what the step emitted (its timers on the heap, its messages after the link
+        # latency, one batch per peer). The flushes are made once per node and group.
         self._flush_node_fns: list = []
         self._flush_group_fns: list = []
         for i in range(len(self.nodes)):
-            self._wire_node(i)
+            self._flush_node_fns.append(self._make_node_flush(i))
         for i in range(len(self.groups)):
-            self._wire_group(i)
+            self._flush_group_fns.append(self._make_group_flush(i))
 
     # callbacks ---------------------------------------------------------------------------------
 
-    def _wire_node(self, i: int) -> None:
+    def _make_node_flush(self, i: int):
         node = self.nodes[i]
         loop = self.loop
         heap = loop.heap
@@ -144,12 +148,12 @@ class SimWorld:
         seq = loop.seq
         link = self.link
         sid_group = self.sid_group
-        group_msgs = self._group_msgs  # filled by _wire_group
+        group_messages = [g.on_messages for g in self.groups]
+        group_flushes = self._flush_group_fns  # filled once every flush exists
         single = len(self.groups) == 1
-        node_timer = node.on_timer
-        node_messages = node.on_messages
+        on_timer = node.on_timer
 
-        def flush():  # node.drain(), without fresh lists when a side is empty
+        def flush():  # node.drain(), without fresh lists; most steps (DMA, a completion) emit nothing
             now = loop.now
             timers = node.timers
             if timers:
@@ -157,18 +161,18 @@ class SimWorld:
                 for t, tag in timers:
                     if t < now:
                         raise ValueError(f"cannot schedule in the past ({t} < {now})")
-                    heappush(heap, (t, next(seq), on_timer, tag))
+                    heappush(heap, (t, next(seq), on_timer, tag, flush))
             msgs = node.outbox
             if msgs:
                 node.outbox = []
                 at = now + link
                 if single:
-                    fifo.append((at, next(seq), group_msgs[0], msgs))
+                    fifo.append((at, next(seq), group_messages[0], msgs, group_flushes[0]))
                     return
                 if len(msgs) == 1:  # one message (an Invalidate Request, a translation)
                     g = sid_group.get(msgs[0][1])
                     if g is not None:
-                        fifo.append((at, next(seq), group_msgs[g], msgs))
+                        fifo.append((at, next(seq), group_messages[g], msgs, group_flushes[g]))
                     return
                 batches: dict[int, list] = {}
                 for m in msgs:
@@ -180,23 +184,10 @@ class SimWorld:
                         else:
                             b.append(m)
                 for g, batch in batches.items():
-                    fifo.append((at, next(seq), group_msgs[g], batch))
+                    fifo.append((at, next(seq), group_messages[g], batch, group_flushes[g]))
+        return flush
 
-        def on_timer(t, tag):
-            node_timer(t, tag)
-            if node.outbox or node.timers:
-                flush()
-
-        def on_messages(t, batch):
-            node_messages(t, batch)
-            if node.outbox or node.timers:  # most deliveries (DMA, a completion) emit nothing
-                flush()
-
-        self._node_timer.append(on_timer)
-        self._node_msgs.append(on_messages)
-        self._flush_node_fns.append(flush)
-
-    def _wire_group(self, i: int) -> None:
+    def _make_group_flush(self, i: int):
         group = self.groups[i]
         loop = self.loop
         heap = loop.heap
@@ -204,10 +195,10 @@ class SimWorld:
         seq = loop.seq
         link = self.link
         sid_node = self.sid_node
-        node_msgs = self._node_msgs
+        node_messages = [n.on_messages for n in self.nodes]
+        node_flushes = self._flush_node_fns
         single = len(self.nodes) == 1
-        group_timer = group.on_timer
-        group_messages = group.on_messages
+        on_timer = group.on_timer
         drain = group.drain
 
         def flush():
@@ -216,11 +207,12 @@ class SimWorld:
             for t, tag in timers:
                 if t < now:
                     raise ValueError(f"cannot schedule in the past ({t} < {now})")
-                heappush(heap, (t, next(seq), on_timer, tag))
+                heappush(heap, (t, next(seq), on_timer, tag, flush))
             if msgs:
                 at = now + link
                 if single or len(msgs) == 1:  # one node, or one message (a DMA, a completion)
-                    fifo.append((at, next(seq), node_msgs[0 if single else sid_node[msgs[0][1]]], msgs))
+                    n = 0 if single else sid_node[msgs[0][1]]
+                    fifo.append((at, next(seq), node_messages[n], msgs, node_flushes[n]))
                     return
                 batches: dict[int, list] = {}
                 for m in msgs:
@@ -231,19 +223,8 @@ class SimWorld:
                     else:
                         b.append(m)
                 for n, batch in batches.items():
-                    fifo.append((at, next(seq), node_msgs[n], batch))
-
-        def on_timer(t, tag):
-            group_timer(t, tag)
-            flush()
-
-        def on_messages(t, batch):
-            group_messages(t, batch)
-            flush()
-
-        self._group_timer.append(on_timer)
-        self._group_msgs.append(on_messages)
-        self._flush_group_fns.append(flush)
+                    fifo.append((at, next(seq), node_messages[n], batch, node_flushes[n]))
+        return flush
 
     def _flush_node(self, i: int) -> None:
         self._flush_node_fns[i]()
