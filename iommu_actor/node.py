@@ -368,6 +368,8 @@ class SmmuNode(CpuJobs, ReplayJobs):
     def _apply(self, a) -> None:
         t = type(a)
         if t is Submit:
+            if a.queue < 0:  # Python would index from the end: a plug-in's bug, not the last queue
+                raise bad_action(self, a)
             self.write_cmds(a.queue, a.cmds)
         elif t is SetTimer:
             if not a.at >= self.now:  # in the past, or not a time: a relative delay is the usual slip
@@ -418,10 +420,13 @@ class SmmuNode(CpuJobs, ReplayJobs):
             if a.sid not in self.smmu.ste_mem:
                 raise bad_action(self, a)
             self.outbox.append((MSG_PRESENCE_QUERY, a.sid, 0, 0, 0))
-        elif t is LocalIrqSave:
-            self.irq_save(a.cpu)
-        elif t is LocalIrqRestore:
-            self.irq_restore(a.cpu)
+        elif t is LocalIrqSave or t is LocalIrqRestore:
+            if a.cpu < 0:  # as for a queue: not the last CPU
+                raise bad_action(self, a)
+            if t is LocalIrqSave:
+                self.irq_save(a.cpu)
+            else:
+                self.irq_restore(a.cpu)
         elif t is WaitCmdqSpace:
             self._wait_space(a)
         elif t is SpinEnd:

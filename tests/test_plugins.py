@@ -119,6 +119,7 @@ BAD_ACTIONS = ROOT / "tests" / "plugins" / "bad_actions.py"
 
 @pytest.mark.parametrize("mistake, says", [
     ("queue", ["Submit(queue=99", "queue=99 is not a command queue", "0..0", "hardware.command_queues"]),
+    ("queue-negative", ["Submit(queue=-1", "queue=-1 is not a command queue", "0..0"]),
     ("cmds", ["Submit(queue=0", "cmds[0] is 'not a command' (str)", "iommu_actor/commands.py"]),
     ("unknown-unmap", ["CompleteUnmap(unmap=12345", "no flush the host started", "UnmapStart"]),
     ("twice", ["CompleteUnmap(unmap=0", "unmap=0 was already completed"]),
@@ -131,6 +132,7 @@ BAD_ACTIONS = ROOT / "tests" / "plugins" / "bad_actions.py"
     ("timer-str", ["SetTimer(at='soon'", "is not a time in seconds"]),
     ("irq-save", ["LocalIrqSave(cpu=64", "cpu=64 is not a CPU", "0..3", "topology.cpus"]),
     ("irq-restore", ["LocalIrqRestore(cpu=-7", "cpu=-7 is not a CPU"]),
+    ("irq-save-negative", ["LocalIrqSave(cpu=-1", "cpu=-1 is not a CPU", "0..3"]),
     ("space-queue", ["WaitCmdqSpace(queue=5", "queue=5 is not a command queue"]),
     ("space-entries", ["WaitCmdqSpace(queue=0, entries=100000", "1..65536 entries"]),
 ])

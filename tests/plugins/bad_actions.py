@@ -34,6 +34,7 @@ class BadActions(Policy):
         m = self.params.mistake
         return {
             "queue": [Submit(99, (cmd_sync(1),))],
+            "queue-negative": [Submit(-1, (cmd_sync(1),))],  # not the last queue, as Python would index
             "cmds": [Submit(0, ("not a command",))],
             "unknown-unmap": [CompleteUnmap(12345)],
             "twice": [CompleteUnmap(ev.unmap), CompleteUnmap(ev.unmap)],
@@ -46,6 +47,7 @@ class BadActions(Policy):
             "timer-str": [SetTimer("soon", "t")],
             "irq-save": [LocalIrqSave(64)],
             "irq-restore": [LocalIrqRestore(-7)],
+            "irq-save-negative": [LocalIrqSave(-1)],
             "space-queue": [WaitCmdqSpace(5, 1, "t")],
             "space-entries": [WaitCmdqSpace(0, 100000, "t")],
         }[m]
