@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every figure quoted in docs/policies.md (sim runtime; seeds fixed, so the figures are
-# exactly reproducible), then rewrites its tables (docs/render.py). About 20 minutes on 2 cores.
+# exactly reproducible), then rewrites its tables (docs/render.py). About 16 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${ATS_STRESS:-.venv/bin/ats-stress}
