@@ -209,7 +209,7 @@ def _empty_group(index: int) -> dict[str, Any]:
 
 
 #: the headroom a hint leaves: at the suggested time_scale the load measured would be 1 / HEADROOM
-HEADROOM = 1.5
+HEADROOM = 2.0
 
 
 def scale_hint(scale: float, ceiling: dict, worst_lag_wall: float, stall_budget: float) -> float:
