@@ -5,8 +5,8 @@ Sans-IO: the runtime calls ``start``, ``on_messages``, ``on_timer``, ``apply_fau
 
 Each endpoint has an Address Translation Cache (LRU, ``atc_entries``: a dict in use order, oldest
 first), filled by Translation Requests; DMA goes out as translated requests on an ATC hit. An
-entry is ``(pa, tag, kind)``: ``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or, once an Invalidate Request that
-covers it has been received and not processed yet (held while hung; in progress on a device slowed
+entry is ``(pa, tag, kind)``: ``kind`` is the message its DMA goes out as: MSG_TRANSLATED, or,
+once an Invalidate Request that covers it has been received and not processed yet (held while hung; in progress on a device slowed
 by chaos: a healthy device's few microseconds are not marked) or answered without dropping it
 (lie), MSG_TRANSLATED_PENDING / MSG_TRANSLATED_KEPT: the same TLP, which the story of a UAF reads. Invalidate Requests are processed
 after a latency drawn from a log-normal distribution given by its median and p99, and answered
@@ -296,7 +296,7 @@ class EndpointGroup:
         if mode >= REMOVED:  # _INACTIVE
             self.inv_ignored += 1
             return
-        if mode == HANG or (mode == FLAP and ep.flap_hung):  # ep.hung
+        if ep.hung:
             ep.pending.append((itag, addr, size))
             _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return
@@ -314,7 +314,7 @@ class EndpointGroup:
         if mode >= REMOVED:  # _INACTIVE
             self.inv_ignored += 1
             return
-        if mode == HANG or (mode == FLAP and ep.flap_hung):  # ep.hung
+        if ep.hung:
             ep.pending.append((itag, addr, size))
             _mark(ep.atc, addr, size, MSG_TRANSLATED_PENDING)
             return

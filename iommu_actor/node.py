@@ -68,7 +68,7 @@ from .policy import (
     WriteSte,
 )
 from .replay import ReplayJobs
-from .reset import CORE_TOKEN_BASE, T_CORE, ResetPath
+from .reset import T_CORE, ResetPath
 from .smmu import Smmu
 from .spec import (
     CMDQ_OP_CMD_SYNC,
@@ -259,7 +259,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
         self.timers.append((at, (T_HW, queue)))
 
     def sync_done(self, queue: int, token: int) -> None:
-        if token >= CORE_TOKEN_BASE:  # self.core.owns(token), inlined: once per CMD_SYNC
+        if self.core.owns(token):
             self.core.sync_done(token)
         else:
             self._events.append(SyncDone(queue, token))

@@ -29,8 +29,9 @@ from ats_stress.cluster.results.summary import build_summary, check_expectations
 class EventLoop:
     """Virtual time. ``at`` schedules, ``run`` pops in (time, sequence) order.
 
-    Two queues make one order: a heap for timers, and a FIFO for PCIe batches (``link``), which all
-    travel the same latency, so they arrive in the order they were sent and need no heap. ``run``
+    Two queues make one order: a heap for timers, and a FIFO for PCIe batches (the world's flushes
+    append them at ``now`` + ``hardware.link_latency``): they all travel the same latency, so they
+    arrive in the order they were sent and need no heap. ``run``
     takes whichever head is earlier by (time, sequence): the same order one heap would give.
     An entry is ``(time, sequence, fn, arg, after)``: ``run`` calls ``fn(time, arg)``, then
     ``after()`` if there is one (a model's step, then the delivery of what it emitted).
@@ -53,15 +54,6 @@ class EventLoop:
         if t < self.now:
             raise ValueError(f"cannot schedule in the past ({t} < {self.now})")
         heappush(self.heap, (t, next(self.seq), fn, arg, after))
-
-    def link(self, t: float, fn: Callable[[float, Any], None], arg: Any = None,
-             after: Callable[[], None] | None = None) -> None:
-        """Schedule at ``t``, which must not be earlier than anything ``link`` scheduled before
-        (``now`` plus a fixed latency)."""
-        fifo = self.fifo
-        if t < self.now or (fifo and t < fifo[-1][0]):
-            raise ValueError(f"link: {t} is earlier than now or than the last batch in flight")
-        fifo.append((t, next(self.seq), fn, arg, after))
 
     def run(self, until: float) -> None:
         heap = self.heap
@@ -98,6 +90,21 @@ class EventLoop:
         finally:
             self.events += n
         self.now = until
+
+
+def _by_peer(msgs: list, peer_of: Callable[[int], int | None]) -> dict[int, list]:
+    """One step's messages as one batch per peer (node or group), in the order sent; a message whose
+    StreamID has no peer (``peer_of`` gives None) is dropped."""
+    batches: dict[int, list] = {}
+    for m in msgs:
+        p = peer_of(m[1])
+        if p is not None:
+            b = batches.get(p)
+            if b is None:
+                batches[p] = [m]
+            else:
+                b.append(m)
+    return batches
 
 
 class SimWorld:
@@ -174,16 +181,8 @@ class SimWorld:
                     if g is not None:
                         fifo.append((at, next(seq), group_messages[g], msgs, group_flushes[g]))
                     return
-                batches: dict[int, list] = {}
-                for m in msgs:
-                    g = sid_group.get(m[1])
-                    if g is not None:  # a StreamID with no endpoint behind it: nobody answers
-                        b = batches.get(g)
-                        if b is None:
-                            batches[g] = [m]
-                        else:
-                            b.append(m)
-                for g, batch in batches.items():
+                # a StreamID with no endpoint behind it (None): nobody answers
+                for g, batch in _by_peer(msgs, sid_group.get).items():
                     fifo.append((at, next(seq), group_messages[g], batch, group_flushes[g]))
         return flush
 
@@ -214,15 +213,7 @@ class SimWorld:
                     n = 0 if single else sid_node[msgs[0][1]]
                     fifo.append((at, next(seq), node_messages[n], msgs, node_flushes[n]))
                     return
-                batches: dict[int, list] = {}
-                for m in msgs:
-                    n = sid_node[m[1]]
-                    b = batches.get(n)
-                    if b is None:
-                        batches[n] = [m]
-                    else:
-                        b.append(m)
-                for n, batch in batches.items():
+                for n, batch in _by_peer(msgs, sid_node.__getitem__).items():
                     fifo.append((at, next(seq), node_messages[n], batch, node_flushes[n]))
         return flush
 

@@ -248,8 +248,7 @@ class FenceCore(Fencing, Policy):
         return self._pick_queue(cpu)
 
     def _submit(self, now: float, p: _Probe, queue: int) -> list:
-        self._next_token += 1  # _new_token()
-        token = p.token = self._next_token
+        token = p.token = self._new_token()
         p.queue = queue
         self._seq += 1
         p.seq = self._seq
