@@ -63,7 +63,10 @@ class Cmd:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Cmd):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in Cmd.__slots__)
+        return self._fields() == other._fields()
+
+    def _fields(self) -> tuple:
+        return (self.op, self.sid, self.ssid, self.ssv, self.addr, self.size, self.asid, self.token, self.cs)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -32,8 +32,12 @@ Sans-IO: it is told things with the scenario time; it never reads a clock.
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
 from .spec import STRTAB_STE_0_CFG_S1_TRANS, STRTAB_STE_1_EATS_TRANS
+
+if TYPE_CHECKING:
+    from .uaftrace import UafTrace
 
 #: who wrote an STE that took effect
 BY_POLICY = "policy"
@@ -70,7 +74,7 @@ class Oracle:
         #: faulty sid -> when the driver first saw a symptom pointing at it (see "catchable" above)
         self.catchable: dict[int, float] = {}
         #: the story of each UAF (iommu_actor/uaftrace.py), told when one is counted; None: not kept
-        self.trace = None
+        self.trace: UafTrace | None = None
 
     # --- what happened to memory --------------------------------------------------------------
 

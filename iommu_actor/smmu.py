@@ -330,6 +330,7 @@ class Smmu:
         q.hw_timer_at = -1.0
         inflight = q.inflight
         timeout = self.hw_timeout
+        assert timeout is not None  # the timer is armed only when the hardware gives up
         expired = []
         while inflight:
             rec = inflight[0]

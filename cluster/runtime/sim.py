@@ -42,7 +42,7 @@ class EventLoop:
     # ``seq`` is an itertools.count: ``next(loop.seq)`` numbers an event (one C call, where an
     # attribute += 1 is two bytecodes and a store per event)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.heap: list = []
         self.fifo: deque = deque()
         self.seq = count(1)
