@@ -146,3 +146,12 @@ def bad_action(node, a, exc: BaseException | None = None) -> BaseException | Non
         return None
     return PolicyActionError(f"policy {policy.name!r} returned {_short(a)} at {node.now:.6f} s: {why}. "
                              f"(its handle() is at {where(policy)})")
+
+
+def refused(node, a) -> BaseException:
+    """The error for action ``a``, which the node has found wrong itself (a negative queue, a time
+    in the past, an unknown SID): ``problem`` names why."""
+    err = bad_action(node, a)
+    return err if err is not None else PolicyActionError(
+        f"policy {node.policy.name!r} returned {_short(a)} at {node.now:.6f} s, which the model cannot carry out. "
+        f"(its handle() is at {where(node.policy)})")

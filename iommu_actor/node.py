@@ -34,7 +34,7 @@ from ats_stress.device_actors.pcie import (
     MSG_UNTRANSLATED,
 )
 
-from .bad_action import bad_action
+from .bad_action import bad_action, refused
 from .cmdq import INV_OUTSTANDING
 from .cpus import T_FQ, CpuJobs
 from .flushq import FlushQueue
@@ -369,11 +369,11 @@ class SmmuNode(CpuJobs, ReplayJobs):
         t = type(a)
         if t is Submit:
             if a.queue < 0:  # Python would index from the end: a plug-in's bug, not the last queue
-                raise bad_action(self, a)
+                raise refused(self, a)
             self.write_cmds(a.queue, a.cmds)
         elif t is SetTimer:
             if not a.at >= self.now:  # in the past, or not a time: a relative delay is the usual slip
-                raise bad_action(self, a)
+                raise refused(self, a)
             self.timers.append((a.at, (T_POLICY, a.token)))
         elif t is CompleteUnmap:
             self._complete(a.unmap, a.err)
@@ -403,26 +403,26 @@ class SmmuNode(CpuJobs, ReplayJobs):
             self.core.reset(a.sid)
         elif t is DisableAts:
             if a.sid not in self.smmu.ste_mem:
-                raise bad_action(self, a)
+                raise refused(self, a)
             if a.deferred:
                 self.core.disable_ats(a.sid)
             else:
                 self.core.ats_off_now(a.sid)
         elif t is SetBusMaster:
             if a.sid not in self.smmu.ste_mem:
-                raise bad_action(self, a)
+                raise refused(self, a)
             self.core.set_bus_master(a.sid, a.enable)
         elif t is ReportBroken:
             if a.sid not in self.smmu.ste_mem:
-                raise bad_action(self, a)
+                raise refused(self, a)
             self.core.report_broken(a.sid)
         elif t is QueryPresence:
             if a.sid not in self.smmu.ste_mem:
-                raise bad_action(self, a)
+                raise refused(self, a)
             self.outbox.append((MSG_PRESENCE_QUERY, a.sid, 0, 0, 0))
         elif t is LocalIrqSave or t is LocalIrqRestore:
             if a.cpu < 0:  # as for a queue: not the last CPU
-                raise bad_action(self, a)
+                raise refused(self, a)
             if t is LocalIrqSave:
                 self.irq_save(a.cpu)
             else:
@@ -518,7 +518,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
     def _wait_space(self, a: WaitCmdqSpace) -> None:
         q = self.smmu.queues[a.queue]
         if not 0 < a.entries <= q.capacity:  # room that can never be free
-            raise bad_action(self, a)
+            raise refused(self, a)
         if q.capacity - q.depth >= a.entries and not self.parked.get(a.queue):
             self._events.append(CmdqSpace(a.queue, a.token))  # room already: the driver reads CONS again
             return
@@ -573,7 +573,8 @@ class SmmuNode(CpuJobs, ReplayJobs):
 
     def open_unmap_ages(self, now: float) -> tuple[list[float], list[float]]:
         """Ages of unmaps not complete at ``now`` (started or waiting for their CPU): healthy, affected."""
-        healthy, affected = [], []
+        healthy: list[float] = []
+        affected: list[float] = []
         for cpu in range(self.spec.cpus):
             cur = self.cpu_current[cpu]
             for j in ([cur] if cur is not None else []) + list(self.cpu_pending[cpu]):
@@ -596,7 +597,7 @@ class SmmuNode(CpuJobs, ReplayJobs):
 
     def pending_iovas(self) -> int:
         """Lazy mode: IOVAs still waiting in flush queues."""
-        return sum(d.fq.pending() for d in self.domains) if self.lazy else 0
+        return sum(d.fq.pending() for d in self.domains if d.fq is not None) if self.lazy else 0
 
     def sync_count(self) -> int:
         return self.smmu.cmd_counts.get(CMDQ_OP_CMD_SYNC, 0)

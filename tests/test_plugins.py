@@ -239,3 +239,22 @@ def test_a_driver_that_reports_its_syncs_keeps_its_own_timeout_count():
     assert s["sync_returns"] and "sync_timeout" not in s["notes"]
     assert s["completion_errors"].get("-110", 0) > 0, s["completion_errors"]
     assert s["sync_timeouts"] == 0
+
+
+def test_an_action_the_node_refuses_is_always_a_policy_action_error():
+    """The node's own checks (a negative queue, a timer in the past, an unknown SID) raise what
+    ``refused`` gives: a PolicyActionError naming the policy even if the diagnosis finds nothing
+    more to say, never ``raise None``."""
+    from helpers import scenario
+
+    from ats_stress.cluster.runtime.sim import SimWorld
+    from ats_stress.cluster.scenario.plan import build_plan
+    from ats_stress.iommu_actor.bad_action import PolicyActionError, refused
+    from ats_stress.iommu_actor.policy import SetTimer, Submit
+
+    node = SimWorld(build_plan(scenario(duration=0.05))).nodes[0]
+    fine = refused(node, SetTimer(1.0, "t"))  # nothing wrong with it by itself
+    assert isinstance(fine, PolicyActionError), fine
+    assert "which the model cannot carry out" in str(fine) and f"policy {node.policy.name!r}" in str(fine)
+    negative = refused(node, Submit(-1, ()))
+    assert isinstance(negative, PolicyActionError) and "queue=-1 is not a command queue" in str(negative)
