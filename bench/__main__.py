@@ -4,7 +4,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["sim_vs_simpy", "sim_reference", "live_scale", "live_throughput", "timer_accuracy", "live_memory",
-              "scaling", "fanout", "sim_speed", "explore_boundary"]
+              "scaling", "fanout", "sim_speed", "explore_boundary", "sim_ceiling"]
 
 
 def main(argv: list[str]) -> int:
