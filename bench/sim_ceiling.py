@@ -8,10 +8,10 @@ as a child process on the same interpreter, old and new alternating, best of ``-
 
 - ``cython``: the 13 modules of the model's hot path compiled by Cython as they are (pure-Python
   mode, no type declarations). Needs Cython and a C compiler (``pip install cython``), else skipped.
-- ``mypyc``: the 9 of them that mypy type-checks (the SMMU, its queue and commands, the node, the
-  oracle, the endpoints, the sim loop) compiled by mypyc. Needs ``pip install mypy``, else skipped.
-  The policies and the CPU model do not compile: their mixins read attributes of the class they are
-  mixed into, and plug-ins subclass Policy.
+- ``mypyc``: 9 of them, the model's machinery (the SMMU, its queue and commands, the node, the
+  oracle, the endpoints, the sim loop), compiled by mypyc. Needs ``pip install mypy``, else skipped.
+  The policies and the CPU model are left out: their mixins read attributes of the class they are
+  mixed into, and plug-ins subclass Policy, which mypyc's native classes do not allow.
 - ``draws``: bench/experiments/issue20-draws.patch applied, the two changes to how the model draws
   time that issue 20 allows (with a 20-seed test): a healthy device's Invalidate Completion sent
   with a delay instead of a timer of its own, then DMA made in windows of 1 ms and 10 ms (every
