@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, write_result  # noqa: E402
-from bench.sim_speed import DEFAULT_OLD, ROOT, RUN, TEN_THOUSAND, best, checkout  # noqa: E402
+from bench.sim_speed import DEFAULT_OLD, ROOT, RUN, TEN_THOUSAND, best, checkout, child  # noqa: E402
 
 PATCH = ROOT / "bench" / "experiments" / "issue20-draws.patch"
 CYTHON_MODULES = ["cluster/runtime/sim.py", "iommu_actor/node.py", "iommu_actor/smmu.py",
@@ -92,11 +91,7 @@ def build(kind: str, into: Path) -> str | None:
 def run(where: Path, sets: list[str], env: dict[str, str]) -> dict:
     code = RUN.format(where=str(where), path=str(ROOT / "configs" / "scenarios" / "scale-1000-mixed.yaml"),
                       sets=sets)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(where),
-                         env=dict(os.environ, PYTHONPATH=str(where), **env))
-    if out.returncode:
-        raise SystemExit(f"bench.sim_ceiling: a child run failed in {where}:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child(code, where, env)
 
 
 def main(argv: list[str] | None = None) -> dict:

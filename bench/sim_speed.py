@@ -89,11 +89,12 @@ def here(into: Path) -> Path:
     return into
 
 
-def child(code: str, where: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(where))
+def child(code: str, where: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter that imports ``ats_stress`` from WHERE (and ``env`` set)."""
+    env = dict(os.environ, PYTHONPATH=str(where), **(env or {}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(where))
     if out.returncode:
-        raise SystemExit(f"bench.sim_speed: a child run failed in {where}:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"bench: a child run failed in {where}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

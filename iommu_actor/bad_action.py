@@ -140,18 +140,17 @@ def problem(node, a) -> str | None:
 def bad_action(node, a, exc: BaseException | None = None) -> BaseException | None:
     """The error to raise for action ``a``: a ``PolicyActionError`` if ``problem`` finds one (or if
     ``a`` is no action at all), else None (then ``exc``, if any, is a defect of the model: re-raise it)."""
-    policy = node.policy
     why = problem(node, a)
-    if why is None:
-        return None
-    return PolicyActionError(f"policy {policy.name!r} returned {_short(a)} at {node.now:.6f} s: {why}. "
-                             f"(its handle() is at {where(policy)})")
+    return None if why is None else _error(node, a, why)
 
 
-def refused(node, a) -> BaseException:
+def refused(node, a) -> PolicyActionError:
     """The error for action ``a``, which the node has found wrong itself (a negative queue, a time
     in the past, an unknown SID): ``problem`` names why."""
-    err = bad_action(node, a)
-    return err if err is not None else PolicyActionError(
-        f"policy {node.policy.name!r} returned {_short(a)} at {node.now:.6f} s, which the model cannot carry out. "
-        f"(its handle() is at {where(node.policy)})")
+    return _error(node, a, problem(node, a) or "the model cannot carry it out")
+
+
+def _error(node, a, why: str) -> PolicyActionError:
+    policy = node.policy
+    return PolicyActionError(f"policy {policy.name!r} returned {_short(a)} at {node.now:.6f} s: {why}. "
+                             f"(its handle() is at {where(policy)})")

@@ -255,6 +255,6 @@ def test_an_action_the_node_refuses_is_always_a_policy_action_error():
     node = SimWorld(build_plan(scenario(duration=0.05))).nodes[0]
     fine = refused(node, SetTimer(1.0, "t"))  # nothing wrong with it by itself
     assert isinstance(fine, PolicyActionError), fine
-    assert "which the model cannot carry out" in str(fine) and f"policy {node.policy.name!r}" in str(fine)
+    assert "the model cannot carry it out" in str(fine) and f"policy {node.policy.name!r}" in str(fine)
     negative = refused(node, Submit(-1, ()))
     assert isinstance(negative, PolicyActionError) and "queue=-1 is not a command queue" in str(negative)
