@@ -23,6 +23,7 @@ from ats_stress.cluster.plugins import error_text
 from ats_stress.cluster.scenario import Scenario, ScenarioError
 from ats_stress.iommu_actor.oracle import Oracle
 from ats_stress.cluster.scenario.plan import ChaosAction, Plan, build_plan
+from ats_stress.cluster.runtime.wire import bucket_by_sid
 from ats_stress.cluster.results.summary import build_summary, check_expectations, checkpoints, group_stats, node_stats, oracle_stats
 
 
@@ -90,21 +91,6 @@ class EventLoop:
         finally:
             self.events += n
         self.now = until
-
-
-def _by_peer(msgs: list, peer_of: Callable[[int], int | None]) -> dict[int, list]:
-    """One step's messages as one batch per peer (node or group), in the order sent; a message whose
-    StreamID has no peer (``peer_of`` gives None) is dropped."""
-    batches: dict[int, list] = {}
-    for m in msgs:
-        p = peer_of(m[1])
-        if p is not None:
-            b = batches.get(p)
-            if b is None:
-                batches[p] = [m]
-            else:
-                b.append(m)
-    return batches
 
 
 class SimWorld:
@@ -182,7 +168,7 @@ class SimWorld:
                         fifo.append((at, next(seq), group_messages[g], msgs, group_flushes[g]))
                     return
                 # a StreamID with no endpoint behind it (None): nobody answers
-                for g, batch in _by_peer(msgs, sid_group.get).items():
+                for g, batch in bucket_by_sid(msgs, sid_group).items():
                     fifo.append((at, next(seq), group_messages[g], batch, group_flushes[g]))
         return flush
 
@@ -213,7 +199,7 @@ class SimWorld:
                     n = 0 if single else sid_node[msgs[0][1]]
                     fifo.append((at, next(seq), node_messages[n], msgs, node_flushes[n]))
                     return
-                for n, batch in _by_peer(msgs, sid_node.__getitem__).items():
+                for n, batch in bucket_by_sid(msgs, sid_node).items():
                     fifo.append((at, next(seq), node_messages[n], batch, node_flushes[n]))
         return flush
 
